@@ -1,0 +1,39 @@
+# Waypost: the two set-up commands are `make run` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test lint typecheck unit bench system-deps clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+# Reinstall when the project's dependencies change.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[test,bench]'
+	touch $(STAMP)
+
+## make run: the all-in-one dev server on SQLite (API on 127.0.0.1:8500), data in ./.waypost/
+run: $(STAMP)
+	$(BIN)/waypost dev
+
+## make test: installs what the tests need (Python deps, Debian packages), then lint, types, tests
+test: $(STAMP) system-deps
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
+	$(BIN)/python -m pytest -q -m "not slow"
+
+system-deps:
+	bash scripts/system-deps.sh test
+
+## make bench: side-by-side benchmarks (needs etcd-server, wrk); results in bench/results/
+bench: $(STAMP)
+	bash scripts/system-deps.sh bench
+	$(BIN)/python bench/registry.py
+	$(BIN)/python bench/watch.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build src/*.egg-info

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs the Debian packages a target needs, only those missing.
+# Usage: scripts/system-deps.sh test|bench
+set -euo pipefail
+want=()
+need() { command -v "$1" >/dev/null 2>&1 || want+=("$2"); }
+case "${1:-test}" in
+  test)
+    need curl curl
+    ;;
+  bench)
+    need curl curl
+    need etcd etcd-server
+    need wrk wrk
+    ;;
+  *) echo "usage: $0 test|bench" >&2; exit 2 ;;
+esac
+[ ${#want[@]} -eq 0 ] && exit 0
+echo "installing Debian packages: ${want[*]}"
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -q >/dev/null
+$SUDO apt-get install -y -q --no-install-recommends "${want[@]}" >/dev/null

@@ -1,0 +1,334 @@
+"""The ``waypost`` command: thin parsing over the server and the client SDK.
+
+Tables for people, ``--json`` for scripts. Every failure is one line on stderr and a
+non-zero exit (the code comes from the error class, see ``errors.py``), never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, ParamSpec, TypeVar
+
+import msgspec
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from waypost._version import __version__
+from waypost.client import Client
+from waypost.errors import InvalidInput, WaypostError
+from waypost.model import Instance, convert_instance
+
+app = typer.Typer(
+    name="waypost",
+    help="Waypost: service discovery and registration.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+ServerOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--server",
+        "-s",
+        envvar="WAYPOST_SERVER",
+        help="Server URL; repeat to fail over in order (local, regional, global).",
+    ),
+]
+TokenOpt = Annotated[
+    str | None, typer.Option("--token", envvar="WAYPOST_TOKEN", help="Bearer token for writes.")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+def _friendly(fn: Callable[P, R]) -> Callable[P, R]:
+    """Turn every WaypostError into one line on stderr and the error's exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except WaypostError as exc:
+            err.print(f"[red]error:[/red] {exc.message}", soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _client(server: list[str] | None, token: str | None) -> Client:
+    urls = [u for s in (server or ["http://127.0.0.1:8500"]) for u in s.split(",") if u]
+    return Client(urls, token=token)
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(msgspec.json.format(msgspec.json.encode(data), indent=2).decode() + "\n")
+
+
+# --- servers ------------------------------------------------------------------------------
+
+
+def _serve(flags: dict[str, Any], config: Path | None) -> None:
+    from waypost.server import run
+    from waypost.settings import load_settings
+
+    run(load_settings(flags, config_file=config))
+
+
+@app.command()
+@_friendly
+def dev(
+    http: Annotated[str, typer.Option(help="HOST:PORT of the HTTP API.")] = "127.0.0.1:8500",
+    data_dir: Annotated[Path, typer.Option(help="Where the SQLite file lives.")] = Path(".waypost"),
+) -> None:
+    """All-in-one development server on SQLite in ./.waypost/ (API on 127.0.0.1:8500)."""
+    _serve({"http": http, "data_dir": str(data_dir), "store": "sqlite://"}, None)
+
+
+@app.command()
+@_friendly
+def server(
+    store: Annotated[
+        str | None, typer.Option(help="sqlite:///PATH (default: DATA_DIR/waypost.db) or memory://")
+    ] = None,
+    http: Annotated[
+        str | None, typer.Option(help="HOST:PORT of the HTTP API (port 0: any).")
+    ] = None,
+    data_dir: Annotated[str | None, typer.Option(help="Data directory.")] = None,
+    token: Annotated[
+        str | None, typer.Option(help="Bearer token required for writes (env WAYPOST_TOKEN).")
+    ] = None,
+    node: Annotated[str | None, typer.Option(help="This node's name (default: host name).")] = None,
+    event_window: Annotated[
+        str | None, typer.Option(help="How long the event log is kept for watches (e.g. 1h).")
+    ] = None,
+    log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error.")] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="YAML/JSON settings file (flags and env win).")
+    ] = None,
+) -> None:
+    """Run a registry server."""
+    flags = {
+        "store": store,
+        "http": http,
+        "data_dir": data_dir,
+        "token": token,
+        "node": node,
+        "event_window": event_window,
+        "log_level": log_level,
+    }
+    _serve(flags, config)
+
+
+# --- writes -------------------------------------------------------------------------------
+
+
+def _load_definitions(path: Path) -> list[Instance]:
+    """Instances from a YAML or JSON file: one object, a list, or {"instances": [...]}."""
+    try:
+        text = sys.stdin.read() if str(path) == "-" else path.read_text()
+    except OSError as exc:
+        raise InvalidInput(f"file: cannot read {path}: {exc.strerror}", field="file") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise InvalidInput(f"file: {path} is neither YAML nor JSON: {exc}", field="file") from None
+    if isinstance(data, dict) and "instances" in data:
+        data = data["instances"]
+    items = data if isinstance(data, list) else [data]
+    if not items or not all(isinstance(i, dict) for i in items):
+        raise InvalidInput(f"file: {path} holds no instance definitions", field="file")
+    out = []
+    for n, item in enumerate(items):
+        try:
+            out.append(convert_instance(item))
+        except InvalidInput as exc:
+            where = f"instance {n + 1}" + (f" ({item.get('id')})" if item.get("id") else "")
+            raise InvalidInput(f"{path}: {where}: {exc.message}", field=exc.field) from None
+    return out
+
+
+@app.command()
+@_friendly
+def register(
+    file: Annotated[Path, typer.Option("--file", "-f", help="YAML or JSON; - for stdin.")],
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Register one or many instances from a definition file (all or nothing)."""
+    instances = _load_definitions(file)
+    with _client(server, token) as c:
+        if len(instances) == 1:
+            res = c.register(instances[0])
+            result: dict[str, Any] = {"index": res.index, "registered": [res.id]}
+        else:
+            b = c.batch(register=instances)
+            result = {"index": b.index, "registered": b.registered}
+    if as_json:
+        _print_json(result)
+    else:
+        out.print(f"registered {', '.join(result['registered'])} (index {result['index']})")
+
+
+@app.command()
+@_friendly
+def deregister(
+    instance_id: Annotated[str, typer.Argument(metavar="ID", help="Instance id.")],
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Remove an instance."""
+    with _client(server, token) as c:
+        res = c.deregister(instance_id)
+    if as_json:
+        _print_json(res)
+    else:
+        out.print(f"deregistered {res.id} (index {res.index})")
+
+
+# --- reads --------------------------------------------------------------------------------
+
+
+@app.command()
+@_friendly
+def services(server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOpt = False) -> None:
+    """List services with instance counts by status."""
+    with _client(server, token) as c:
+        rows = c.services()
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table("SERVICE", "INSTANCES", "PASSING", "WARNING", "CRITICAL", "VERSIONS", "TAGS")
+    for s in rows:
+        table.add_row(
+            s.name,
+            str(s.instances),
+            str(s.passing),
+            str(s.warning),
+            str(s.critical),
+            ", ".join(s.versions),
+            ", ".join(s.tags),
+        )
+    out.print(table)
+
+
+def _parse_meta(pairs: list[str] | None) -> dict[str, str]:
+    meta = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise InvalidInput(f"meta: {pair!r} is not KEY=VALUE", field="meta")
+        meta[key] = value
+    return meta
+
+
+@app.command()
+@_friendly
+def instances(
+    name: Annotated[str | None, typer.Argument(metavar="NAME", help="Service name.")] = None,
+    tag: Annotated[list[str] | None, typer.Option(help="Has this tag (repeat: all).")] = None,
+    any_tag: Annotated[list[str] | None, typer.Option(help="Has one of these tags.")] = None,
+    status: Annotated[
+        str | None, typer.Option(help="passing|warning|critical|unknown, or healthy etc.")
+    ] = None,
+    version: Annotated[str | None, typer.Option(help="Constraint, e.g. '>=1.2,<2'.")] = None,
+    node: Annotated[str | None, typer.Option(help="On this node.")] = None,
+    kind: Annotated[str | None, typer.Option(help="service, network or actor.")] = None,
+    meta: Annotated[list[str] | None, typer.Option(help="KEY=VALUE (repeat: all).")] = None,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List the instances of a service (or all), filtered."""
+    with _client(server, token) as c:
+        res = c.instances(
+            name,
+            tags=tag or [],
+            any_tags=any_tag or [],
+            status=status.split(",") if status else None,
+            version=version,
+            node=node,
+            kind=kind,
+            meta=_parse_meta(meta),
+        )
+    if as_json:
+        _print_json(res.instances)
+        return
+    table = Table("ID", "SERVICE", "ADDRESS", "VERSION", "STATUS", "NODE", "TAGS")
+    for i in res.instances:
+        shown = i.effective_status.value + (" (maintenance)" if i.maintenance else "")
+        table.add_row(
+            i.id,
+            i.service,
+            f"{i.address}:{i.port}",
+            i.version or "",
+            shown,
+            i.node or "",
+            ", ".join(i.tags),
+        )
+    out.print(table)
+
+
+@app.command()
+@_friendly
+def watch(
+    name: Annotated[str | None, typer.Argument(metavar="NAME", help="Only this service.")] = None,
+    index: Annotated[int | None, typer.Option(help="Start after this revision.")] = None,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Follow changes live (Ctrl-C to stop); resumes across server restarts."""
+    with _client(server, token) as c:
+        for ev in c.watch(name, index=index):
+            if as_json:
+                line = {"revision": ev.revision, "type": ev.type, "instance": ev.instance}
+                sys.stdout.write(msgspec.json.encode(line).decode() + "\n")
+                sys.stdout.flush()
+            else:
+                i = ev.instance
+                out.print(
+                    f"{ev.revision:>8} {ev.type:<6} {i.service}/{i.id} "
+                    f"{i.address}:{i.port} {i.effective_status.value}"
+                )
+
+
+@app.command()
+@_friendly
+def status(server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOpt = False) -> None:
+    """Show the server's version, revision, counts and store."""
+    with _client(server, token) as c:
+        st = c.status()
+    if as_json:
+        _print_json(st)
+        return
+    for key, value in msgspec.structs.asdict(st).items():
+        out.print(f"{key:<17} {value}")
+
+
+@app.command()
+def version() -> None:
+    """Print the Waypost version."""
+    out.print(__version__)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,257 @@
+"""``AsyncClient``: the asyncio client on aiohttp (8x httpx's async client under load here)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from typing import Any
+
+import aiohttp
+
+from waypost.client import _core
+from waypost.client._core import QueryResult, Request, ServerList, WatchState
+from waypost.durations import parse_duration
+from waypost.errors import Unavailable
+from waypost.model import (
+    BatchResult,
+    Event,
+    Instance,
+    Kind,
+    Node,
+    ServerStatus,
+    ServiceSummary,
+    Status,
+    WriteResult,
+)
+from waypost.sse import SseParser
+
+
+class AsyncKeepAlive:
+    """A background heartbeat for one TTL instance; ``await stop()`` ends it."""
+
+    def __init__(self, task: asyncio.Task[None]) -> None:
+        self._task = task
+
+    @property
+    def running(self) -> bool:
+        return not self._task.done()
+
+    async def stop(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
+class AsyncClient:
+    """Talks to Waypost servers from asyncio code; ``async with AsyncClient(url) as c:``."""
+
+    def __init__(
+        self,
+        servers: str | Sequence[str] = _core.DEFAULT_URL,
+        *,
+        token: str | None = None,
+        timeout_s: float = _core.DEFAULT_TIMEOUT_S,
+    ) -> None:
+        self._servers = ServerList(servers)
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._timeout_s = timeout_s
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _pool(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                headers=self._headers,
+                connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+            )
+        return self._session
+
+    async def _send(self, req: Request) -> tuple[int, bytes, Mapping[str, str]]:
+        failures = []
+        timeout = aiohttp.ClientTimeout(total=max(req.timeout_s, self._timeout_s))
+        for url in self._servers.order():
+            try:
+                async with self._pool().request(
+                    req.method,
+                    url + req.path,
+                    params=req.params,
+                    data=req.body,
+                    headers={"Content-Type": "application/json"} if req.body else None,
+                    timeout=timeout,
+                ) as resp:
+                    body = await resp.read()
+                    self._servers.worked(url)
+                    return resp.status, body, resp.headers
+            except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+                failures.append(f"{url} ({type(exc).__name__}: {exc})")
+        raise self._servers.unreachable(failures)
+
+    async def _call(self, req: Request) -> tuple[bytes, Mapping[str, str]]:
+        status, body, headers = await self._send(req)
+        _core.raise_for_answer(status, body)
+        return body, headers
+
+    # --- writes --------------------------------------------------------------------------
+
+    async def register(
+        self, instance: Instance | Mapping[str, Any] | None = None, /, **fields: Any
+    ) -> WriteResult:
+        """Register or replace an instance (an Instance, a mapping, or keyword fields)."""
+        inst = _core.instance_of(instance, fields)
+        body, _ = await self._call(_core.register_request(inst))
+        return _core.decode_as(body, WriteResult)
+
+    async def deregister(self, instance_id: str) -> WriteResult:
+        """Remove an instance; NotFound when it is not registered."""
+        body, _ = await self._call(_core.deregister_request(instance_id))
+        return _core.decode_as(body, WriteResult)
+
+    async def heartbeat(self, instance_id: str) -> WriteResult:
+        """Renew a TTL instance."""
+        body, _ = await self._call(_core.heartbeat_request(instance_id))
+        return _core.decode_as(body, WriteResult)
+
+    async def set_status(
+        self, instance_id: str, status: Status | str, output: str = ""
+    ) -> WriteResult:
+        """Set an instance's status and output."""
+        body, _ = await self._call(_core.status_request(instance_id, status, output))
+        return _core.decode_as(body, WriteResult)
+
+    async def maintenance(
+        self, instance_id: str, enable: bool = True, reason: str = ""
+    ) -> WriteResult:
+        """Put an instance in (or, with ``enable=False``, out of) maintenance."""
+        body, _ = await self._call(_core.maintenance_request(instance_id, enable, reason))
+        return _core.decode_as(body, WriteResult)
+
+    async def batch(
+        self,
+        register: Iterable[Instance | Mapping[str, Any]] = (),
+        deregister: Iterable[str] = (),
+    ) -> BatchResult:
+        """Register and deregister in one all-or-nothing write."""
+        insts = [_core.instance_of(i, {}) for i in register]
+        body, _ = await self._call(_core.batch_request(insts, list(deregister)))
+        return _core.decode_as(body, BatchResult)
+
+    def keepalive(self, instance_id: str, interval_s: float | None = None) -> AsyncKeepAlive:
+        """Heartbeat ``instance_id`` in the background (default: a third of its TTL)."""
+
+        async def beat() -> None:
+            every = interval_s
+            if every is None:
+                inst = await self.get(instance_id)
+                every = parse_duration(inst.ttl) / 3 if inst.ttl else 10.0
+            while True:
+                with contextlib.suppress(Unavailable):
+                    await self.heartbeat(instance_id)
+                await asyncio.sleep(every)
+
+        return AsyncKeepAlive(asyncio.create_task(beat(), name=f"waypost-keepalive-{instance_id}"))
+
+    # --- reads ---------------------------------------------------------------------------
+
+    async def get(self, instance_id: str) -> Instance:
+        """One instance; NotFound when it is not registered."""
+        body, _ = await self._call(_core.get_request(instance_id))
+        return _core.decode_as(body, Instance)
+
+    async def instances(
+        self,
+        service: str | None = None,
+        *,
+        version: str | None = None,
+        tags: Iterable[str] = (),
+        any_tags: Iterable[str] = (),
+        status: Status | str | Iterable[Status | str] | None = None,
+        node: str | None = None,
+        kind: Kind | str | None = None,
+        meta: Mapping[str, str] | None = None,
+        index: int | None = None,
+        wait: float | str | None = None,
+    ) -> QueryResult:
+        """Instances matching every filter; with ``index``, block until the answer changes."""
+        req = _core.query_request(
+            service,
+            version=version,
+            tags=tags,
+            any_tags=any_tags,
+            status=status,
+            node=node,
+            kind=kind,
+            meta=meta,
+            index=index,
+            wait=wait,
+        )
+        body, headers = await self._call(req)
+        return QueryResult(
+            index=int(headers.get("X-Waypost-Index", "0")),
+            instances=_core.decode_as(body, list[Instance]),
+        )
+
+    async def services(self) -> list[ServiceSummary]:
+        """Every service with its instance counts by status, tags and versions."""
+        body, _ = await self._call(_core.simple_get("/api/v1/services"))
+        return _core.decode_as(body, list[ServiceSummary])
+
+    async def nodes(self) -> list[Node]:
+        """The nodes hosting instances."""
+        body, _ = await self._call(_core.simple_get("/api/v1/nodes"))
+        return _core.decode_as(body, list[Node])
+
+    async def status(self) -> ServerStatus:
+        """The server's version, revision, counts and store."""
+        body, _ = await self._call(_core.simple_get("/status"))
+        return _core.decode_as(body, ServerStatus)
+
+    async def health(self) -> bool:
+        """Whether the server answers /health with 200."""
+        try:
+            status, _, _ = await self._send(_core.simple_get("/health"))
+        except Unavailable:
+            return False
+        return status == 200
+
+    async def watch(
+        self, service: str | None = None, *, index: int | None = None
+    ) -> AsyncIterator[Event]:
+        """Every change after ``index`` (default: now), in order, exactly once, across
+        reconnects and server restarts. Raises Gone when ``index`` is older than the log."""
+        state = WatchState(service, index)
+        while True:
+            for url in self._servers.order():
+                try:
+                    async for event in self._stream(url, state.request(), state):
+                        yield event
+                    break  # the server ended the stream (shutting down): reconnect
+                except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError):
+                    continue
+            await asyncio.sleep(state.next_delay())
+
+    async def _stream(self, url: str, req: Request, state: WatchState) -> AsyncIterator[Event]:
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self._timeout_s)
+        async with self._pool().get(url + req.path, params=req.params, timeout=timeout) as resp:
+            if resp.status >= 400:
+                _core.raise_for_answer(resp.status, await resp.read())
+            self._servers.worked(url)
+            state.connected(resp.headers.get("X-Waypost-Index"))
+            parser = SseParser()
+            async for chunk in resp.content.iter_any():
+                for msg in parser.feed(chunk):
+                    event = state.seen(msg)
+                    if event is not None:
+                        yield event
+                state.moved(parser.last_id)

@@ -1,0 +1,240 @@
+"""``Client``: the blocking client on httpx, same methods as ``AsyncClient``."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import httpx
+
+from waypost.client import _core
+from waypost.client._core import QueryResult, Request, ServerList, WatchState
+from waypost.durations import parse_duration
+from waypost.errors import Unavailable
+from waypost.model import (
+    BatchResult,
+    Event,
+    Instance,
+    Kind,
+    Node,
+    ServerStatus,
+    ServiceSummary,
+    Status,
+    WriteResult,
+)
+from waypost.sse import SseParser
+
+
+class KeepAlive:
+    """A background heartbeat thread for one TTL instance; ``stop()`` ends it."""
+
+    def __init__(self, thread: threading.Thread, stopped: threading.Event) -> None:
+        self._thread = thread
+        self._stopped = stopped
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join()
+
+
+class Client:
+    """Talks to Waypost servers from plain code; ``with Client(url) as c:``."""
+
+    def __init__(
+        self,
+        servers: str | Sequence[str] = _core.DEFAULT_URL,
+        *,
+        token: str | None = None,
+        timeout_s: float = _core.DEFAULT_TIMEOUT_S,
+    ) -> None:
+        self._servers = ServerList(servers)
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._timeout_s = timeout_s
+        self._http = httpx.Client(headers=headers, timeout=timeout_s)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._http.close()
+
+    def _send(self, req: Request) -> httpx.Response:
+        failures = []
+        for url in self._servers.order():
+            try:
+                resp = self._http.request(
+                    req.method,
+                    url + req.path,
+                    params=tuple(req.params),
+                    content=req.body,
+                    headers={"Content-Type": "application/json"} if req.body else None,
+                    timeout=max(req.timeout_s, self._timeout_s),
+                )
+            except httpx.TransportError as exc:
+                failures.append(f"{url} ({type(exc).__name__}: {exc})")
+                continue
+            self._servers.worked(url)
+            return resp
+        raise self._servers.unreachable(failures)
+
+    def _call(self, req: Request) -> httpx.Response:
+        resp = self._send(req)
+        _core.raise_for_answer(resp.status_code, resp.content)
+        return resp
+
+    # --- writes --------------------------------------------------------------------------
+
+    def register(
+        self, instance: Instance | Mapping[str, Any] | None = None, /, **fields: Any
+    ) -> WriteResult:
+        """Register or replace an instance (an Instance, a mapping, or keyword fields)."""
+        inst = _core.instance_of(instance, fields)
+        return _core.decode_as(self._call(_core.register_request(inst)).content, WriteResult)
+
+    def deregister(self, instance_id: str) -> WriteResult:
+        """Remove an instance; NotFound when it is not registered."""
+        resp = self._call(_core.deregister_request(instance_id))
+        return _core.decode_as(resp.content, WriteResult)
+
+    def heartbeat(self, instance_id: str) -> WriteResult:
+        """Renew a TTL instance."""
+        resp = self._call(_core.heartbeat_request(instance_id))
+        return _core.decode_as(resp.content, WriteResult)
+
+    def set_status(self, instance_id: str, status: Status | str, output: str = "") -> WriteResult:
+        """Set an instance's status and output."""
+        resp = self._call(_core.status_request(instance_id, status, output))
+        return _core.decode_as(resp.content, WriteResult)
+
+    def maintenance(self, instance_id: str, enable: bool = True, reason: str = "") -> WriteResult:
+        """Put an instance in (or, with ``enable=False``, out of) maintenance."""
+        resp = self._call(_core.maintenance_request(instance_id, enable, reason))
+        return _core.decode_as(resp.content, WriteResult)
+
+    def batch(
+        self,
+        register: Iterable[Instance | Mapping[str, Any]] = (),
+        deregister: Iterable[str] = (),
+    ) -> BatchResult:
+        """Register and deregister in one all-or-nothing write."""
+        insts = [_core.instance_of(i, {}) for i in register]
+        resp = self._call(_core.batch_request(insts, list(deregister)))
+        return _core.decode_as(resp.content, BatchResult)
+
+    def keepalive(self, instance_id: str, interval_s: float | None = None) -> KeepAlive:
+        """Heartbeat ``instance_id`` from a background thread (default: a third of its TTL)."""
+        every = interval_s
+        if every is None:
+            inst = self.get(instance_id)
+            every = parse_duration(inst.ttl) / 3 if inst.ttl else 10.0
+        stopped = threading.Event()
+
+        def beat() -> None:
+            while not stopped.is_set():
+                with contextlib.suppress(Unavailable):
+                    self.heartbeat(instance_id)
+                stopped.wait(every)
+
+        thread = threading.Thread(target=beat, name=f"waypost-keepalive-{instance_id}", daemon=True)
+        thread.start()
+        return KeepAlive(thread, stopped)
+
+    # --- reads ---------------------------------------------------------------------------
+
+    def get(self, instance_id: str) -> Instance:
+        """One instance; NotFound when it is not registered."""
+        return _core.decode_as(self._call(_core.get_request(instance_id)).content, Instance)
+
+    def instances(
+        self,
+        service: str | None = None,
+        *,
+        version: str | None = None,
+        tags: Iterable[str] = (),
+        any_tags: Iterable[str] = (),
+        status: Status | str | Iterable[Status | str] | None = None,
+        node: str | None = None,
+        kind: Kind | str | None = None,
+        meta: Mapping[str, str] | None = None,
+        index: int | None = None,
+        wait: float | str | None = None,
+    ) -> QueryResult:
+        """Instances matching every filter; with ``index``, block until the answer changes."""
+        req = _core.query_request(
+            service,
+            version=version,
+            tags=tags,
+            any_tags=any_tags,
+            status=status,
+            node=node,
+            kind=kind,
+            meta=meta,
+            index=index,
+            wait=wait,
+        )
+        resp = self._call(req)
+        return QueryResult(
+            index=int(resp.headers.get("X-Waypost-Index", "0")),
+            instances=_core.decode_as(resp.content, list[Instance]),
+        )
+
+    def services(self) -> list[ServiceSummary]:
+        """Every service with its instance counts by status, tags and versions."""
+        resp = self._call(_core.simple_get("/api/v1/services"))
+        return _core.decode_as(resp.content, list[ServiceSummary])
+
+    def nodes(self) -> list[Node]:
+        """The nodes hosting instances."""
+        return _core.decode_as(self._call(_core.simple_get("/api/v1/nodes")).content, list[Node])
+
+    def status(self) -> ServerStatus:
+        """The server's version, revision, counts and store."""
+        return _core.decode_as(self._call(_core.simple_get("/status")).content, ServerStatus)
+
+    def health(self) -> bool:
+        """Whether the server answers /health with 200."""
+        try:
+            return self._send(_core.simple_get("/health")).status_code == 200
+        except Unavailable:
+            return False
+
+    def watch(self, service: str | None = None, *, index: int | None = None) -> Iterator[Event]:
+        """Every change after ``index`` (default: now), in order, exactly once, across
+        reconnects and server restarts. Raises Gone when ``index`` is older than the log."""
+        state = WatchState(service, index)
+        while True:
+            for url in self._servers.order():
+                try:
+                    yield from self._stream(url, state.request(), state)
+                    break  # the server ended the stream (shutting down): reconnect
+                except (httpx.TransportError, httpx.StreamError):
+                    continue
+            time.sleep(state.next_delay())
+
+    def _stream(self, url: str, req: Request, state: WatchState) -> Iterator[Event]:
+        timeout = httpx.Timeout(self._timeout_s, read=None)
+        with self._http.stream(
+            "GET", url + req.path, params=tuple(req.params), timeout=timeout
+        ) as resp:
+            if resp.status_code >= 400:
+                _core.raise_for_answer(resp.status_code, resp.read())
+            self._servers.worked(url)
+            state.connected(resp.headers.get("X-Waypost-Index"))
+            parser = SseParser()
+            for chunk in resp.iter_raw():
+                for msg in parser.feed(chunk):
+                    event = state.seen(msg)
+                    if event is not None:
+                        yield event
+                state.moved(parser.last_id)

@@ -1,0 +1,129 @@
+"""One error hierarchy for Waypost.
+
+Every error carries a message a person can act on. Each class maps once to an HTTP
+status (the API), a CLI exit code (the command line) and, later, a DNS rcode. Lower-level
+errors (sqlite3, OSError, aiohttp, httpx) are translated into these at one boundary each,
+as httpx's ``map_exceptions`` does.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class WaypostError(Exception):
+    """Base of every error Waypost raises on purpose."""
+
+    code: ClassVar[str] = "error"
+    http_status: ClassVar[int] = 500
+    exit_code: ClassVar[int] = 1
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+    def __str__(self) -> str:
+        return self.message
+
+    def to_dict(self) -> dict[str, str | None]:
+        """The JSON body of the error: ``{"error", "message", "field"}``."""
+        return {"error": self.code, "message": self.message, "field": self.field}
+
+
+class InvalidInput(WaypostError):
+    """A request or definition is malformed or breaks a limit; ``field`` names what."""
+
+    code = "invalid_input"
+    http_status = 400
+    exit_code = 3
+
+
+class Unauthorized(WaypostError):
+    """A write came without the server's bearer token, or with a wrong one."""
+
+    code = "unauthorized"
+    http_status = 401
+    exit_code = 5
+
+
+class NotFound(WaypostError):
+    """The named instance, service or route does not exist."""
+
+    code = "not_found"
+    http_status = 404
+    exit_code = 4
+
+
+class Conflict(WaypostError):
+    """A conditional write lost a race: the stored revision is not the expected one."""
+
+    code = "conflict"
+    http_status = 409
+    exit_code = 6
+
+
+class Gone(WaypostError):
+    """A watch asked for a revision older than the event log keeps; re-list instead."""
+
+    code = "gone"
+    http_status = 410
+    exit_code = 7
+
+
+class PayloadTooLarge(WaypostError):
+    """A request body is over the size limit."""
+
+    code = "payload_too_large"
+    http_status = 413
+    exit_code = 3
+
+
+class Unavailable(WaypostError):
+    """The server or its store cannot serve right now (unreachable, closed, failing)."""
+
+    code = "unavailable"
+    http_status = 503
+    exit_code = 8
+
+
+class StoreError(Unavailable):
+    """The store failed underneath (disk, database, cluster); nothing was acknowledged."""
+
+    code = "store_error"
+
+
+BY_CODE: dict[str, type[WaypostError]] = {
+    cls.code: cls
+    for cls in (
+        WaypostError,
+        InvalidInput,
+        Unauthorized,
+        NotFound,
+        Conflict,
+        Gone,
+        PayloadTooLarge,
+        Unavailable,
+        StoreError,
+    )
+}
+
+
+def from_dict(data: object, *, http_status: int = 500) -> WaypostError:
+    """Rebuild an error from its JSON body (the client side of ``to_dict``)."""
+    if isinstance(data, dict):
+        code = str(data.get("error", ""))
+        message = str(data.get("message", "")) or f"HTTP {http_status}"
+        field = data.get("field")
+        cls = BY_CODE.get(code) or _by_status(http_status)
+        return cls(message, field=field if isinstance(field, str) else None)
+    return _by_status(http_status)(f"HTTP {http_status}")
+
+
+def _by_status(status: int) -> type[WaypostError]:
+    for cls in BY_CODE.values():
+        if cls.http_status == status and cls is not StoreError:
+            return cls
+    if 400 <= status < 500:
+        return InvalidInput
+    return Unavailable if status >= 500 else WaypostError

@@ -1,0 +1,100 @@
+"""One settings object per server process: flags, then ``WAYPOST_*`` env, then a file.
+
+Precedence is flag > environment > file > default, as Consul and etcd read theirs.
+The file is YAML or JSON with the same field names.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import yaml
+
+from waypost.durations import parse_duration
+from waypost.errors import InvalidInput
+from waypost.model import LABEL_RE
+
+
+def default_node_name() -> str:
+    """This machine's host name, cut to one DNS-safe label."""
+    name = socket.gethostname().split(".")[0].lower()
+    name = re.sub(r"[^a-z0-9-]", "-", name).strip("-")[:63] or "local"
+    return name if LABEL_RE.match(name) else "local"
+
+
+class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Everything a server process is configured by."""
+
+    http: str = "127.0.0.1:8500"
+    store: str = "sqlite://"
+    data_dir: str = ".waypost"
+    token: str = ""
+    node: str = msgspec.field(default_factory=default_node_name)
+    event_window: str = "1h"
+    log_level: str = "info"
+
+    def http_host_port(self) -> tuple[str, int]:
+        """Split ``http`` into host and port; InvalidInput when it is not HOST:PORT."""
+        host, sep, port = self.http.rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise InvalidInput(f"http: {self.http!r} is not HOST:PORT", field="http")
+        return host.strip("[]") or "127.0.0.1", int(port)
+
+    def event_window_s(self) -> float:
+        return parse_duration(self.event_window, field="event_window")
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings for display: the token is never printed."""
+        out = msgspec.structs.asdict(self)
+        if out["token"]:
+            out["token"] = "********"
+        return out
+
+
+_FIELDS = Settings.__struct_fields__
+
+
+def load_settings(
+    flags: Mapping[str, object | None],
+    *,
+    env: Mapping[str, str] | None = None,
+    config_file: str | Path | None = None,
+) -> Settings:
+    """Merge flags (None means not given), ``WAYPOST_<FIELD>`` variables and the file."""
+    env = os.environ if env is None else env
+    merged: dict[str, object] = {}
+    if config_file:
+        path = Path(config_file)
+        try:
+            data = yaml.safe_load(path.read_text())
+        except OSError as exc:
+            raise InvalidInput(
+                f"config: cannot read {path}: {exc.strerror}", field="config"
+            ) from None
+        except yaml.YAMLError as exc:
+            raise InvalidInput(
+                f"config: {path} is not YAML or JSON: {exc}", field="config"
+            ) from None
+        if data is not None and not isinstance(data, dict):
+            raise InvalidInput(f"config: {path} must hold a mapping", field="config")
+        merged.update(data or {})
+    for name in _FIELDS:
+        value = env.get(f"WAYPOST_{name.upper()}")
+        if value is not None:
+            merged[name] = value
+    merged.update({k: v for k, v in flags.items() if v is not None})
+    try:
+        settings = msgspec.convert(merged, Settings)
+    except msgspec.ValidationError as exc:
+        raise InvalidInput(f"settings: {exc}", field="settings") from None
+    settings.http_host_port()
+    settings.event_window_s()
+    if not LABEL_RE.match(settings.node):
+        raise InvalidInput(f"node: {settings.node!r} is not a DNS-safe label", field="node")
+    return settings
