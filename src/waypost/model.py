@@ -269,7 +269,11 @@ def is_hostname(text: str) -> bool:
     name = text[:-1] if text.endswith(".") else text
     if not name or len(name) > MAX_HOSTNAME_LEN:
         return False
-    return all(LABEL_RE.match(label) for label in name.split("."))
+    labels = name.split(".")
+    # An all-numeric last label reads as a mistyped IP address, not a name (RFC 3696 s2).
+    if labels[-1].isdigit():
+        return False
+    return all(LABEL_RE.match(label) for label in labels)
 
 
 def is_address(text: str) -> bool:
@@ -308,6 +312,7 @@ def validate_instance(inst: Instance) -> Instance:
 T = TypeVar("T")
 
 _PATH_RE = re.compile(r" - at (?:`key` in )?`\$(.*)`$")
+_UNKNOWN_RE = re.compile(r"^Object contains unknown field `([^`]*)`(?: - at `\$(.*)`)?$")
 _FRIENDLY_PATTERN = {
     "id": "must be a DNS-safe label (letters, digits, hyphens; at most 63 characters)",
     "service": "must be a DNS-safe label (letters, digits, hyphens; at most 63 characters)",
@@ -318,12 +323,18 @@ _FRIENDLY_PATTERN = {
 
 def _field_of(path: str) -> str:
     """``.register[0].port`` → ``register[0].port``; ``.meta[...]`` keeps its shape."""
-    return path.lstrip(".") or "body"
+    return path.replace("[...]", "").lstrip(".") or "body"
 
 
 def translate_validation_error(exc: msgspec.ValidationError | msgspec.DecodeError) -> InvalidInput:
     """Turn msgspec's message into ours: the field first, then what is wrong with it."""
     text = str(exc)
+    unknown = _UNKNOWN_RE.match(text)
+    if unknown is not None:
+        fld = ".".join(
+            p for p in (_field_of(unknown.group(2) or ""), unknown.group(1)) if p != "body"
+        )
+        return InvalidInput(f"{fld}: unknown field", field=fld)
     m = _PATH_RE.search(text)
     if m is None:
         if isinstance(exc, msgspec.ValidationError):

@@ -45,6 +45,7 @@ from waypost.model import (
     validate_instance,
 )
 from waypost.registry import Registry
+from waypost.store.base import gone
 
 log = logging.getLogger("waypost.api")
 
@@ -63,6 +64,7 @@ BLOCKING = web.AppKey("blocking", BlockingQueries)
 TOKEN = web.AppKey("token", str)
 OPENAPI = web.AppKey("openapi", bytes)
 STATS = web.AppKey("stats", dict[str, int])
+STREAMS = web.AppKey("streams", set[asyncio.Task[object]])
 
 
 def _json(body: bytes, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -329,6 +331,8 @@ async def events(request: web.Request) -> web.StreamResponse:
     if last_id:
         start = _whole(last_id, "Last-Event-ID")
     last = cat.revision if start is None else start
+    if last < reg.store.compacted:
+        raise gone(last, reg.store.compacted)
 
     async def fetch(after: int) -> list[Event]:
         got = cat.events_since(after)
@@ -349,6 +353,9 @@ async def events(request: web.Request) -> web.StreamResponse:
     await resp.prepare(request)
     stats = request.app[STATS]
     stats["event_streams"] += 1
+    task = asyncio.current_task()
+    assert task is not None
+    request.app[STREAMS].add(task)
     try:
         await resp.write(b"retry: 1000\n\n")
         while True:
@@ -374,6 +381,7 @@ async def events(request: web.Request) -> web.StreamResponse:
         pass
     finally:
         stats["event_streams"] -= 1
+        request.app[STREAMS].discard(task)
     return resp
 
 
@@ -390,6 +398,14 @@ def _whole(value: str, field: str) -> int:
 # --- assembly ----------------------------------------------------------------------------
 
 
+async def _release_long_requests(app: web.Application) -> None:
+    """At shutdown: answer parked blocking queries and end event streams, so that
+    clients reconnect (to this server restarted, or the next one) without waiting."""
+    app[BLOCKING].release_all()
+    for task in list(app[STREAMS]):
+        task.cancel()
+
+
 def build_app(registry: Registry, *, token: str = "") -> web.Application:
     """The aiohttp application serving one registry."""
     app = web.Application(
@@ -402,6 +418,9 @@ def build_app(registry: Registry, *, token: str = "") -> web.Application:
     app[TOKEN] = token
     app[STATS] = {"event_streams": 0}
     app[OPENAPI] = _encode(openapi_spec(__version__))
+    streams: set[asyncio.Task[object]] = set()
+    app[STREAMS] = streams
+    app.on_shutdown.append(_release_long_requests)
     r = app.router
     r.add_put("/api/v1/instances/{id}", put_instance)
     r.add_get("/api/v1/instances/{id}", get_instance)

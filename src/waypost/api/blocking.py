@@ -136,6 +136,12 @@ class BlockingQueries:
             if not waiters:
                 del self._parked[key]
 
+    def release_all(self) -> None:
+        """Answer every parked query now (at shutdown), so clients move on at once."""
+        for waiters in self._parked.values():
+            for w in waiters:
+                _timeout(w.fut)
+
     def _on_change(self, revision: int) -> None:
         for key in list(self._parked):
             ans = self._cache.get(key)

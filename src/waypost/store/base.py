@@ -15,7 +15,7 @@ from typing import Protocol
 
 from msgspec import Struct
 
-from waypost.errors import Conflict, NotFound, Unavailable
+from waypost.errors import Conflict, Gone, NotFound, Unavailable
 from waypost.model import Event, Instance
 
 # How long, and how many, events are kept for watches to resume from (Consul keeps no
@@ -49,6 +49,10 @@ class Store(Protocol):
 
     kind: str
     """Short name shown by ``/status``: ``sqlite``, ``memory``, ``etcd``."""
+
+    @property
+    def compacted(self) -> int:
+        """Events at or below this revision are pruned: a watch from before it is Gone."""
 
     async def open(self) -> None:
         """Connect or create; afterwards the store serves."""
@@ -103,6 +107,15 @@ def apply_ops(tx: Tx, ops: Sequence[Op], revision: int) -> list[Event]:
             tx.delete(op.id)
             events.append(Event(revision=revision, type="delete", instance=current[0]))
     return events
+
+
+def gone(since: int, floor: int) -> Gone:
+    """The error for a watch that starts before the kept log."""
+    return Gone(
+        f"revision {since} is older than the kept event log (from {floor}); "
+        "re-list and watch from the listed index",
+        field="index",
+    )
 
 
 def _check_precondition(iid: str, current: tuple[Instance, int] | None, want: int | None) -> None:

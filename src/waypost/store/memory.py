@@ -6,7 +6,7 @@ import collections
 import time
 from collections.abc import AsyncIterator, Sequence
 
-from waypost.errors import Gone, Unavailable
+from waypost.errors import Unavailable
 from waypost.model import Event, Instance
 from waypost.store.base import (
     CHANGES_PAGE,
@@ -15,6 +15,7 @@ from waypost.store.base import (
     ChangeFeed,
     Op,
     apply_ops,
+    gone,
     watch_with_backlog,
 )
 
@@ -58,6 +59,10 @@ class MemoryStore:
         self._feed = ChangeFeed()
         self._open = False
 
+    @property
+    def compacted(self) -> int:
+        return self._floor
+
     async def open(self) -> None:
         self._open = True
 
@@ -99,11 +104,7 @@ class MemoryStore:
     async def changes(self, since: int, limit: int = CHANGES_PAGE) -> list[Event]:
         self._check_open()
         if since < self._floor:
-            raise Gone(
-                f"revision {since} is older than the kept event log (from {self._floor}); "
-                "re-list and watch from the listed index",
-                field="index",
-            )
+            raise gone(since, self._floor)
         return [ev for _, ev in self._log if ev.revision > since][:limit]
 
     def watch(self, since: int) -> AsyncIterator[list[Event]]:

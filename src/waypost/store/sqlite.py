@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from waypost.errors import Gone, StoreError, Unavailable, WaypostError
+from waypost.errors import StoreError, Unavailable, WaypostError
 from waypost.model import Event, Instance
 from waypost.store.base import (
     CHANGES_PAGE,
@@ -31,6 +31,7 @@ from waypost.store.base import (
     ChangeFeed,
     Op,
     apply_ops,
+    gone,
     watch_with_backlog,
 )
 
@@ -126,6 +127,10 @@ class SqliteStore:
         self._closed = True
 
     # --- lifecycle -----------------------------------------------------------------------
+
+    @property
+    def compacted(self) -> int:
+        return self._floor
 
     async def open(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -335,11 +340,7 @@ class SqliteStore:
     async def changes(self, since: int, limit: int = CHANGES_PAGE) -> list[Event]:
         def read(conn: sqlite3.Connection) -> list[Event]:
             if since < self._floor:
-                raise Gone(
-                    f"revision {since} is older than the kept event log (from {self._floor}); "
-                    "re-list and watch from the listed index",
-                    field="index",
-                )
+                raise gone(since, self._floor)
             rows = conn.execute(
                 "SELECT revision, type, data FROM events WHERE revision > ? "
                 "ORDER BY revision LIMIT ?",

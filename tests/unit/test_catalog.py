@@ -1,0 +1,125 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from waypost.api.query import parse_query
+from waypost.catalog import Catalog
+from waypost.errors import InvalidInput
+from waypost.model import Event, Instance, Kind, Status, convert_instance
+
+
+def inst(iid: str, service: str = "web", **f: Any) -> Instance:
+    return convert_instance({"id": iid, "service": service, "address": "10.0.0.1", "port": 80, **f})
+
+
+@pytest.fixture
+def catalog() -> Catalog:
+    c = Catalog()
+    rows = [
+        inst("web-3", version="1.4.0", tags=["prod", "eu"], node="n1", meta={"zone": "a"}),
+        inst("web-1", version="1.2.0", tags=["prod"], node="n2", meta={"zone": "b"}),
+        inst("web-2", version="2.0.0", tags=["canary"], node="n1", status="warning"),
+        inst("web-4", version="0.9.0", tags=["eu"], node="n2", maintenance=True),
+        inst("db-1", "db", tags=["prod"], node="n1", status="critical"),
+        inst("net-1", "mesh", kind="network", node="n3"),
+    ]
+    c.load([(r, i + 1) for i, r in enumerate(rows)], len(rows))
+    return c
+
+
+def ids(c: Catalog, qs: str, service: str | None = None) -> list[str]:
+    pairs = [tuple(p.split("=", 1)) for p in qs.split("&") if p]
+    q, _, _ = parse_query(pairs, service=service)  # type: ignore[arg-type]
+    return [i.id for i in c.query(q)]
+
+
+@pytest.mark.parametrize(
+    ("qs", "expected"),
+    [
+        ("", ["db-1", "net-1", "web-1", "web-2", "web-3", "web-4"]),
+        ("service=web", ["web-1", "web-2", "web-3", "web-4"]),
+        ("service=web&version=>=1.2,<2", ["web-1", "web-3"]),
+        ("service=web&version=^1.3", ["web-3"]),
+        ("tag=prod", ["db-1", "web-1", "web-3"]),
+        ("tag=prod&tag=eu", ["web-3"]),
+        ("any_tag=canary&any_tag=eu", ["web-2", "web-3", "web-4"]),
+        ("any_tag=canary,eu", ["web-2", "web-3", "web-4"]),
+        ("status=passing", ["net-1", "web-1", "web-3"]),
+        ("status=healthy&service=web", ["web-1", "web-3"]),
+        ("status=degraded", ["web-2"]),
+        ("status=unhealthy", ["db-1", "web-4"]),
+        ("status=passing,warning&service=web", ["web-1", "web-2", "web-3"]),
+        ("node=n1", ["db-1", "web-2", "web-3"]),
+        ("node=n1&tag=prod", ["db-1", "web-3"]),
+        ("meta.zone=a", ["web-3"]),
+        ("kind=network", ["net-1"]),
+        ("service=nope", []),
+        ("tag=nope", []),
+    ],
+)
+def test_every_filter_returns_exactly_the_matching_instances(
+    catalog: Catalog, qs: str, expected: list[str]
+) -> None:
+    assert ids(catalog, qs) == expected
+
+
+def test_maintenance_counts_as_critical_but_keeps_its_status(catalog: Catalog) -> None:
+    web4 = catalog.get("web-4")
+    assert web4 is not None and web4.status is Status.PASSING
+    assert web4.effective_status is Status.CRITICAL
+
+
+def test_services_summarise_counts_tags_and_versions(catalog: Catalog) -> None:
+    web = next(s for s in catalog.services() if s.name == "web")
+    assert (web.instances, web.passing, web.warning, web.critical, web.maintenance) == (4, 2, 1, 1, 1)
+    assert web.versions == ["0.9.0", "1.2.0", "1.4.0", "2.0.0"]
+    assert web.tags == ["canary", "eu", "prod"]
+    assert [s.name for s in catalog.services()] == ["db", "mesh", "web"]
+
+
+def test_events_move_the_index_and_the_service_revision(catalog: Catalog) -> None:
+    seen: list[int] = []
+    catalog.add_listener(seen.append)
+    catalog.apply([Event(revision=7, type="put", instance=inst("web-9", tags=["prod"]))])
+    catalog.apply([Event(revision=8, type="delete", instance=inst("db-1", "db"))])
+    assert seen == [7, 8]
+    assert catalog.service_revision("web") == 7
+    assert catalog.service_revision("db") == 8
+    assert catalog.get("db-1") is None
+    assert ids(catalog, "tag=prod") == ["web-1", "web-3", "web-9"]
+
+
+def test_moving_an_instance_to_another_service_reindexes_both(catalog: Catalog) -> None:
+    catalog.apply([Event(revision=7, type="put", instance=inst("web-1", "api"))])
+    assert "web-1" not in ids(catalog, "service=web")
+    assert ids(catalog, "service=api") == ["web-1"]
+    assert catalog.service_revision("web") == 7
+
+
+def test_stale_events_are_ignored(catalog: Catalog) -> None:
+    catalog.apply([Event(revision=3, type="delete", instance=inst("web-1"))])
+    assert catalog.get("web-1") is not None
+
+
+def test_recent_events_are_served_from_memory_until_the_ring_ends() -> None:
+    c = Catalog(recent_events=3)
+    c.load([], 0)
+    c.apply([Event(revision=r, type="put", instance=inst(f"w{r}")) for r in range(1, 6)])
+    assert [e.revision for e in c.events_since(3) or []] == [4, 5]
+    assert c.events_since(5) == []
+    assert c.events_since(1) is None  # 2 has left the ring: read the store instead
+
+
+@pytest.mark.parametrize("qs", ["tags=prod", "status=sideways", "kind=robot", "index=-1",
+                                "index=x", "wait=soon", "version=>=x", "meta.=1"])
+def test_bad_query_parameters_are_refused(qs: str) -> None:
+    with pytest.raises(InvalidInput):
+        parse_query([tuple(qs.split("=", 1))])  # type: ignore[list-item]
+
+
+def test_kind_and_status_parse_to_enums() -> None:
+    q, index, wait = parse_query([("kind", "actor"), ("status", "healthy"), ("index", "4"),
+                                  ("wait", "2s")])
+    assert (q.kind, q.status, index, wait) == (Kind.ACTOR, (Status.PASSING,), 4, 2.0)

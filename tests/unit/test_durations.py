@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from waypost.durations import format_duration, parse_duration
+from waypost.errors import InvalidInput
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("10s", 10.0),
+        ("500ms", 0.5),
+        ("1m", 60.0),
+        ("1m30s", 90.0),
+        ("2h", 7200.0),
+        ("1.5s", 1.5),
+        ("250us", 0.00025),
+        ("30", 30.0),
+        (" 5s ", 5.0),
+    ],
+)
+def test_parses_what_people_write(text: str, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["", "s", "10x", "-5s", "1m-3s", "10 s", "5s10", "ms", "9999h"])
+def test_rejects_malformed_durations_naming_the_field(text: str) -> None:
+    with pytest.raises(InvalidInput) as exc:
+        parse_duration(text, field="ttl")
+    assert exc.value.field == "ttl"
+    assert "ttl" in exc.value.message
+
+
+@given(st.integers(min_value=0, max_value=366 * 24 * 3600 * 1000 - 1))
+def test_format_then_parse_round_trips_whole_milliseconds(ms: int) -> None:
+    assert round(parse_duration(format_duration(ms / 1000)) * 1000) == ms
+
+
+@given(st.text(max_size=12))
+def test_parser_never_raises_anything_but_invalid_input(text: str) -> None:
+    try:
+        assert parse_duration(text) >= 0
+    except InvalidInput:
+        pass
