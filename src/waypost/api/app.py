@@ -402,7 +402,8 @@ async def _release_long_requests(app: web.Application) -> None:
     """At shutdown: answer parked blocking queries and end event streams, so that
     clients reconnect (to this server restarted, or the next one) without waiting."""
     app[BLOCKING].release_all()
-    for task in list(app[STREAMS]):
+    streams = app[STREAMS]
+    for task in [*streams]:
         task.cancel()
 
 
