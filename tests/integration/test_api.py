@@ -17,12 +17,18 @@ def test_register_with_curl_then_read_it_back(server: ServerProcess, http: httpx
     body = json.dumps(instance("web-1", version="1.2.3", tags=["prod"]))
     out = subprocess.run(
         ["curl", "-sS", "-X", "PUT", f"{server.url}/api/v1/instances/web-1", "-d", body],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert json.loads(out.stdout) == {"id": "web-1", "index": 1}
     got = http.get("/api/v1/instances/web-1").json()
     assert (got["service"], got["version"], got["node"], got["status"]) == (
-        "web", "1.2.3", "test-node", "passing")
+        "web",
+        "1.2.3",
+        "test-node",
+        "passing",
+    )
 
 
 def test_the_body_may_leave_out_the_id_of_the_path(http: httpx.Client) -> None:
@@ -89,8 +95,11 @@ def test_every_filter_returns_exactly_the_matching_instances(
 def test_services_and_nodes_summaries(http: httpx.Client) -> None:
     seed(http)
     services = {s["name"]: s for s in http.get("/api/v1/services").json()}
-    assert (services["web"]["instances"], services["web"]["passing"],
-            services["web"]["warning"]) == (3, 2, 1)
+    assert (
+        services["web"]["instances"],
+        services["web"]["passing"],
+        services["web"]["warning"],
+    ) == (3, 2, 1)
     assert services["db"]["critical"] == 1
     assert services["web"]["versions"] == ["1.2.0", "1.9.1", "2.1.0"]
     nodes = {n["id"]: n["instances"] for n in http.get("/api/v1/nodes").json()}
@@ -108,14 +117,16 @@ def test_status_maintenance_and_delete(http: httpx.Client) -> None:
     assert [i["id"] for i in http.get("/api/v1/instances?status=passing").json()] == ["w"]
     assert http.delete("/api/v1/instances/w").status_code == 200
     r = http.get("/api/v1/instances/w")
-    assert r.status_code == 404 and "not registered" in r.json()["message"]
+    assert r.status_code == 404
+    assert "not registered" in r.json()["message"]
     assert http.delete("/api/v1/instances/w").status_code == 404
 
 
 def test_a_batch_is_all_or_nothing(http: httpx.Client) -> None:
     http.put("/api/v1/instances/keep", json=instance("keep"))
-    r = http.post("/api/v1/batch", json={"register": [instance("new-1")],
-                                         "deregister": ["keep", "missing"]})
+    r = http.post(
+        "/api/v1/batch", json={"register": [instance("new-1")], "deregister": ["keep", "missing"]}
+    )
     assert r.status_code == 404
     ids = [i["id"] for i in http.get("/api/v1/instances").json()]
     assert ids == ["keep"]
@@ -177,13 +188,16 @@ def test_writes_need_the_token_when_one_is_set(start_server: Callable[..., Serve
     srv = start_server("--token", "s3cret")
     with httpx.Client(base_url=srv.url) as c:
         r = c.put("/api/v1/instances/w", json=instance("w"))
-        assert r.status_code == 401 and r.json()["error"] == "unauthorized"
-        r = c.put("/api/v1/instances/w", json=instance("w"),
-                  headers={"Authorization": "Bearer wrong"})
+        assert r.status_code == 401
+        assert r.json()["error"] == "unauthorized"
+        r = c.put(
+            "/api/v1/instances/w", json=instance("w"), headers={"Authorization": "Bearer wrong"}
+        )
         assert r.status_code == 401
         assert c.get("/api/v1/instances").json() == []  # reads stay open
-        r = c.put("/api/v1/instances/w", json=instance("w"),
-                  headers={"Authorization": "Bearer s3cret"})
+        r = c.put(
+            "/api/v1/instances/w", json=instance("w"), headers={"Authorization": "Bearer s3cret"}
+        )
         assert r.status_code == 200
 
 
@@ -234,5 +248,6 @@ def test_heartbeats_keep_a_ttl_instance_passing(http: httpx.Client) -> None:
 def test_heartbeat_without_ttl_is_refused(http: httpx.Client) -> None:
     http.put("/api/v1/instances/w", json=instance("w"))
     r = http.put("/api/v1/instances/w/heartbeat")
-    assert r.status_code == 400 and "no ttl" in r.json()["message"]
+    assert r.status_code == 400
+    assert "no ttl" in r.json()["message"]
     assert http.put("/api/v1/instances/none/heartbeat").status_code == 404

@@ -69,13 +69,18 @@ def test_services_list_blocks_on_any_change(server: ServerProcess, http: httpx.C
     http.put("/api/v1/instances/web-1", json=instance("web-1"))
     index = int(http.get("/api/v1/services").headers["X-Waypost-Index"])
     out: list[httpx.Response] = []
-    t = threading.Thread(target=lambda: out.append(
-        httpx.get(f"{server.url}/api/v1/services", params={"index": index, "wait": "20s"},
-                  timeout=30)))
+    t = threading.Thread(
+        target=lambda: out.append(
+            httpx.get(
+                f"{server.url}/api/v1/services", params={"index": index, "wait": "20s"}, timeout=30
+            )
+        )
+    )
     t.start()
     deadline = time.monotonic() + 10
     while http.get("/status").json()["blocking_waiters"] < 1:
         assert time.monotonic() < deadline
     http.put("/api/v1/instances/db-1", json=instance("db-1", "db"))
     t.join(5)
-    assert out and [s["name"] for s in out[0].json()] == ["db", "web"]
+    assert out
+    assert [s["name"] for s in out[0].json()] == ["db", "web"]

@@ -11,8 +11,9 @@ import httpx
 from tests.conftest import ServerProcess, instance
 
 
-async def register_until_killed(url: str, acked: list[str], stop_after: int,
-                                server: ServerProcess) -> None:
+async def register_until_killed(
+    url: str, acked: list[str], stop_after: int, server: ServerProcess
+) -> None:
     killed = asyncio.Event()
 
     async def writer(w: int, session: aiohttp.ClientSession) -> None:
@@ -21,11 +22,12 @@ async def register_until_killed(url: str, acked: list[str], stop_after: int,
             iid = f"w{w}-{n}"
             n += 1
             try:
-                async with session.put(f"{url}/api/v1/instances/{iid}",
-                                       json=instance(iid, f"svc{w % 4}")) as r:
+                async with session.put(
+                    f"{url}/api/v1/instances/{iid}", json=instance(iid, f"svc{w % 4}")
+                ) as r:
                     if r.status == 200:
                         acked.append(iid)
-            except (aiohttp.ClientError, asyncio.TimeoutError):
+            except (TimeoutError, aiohttp.ClientError):
                 return
             if len(acked) >= stop_after and not killed.is_set():
                 killed.set()

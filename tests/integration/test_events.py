@@ -10,8 +10,14 @@ from tests.conftest import ServerProcess, instance, wait_until
 from waypost.sse import SseMessage, SseParser
 
 
-def read_events(url: str, n: int, *, index: int | None = None,
-                last_event_id: str | None = None, service: str | None = None) -> list[SseMessage]:
+def read_events(
+    url: str,
+    n: int,
+    *,
+    index: int | None = None,
+    last_event_id: str | None = None,
+    service: str | None = None,
+) -> list[SseMessage]:
     params: dict[str, str | int] = {}
     if index is not None:
         params["index"] = index
@@ -20,8 +26,13 @@ def read_events(url: str, n: int, *, index: int | None = None,
     headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
     got: list[SseMessage] = []
     parser = SseParser()
-    with httpx.stream("GET", f"{url}/api/v1/events", params=params, headers=headers,
-                      timeout=httpx.Timeout(10, read=10)) as r:
+    with httpx.stream(
+        "GET",
+        f"{url}/api/v1/events",
+        params=params,
+        headers=headers,
+        timeout=httpx.Timeout(10, read=10),
+    ) as r:
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("text/event-stream")
         for chunk in r.iter_raw():

@@ -67,13 +67,20 @@ def test_every_filter_returns_exactly_the_matching_instances(
 
 def test_maintenance_counts_as_critical_but_keeps_its_status(catalog: Catalog) -> None:
     web4 = catalog.get("web-4")
-    assert web4 is not None and web4.status is Status.PASSING
+    assert web4 is not None
+    assert web4.status is Status.PASSING
     assert web4.effective_status is Status.CRITICAL
 
 
 def test_services_summarise_counts_tags_and_versions(catalog: Catalog) -> None:
     web = next(s for s in catalog.services() if s.name == "web")
-    assert (web.instances, web.passing, web.warning, web.critical, web.maintenance) == (4, 2, 1, 1, 1)
+    assert (web.instances, web.passing, web.warning, web.critical, web.maintenance) == (
+        4,
+        2,
+        1,
+        1,
+        1,
+    )
     assert web.versions == ["0.9.0", "1.2.0", "1.4.0", "2.0.0"]
     assert web.tags == ["canary", "eu", "prod"]
     assert [s.name for s in catalog.services()] == ["db", "mesh", "web"]
@@ -112,14 +119,26 @@ def test_recent_events_are_served_from_memory_until_the_ring_ends() -> None:
     assert c.events_since(1) is None  # 2 has left the ring: read the store instead
 
 
-@pytest.mark.parametrize("qs", ["tags=prod", "status=sideways", "kind=robot", "index=-1",
-                                "index=x", "wait=soon", "version=>=x", "meta.=1"])
+@pytest.mark.parametrize(
+    "qs",
+    [
+        "tags=prod",
+        "status=sideways",
+        "kind=robot",
+        "index=-1",
+        "index=x",
+        "wait=soon",
+        "version=>=x",
+        "meta.=1",
+    ],
+)
 def test_bad_query_parameters_are_refused(qs: str) -> None:
     with pytest.raises(InvalidInput):
         parse_query([tuple(qs.split("=", 1))])  # type: ignore[list-item]
 
 
 def test_kind_and_status_parse_to_enums() -> None:
-    q, index, wait = parse_query([("kind", "actor"), ("status", "healthy"), ("index", "4"),
-                                  ("wait", "2s")])
+    q, index, wait = parse_query(
+        [("kind", "actor"), ("status", "healthy"), ("index", "4"), ("wait", "2s")]
+    )
     assert (q.kind, q.status, index, wait) == (Kind.ACTOR, (Status.PASSING,), 4, 2.0)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -41,7 +43,5 @@ def test_format_then_parse_round_trips_whole_milliseconds(ms: int) -> None:
 
 @given(st.text(max_size=12))
 def test_parser_never_raises_anything_but_invalid_input(text: str) -> None:
-    try:
+    with contextlib.suppress(InvalidInput):
         assert parse_duration(text) >= 0
-    except InvalidInput:
-        pass

@@ -26,7 +26,8 @@ def test_an_answer_is_encoded_once_per_change_and_shared() -> None:
     first = cache.get(key)
     assert cache.get(key) is first
     put(c, inst("d1", "db"))  # another service: same answer object, same index
-    assert cache.get(key) is first and first.index == 1
+    assert cache.get(key) is first
+    assert first.index == 1
     put(c, inst("w2"))
     second = cache.get(key)
     assert second.index == 3

@@ -91,8 +91,10 @@ def test_changes_are_every_event_after_a_revision_in_order(make_store: StoreFact
         await s.apply([Put(instance=inst("b"))])
         await s.apply([Delete(id="a")])
         evs = await s.changes(1)
-        assert [(e.revision, e.type, e.instance.id) for e in evs] == [(2, "put", "b"),
-                                                                      (3, "delete", "a")]
+        assert [(e.revision, e.type, e.instance.id) for e in evs] == [
+            (2, "put", "b"),
+            (3, "delete", "a"),
+        ]
         assert await s.changes(3) == []
         await s.close()
 

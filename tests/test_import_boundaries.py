@@ -1,0 +1,90 @@
+"""The dependency rules of design.md: imports point down the layers, never up."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "waypost"
+
+# Layer of each top-level module or package; a module may import its own layer or lower.
+LAYERS = {
+    "_version": 0,
+    "errors": 0,
+    "durations": 1,
+    "versions": 1,
+    "sse": 1,
+    "model": 2,
+    "catalog": 3,
+    "store": 3,
+    "traffic": 3,
+    "health": 3,
+    "settings": 3,
+    "registry": 4,
+    "api": 5,
+    "dns": 5,
+    "client": 5,
+    "peers": 5,
+    "actors": 5,
+    "agent": 6,
+    "proxy": 6,
+    "server": 7,
+    "testing": 8,
+    "cli": 9,
+    "__main__": 10,
+    "__init__": 10,
+}
+# Sideways imports that are forbidden even within a layer.
+FORBIDDEN = {
+    ("client", "api"),
+    ("client", "registry"),
+    ("client", "catalog"),
+    ("client", "store"),
+    ("catalog", "store"),
+    ("store", "catalog"),
+    ("model", "catalog"),
+}
+
+
+def part_of(path: Path) -> str:
+    rel = path.relative_to(SRC)
+    return rel.parts[0].removesuffix(".py")
+
+
+def imported(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("waypost"):
+            parts = node.module.split(".")
+            if len(parts) > 1:
+                names.add(parts[1])
+            else:  # "from waypost import x": x is a top-level module or a public name
+                names.update(a.name for a in node.names if a.name in LAYERS)
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                parts = a.name.split(".")
+                if parts[0] == "waypost" and len(parts) > 1:
+                    names.add(parts[1])
+    return names
+
+
+def test_every_module_has_a_layer() -> None:
+    for path in SRC.rglob("*.py"):
+        assert part_of(path) in LAYERS, f"{path} is in no layer of the import rules"
+
+
+def test_imports_point_down_the_layers() -> None:
+    bad = []
+    for path in SRC.rglob("*.py"):
+        me = part_of(path)
+        for other in imported(path):
+            if other == me:
+                continue
+            if LAYERS[other] > LAYERS[me] or (me, other) in FORBIDDEN:
+                bad.append(f"{path.relative_to(SRC)} imports waypost.{other}")
+    assert not bad, "\n".join(bad)
+
+
+def test_the_model_imports_only_the_bottom_layers() -> None:
+    assert imported(SRC / "model.py") <= {"errors", "durations", "versions"}
