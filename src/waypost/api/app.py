@@ -225,7 +225,7 @@ async def _answer(request: web.Request, key: Key, index: int | None, wait_s: flo
         ans: Answer = request.app[CACHE].get(key)
     else:
         ans = await request.app[BLOCKING].wait(key, index, wait_s)
-    return web.Response(body=ans.body, headers=ans.headers, content_type=JSON)
+    return web.Response(body=ans.body, headers=ans.headers(), content_type=JSON)
 
 
 async def get_instance(request: web.Request) -> web.Response:

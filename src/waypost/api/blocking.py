@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import msgspec
 
@@ -33,7 +33,10 @@ class Answer:
     index: int
     body: bytes
     checked: int  # the catalog revision this answer is known to be current at
-    headers: dict[str, str] = field(default_factory=dict)
+
+    def headers(self) -> dict[str, str]:
+        """``X-Waypost-Index`` to block on; ``X-Waypost-Revision`` to watch from."""
+        return {"X-Waypost-Index": str(self.index), "X-Waypost-Revision": str(self.checked)}
 
 
 # What a cache key names: ("instances", query) or ("services", None).
@@ -80,9 +83,10 @@ class AnswerCache:
             ans.checked = rev
             self._answers.move_to_end(key)
             return ans
+        # A service never seen has no revision of its own: the answer is current as of now.
         # As Consul, never answer index 0: a client that blocks on 0 would not block.
-        index = max(self._scope_revision(key), 1)
-        ans = Answer(index=index, body=body, checked=rev, headers={"X-Waypost-Index": str(index)})
+        index = max(self._scope_revision(key) or rev, 1)
+        ans = Answer(index=index, body=body, checked=rev)
         self._answers[key] = ans
         self._answers.move_to_end(key)
         if len(self._answers) > MAX_CACHED_ANSWERS:

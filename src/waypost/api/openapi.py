@@ -106,7 +106,11 @@ _INDEX_HEADER = {
     "X-Waypost-Index": {
         "schema": {"type": "integer"},
         "description": "Revision at which this answer last changed",
-    }
+    },
+    "X-Waypost-Revision": {
+        "schema": {"type": "integer"},
+        "description": "Registry revision this answer is current at",
+    },
 }
 
 

@@ -200,6 +200,7 @@ class AsyncClient:
         return QueryResult(
             index=int(headers.get("X-Waypost-Index", "0")),
             instances=_core.decode_as(body, list[Instance]),
+            revision=int(headers.get("X-Waypost-Revision", "0")),
         )
 
     async def services(self) -> list[ServiceSummary]:

@@ -41,10 +41,12 @@ T = TypeVar("T")
 
 
 class QueryResult(msgspec.Struct, frozen=True):
-    """Instances matching a query, and the index to block on for the next change."""
+    """Instances matching a query: ``index`` to block on for the next change of this
+    answer, ``revision`` (the registry revision it is current at) to watch from."""
 
     index: int
     instances: list[Instance]
+    revision: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -187,6 +187,7 @@ class Client:
         return QueryResult(
             index=int(resp.headers.get("X-Waypost-Index", "0")),
             instances=_core.decode_as(resp.content, list[Instance]),
+            revision=int(resp.headers.get("X-Waypost-Revision", "0")),
         )
 
     def services(self) -> list[ServiceSummary]:

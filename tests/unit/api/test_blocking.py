@@ -76,3 +76,11 @@ def test_a_waiter_times_out_with_the_same_index_and_is_forgotten() -> None:
         assert blocking.count == 0
 
     asyncio.run(go())
+
+
+def test_a_service_never_seen_answers_with_the_current_revision() -> None:
+    c = Catalog()
+    c.load([(inst(f"w{n}"), n + 1) for n in range(5)], 5)
+    ans = AnswerCache(c).get(("instances", Query(service="nothing")))
+    assert (ans.index, ans.body) == (5, b"[]")
+    assert ans.headers() == {"X-Waypost-Index": "5", "X-Waypost-Revision": "5"}
