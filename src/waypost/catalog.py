@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import heapq
 from collections.abc import Callable, Iterable, Sequence
 
 from waypost.model import Event, Instance, Node, NodeStatus, Query, ServiceSummary, Status
@@ -37,7 +38,9 @@ class Catalog:
         self._sorted: dict[str, list[Instance]] = {}
         self._recent: collections.deque[Event] = collections.deque(maxlen=recent_events)
         self._listeners: list[Listener] = []
-        self._revision_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        # (revision, sequence, future) as a heap: the lowest revision wakes first.
+        self._revision_waiters: list[tuple[int, int, asyncio.Future[bool]]] = []
+        self._waiter_seq = 0
 
     # --- feeding -------------------------------------------------------------------------
 
@@ -120,15 +123,9 @@ class Catalog:
         self._listeners.remove(listener)
 
     def _notify(self) -> None:
-        if self._revision_waiters:
-            keep = []
-            for rev, fut in self._revision_waiters:
-                if rev <= self.revision:
-                    if not fut.done():
-                        fut.set_result(None)
-                else:
-                    keep.append((rev, fut))
-            self._revision_waiters = keep
+        waiters = self._revision_waiters
+        while waiters and waiters[0][0] <= self.revision:
+            _settle(heapq.heappop(waiters)[2], True)
         for listener in tuple(self._listeners):
             listener(self.revision)
 
@@ -136,16 +133,16 @@ class Catalog:
         """Wait until the catalog has applied ``revision``; False on timeout."""
         if self.revision >= revision:
             return True
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._revision_waiters.append((revision, fut))
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[bool] = loop.create_future()
+        self._waiter_seq += 1
+        heapq.heappush(self._revision_waiters, (revision, self._waiter_seq, fut))
+        # A timer, not asyncio.wait_for: that costs a task per call on the write path.
+        timer = loop.call_later(timeout_s, _settle, fut, False)
         try:
-            await asyncio.wait_for(fut, timeout_s)
-        except TimeoutError:
-            return False
+            return await fut
         finally:
-            if not fut.done():
-                fut.cancel()
-        return True
+            timer.cancel()
 
     # --- reads ---------------------------------------------------------------------------
 
@@ -276,6 +273,11 @@ class Catalog:
             out.append(ev)
         out.reverse()
         return out
+
+
+def _settle(fut: asyncio.Future[bool], value: bool) -> None:
+    if not fut.done():
+        fut.set_result(value)
 
 
 def _order(inst: Instance) -> tuple[str, str]:

@@ -7,6 +7,7 @@ A bare number is taken as seconds, since that is what a shell user means.
 
 from __future__ import annotations
 
+import functools
 import re
 
 from waypost.errors import InvalidInput
@@ -26,6 +27,7 @@ _BARE = re.compile(r"\d+(?:\.\d+)?")
 MAX_DURATION_S = 366 * 24 * 3600.0
 
 
+@functools.lru_cache(maxsize=1024)
 def parse_duration(text: str, *, field: str = "duration") -> float:
     """Parse ``text`` into seconds; raise InvalidInput naming ``field`` when malformed."""
     s = text.strip()

@@ -106,7 +106,7 @@ class NodeStatus(enum.Enum):
 CheckType = Literal["http", "https", "tcp", "command", "ttl", "grpc"]
 
 
-class Check(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class Check(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, gc=False):
     """A health check definition attached to an instance (run by the node agent)."""
 
     name: Annotated[str, Meta(min_length=1, max_length=128)]
@@ -118,7 +118,7 @@ class Check(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     unhealthy_threshold: Annotated[int, Meta(ge=1, le=100)] = 3
 
 
-class Instance(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class Instance(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, gc=False):
     """One registered endpoint of a service (or an actor network, or an actor)."""
 
     id: Label
@@ -127,14 +127,16 @@ class Instance(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     port: Port
     version: SemVer | None = None
     node: Label | None = None
-    tags: Annotated[list[Tag], Meta(max_length=MAX_TAGS)] = field(default_factory=list)
+    # Tuples, not lists: a tuple of strings drops out of the garbage collector's view,
+    # and full collections over 100k registered instances stalled writes by 100 ms.
+    tags: Annotated[tuple[Tag, ...], Meta(max_length=MAX_TAGS)] = ()
     meta: Annotated[dict[MetaKey, MetaValue], Meta(max_length=MAX_META)] = field(
         default_factory=dict
     )
     weight: Weight = DEFAULT_WEIGHT
     domain: Host | None = None
     kind: Kind = Kind.SERVICE
-    checks: Annotated[list[Check], Meta(max_length=32)] = field(default_factory=list)
+    checks: Annotated[tuple[Check, ...], Meta(max_length=32)] = ()
     ttl: Duration | None = None
     deregister_after: Duration = DEFAULT_DEREGISTER_AFTER
     status: Status = Status.PASSING
@@ -151,7 +153,7 @@ class Instance(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
         return Status.CRITICAL if self.maintenance else self.status
 
 
-class Event(Struct, frozen=True, kw_only=True):
+class Event(Struct, frozen=True, kw_only=True, gc=False):
     """One change in the registry at one revision: ``put`` or ``delete`` of an instance."""
 
     revision: int
@@ -276,8 +278,17 @@ def is_hostname(text: str) -> bool:
     return all(LABEL_RE.match(label) for label in labels)
 
 
+# Dotted-quad IPv4 without leading zeros: the common case, checked without ipaddress
+# (whose parser was a quarter of the registration path's CPU time).
+_IPV4_RE = re.compile(
+    r"^(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)$"
+)
+
+
 def is_address(text: str) -> bool:
     """Whether ``text`` is an IPv4 or IPv6 literal or a host name."""
+    if _IPV4_RE.match(text):
+        return True
     try:
         ipaddress.ip_address(text)
     except ValueError:

@@ -21,7 +21,7 @@ def test_a_minimal_instance_gets_the_defaults() -> None:
         100,
         Status.PASSING,
         "service",
-        [],
+        (),
     )
 
 

@@ -92,9 +92,8 @@ def apply_ops(tx: Tx, ops: Sequence[Op], revision: int) -> list[Event]:
     events: list[Event] = []
     for op in ops:
         if isinstance(op, Put):
-            iid = op.instance.id
-            current = tx.get(iid)
-            _check_precondition(iid, current, op.if_revision)
+            if op.if_revision is not None:  # a blind put needs no read
+                _check_precondition(op.instance.id, tx.get(op.instance.id), op.if_revision)
             revision += 1
             tx.put(op.instance, revision)
             events.append(Event(revision=revision, type="put", instance=op.instance))

@@ -29,6 +29,7 @@ from waypost.store.base import (
     DEFAULT_EVENT_MAX,
     DEFAULT_EVENT_WINDOW_S,
     ChangeFeed,
+    Delete,
     Op,
     apply_ops,
     gone,
@@ -57,6 +58,10 @@ CREATE TABLE IF NOT EXISTS meta (
 SCHEMA_VERSION = 1
 # Prune the event log at most this often; pruning is a cheap indexed range delete.
 PRUNE_EVERY_S = 1.0
+# Background checkpoint period, and the WAL size (pages of 4 KiB) at which a commit
+# checkpoints by itself if the background thread cannot.
+CHECKPOINT_EVERY_S = 0.5
+BACKSTOP_CHECKPOINT_PAGES = 25_000
 # At most this many batches share one transaction, to bound a commit's latency.
 MAX_GROUP = 512
 
@@ -84,6 +89,7 @@ _STOP = object()
 class _SqliteTx:
     def __init__(self, cur: sqlite3.Cursor) -> None:
         self._cur = cur
+        self.encoded: dict[int, bytes] = {}  # id(instance) -> JSON, reused for the event row
 
     def get(self, instance_id: str) -> tuple[Instance, int] | None:
         row = self._cur.execute(
@@ -92,11 +98,15 @@ class _SqliteTx:
         return (_decode_instance(row[0]), row[1]) if row else None
 
     def put(self, inst: Instance, revision: int) -> None:
+        data = self.encoded[id(inst)] = _encode(inst)
         self._cur.execute(
             "INSERT INTO instances(id, revision, data) VALUES (?, ?, ?) "
             "ON CONFLICT(id) DO UPDATE SET revision = excluded.revision, data = excluded.data",
-            (inst.id, revision, _encode(inst)),
+            (inst.id, revision, data),
         )
+
+    def encode(self, inst: Instance) -> bytes:
+        return self.encoded.get(id(inst)) or _encode(inst)
 
     def delete(self, instance_id: str) -> None:
         self._cur.execute("DELETE FROM instances WHERE id = ?", (instance_id,))
@@ -125,6 +135,8 @@ class SqliteStore:
         self._floor = 0
         self._last_prune = 0.0
         self._closed = True
+        self._checkpointer: threading.Thread | None = None
+        self._stop_checkpoints = threading.Event()
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -145,13 +157,23 @@ class SqliteStore:
         self._thread.start()
         await ready
         self._closed = False
+        self._stop_checkpoints.clear()
+        self._checkpointer = threading.Thread(
+            target=self._checkpoints, name="waypost-sqlite-checkpoint", daemon=True
+        )
+        self._checkpointer.start()
 
     async def close(self) -> None:
         if self._thread is None:
             return
         self._closed = True
+        self._stop_checkpoints.set()
         self._queue.put(_STOP)
-        await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self._thread.join)
+        if self._checkpointer is not None:
+            await loop.run_in_executor(None, self._checkpointer.join)
+            self._checkpointer = None
         self._thread = None
         self._feed.close()
 
@@ -164,6 +186,9 @@ class SqliteStore:
         # loss too (NORMAL would survive a process crash only).
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA busy_timeout=5000")
+        # Checkpoints run on their own thread (``_checkpoints``) so that a commit never
+        # pays for copying the WAL back; this automatic one is only a backstop.
+        conn.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_CHECKPOINT_PAGES}")
         conn.executescript(SCHEMA)
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version == 0:
@@ -187,6 +212,26 @@ class SqliteStore:
         self._call(ready.set_result, None)
         try:
             self._serve(conn)
+        finally:
+            self._closed = True
+            conn.close()
+
+    def _checkpoints(self) -> None:
+        """Copy the WAL back into the database in the background (PASSIVE never blocks
+        the writer), then truncate it at close."""
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error:
+            return  # the backstop autocheckpoint still bounds the WAL
+        try:
+            conn.execute("PRAGMA busy_timeout=1000")
+            while not self._stop_checkpoints.wait(CHECKPOINT_EVERY_S):
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            if self._thread is not None:
+                self._thread.join()
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
         finally:
             conn.close()
 
@@ -231,20 +276,29 @@ class SqliteStore:
             cur.execute("BEGIN IMMEDIATE")
             for job in writes:
                 assert job.ops is not None
-                cur.execute("SAVEPOINT batch")
+                # Only deletes and conditional puts can fail; a batch of blind puts needs
+                # no savepoint (two statements saved per registration).
+                guarded = any(
+                    isinstance(op, Delete) or op.if_revision is not None for op in job.ops
+                )
+                if guarded:
+                    cur.execute("SAVEPOINT batch")
                 try:
-                    events = apply_ops(_SqliteTx(cur), job.ops, self._revision)
+                    tx = _SqliteTx(cur)
+                    events = apply_ops(tx, job.ops, self._revision)
                     now = time.time()
                     cur.executemany(
                         "INSERT INTO events(revision, type, ts, data) VALUES (?, ?, ?, ?)",
-                        [(ev.revision, ev.type, now, _encode(ev.instance)) for ev in events],
+                        [(ev.revision, ev.type, now, tx.encode(ev.instance)) for ev in events],
                     )
                 except WaypostError as exc:
-                    cur.execute("ROLLBACK TO batch")
-                    cur.execute("RELEASE batch")
+                    if guarded:
+                        cur.execute("ROLLBACK TO batch")
+                        cur.execute("RELEASE batch")
                     outcomes.append((job, exc))
                     continue
-                cur.execute("RELEASE batch")
+                if guarded:
+                    cur.execute("RELEASE batch")
                 if events:
                     self._revision = events[-1].revision
                 outcomes.append((job, events))
@@ -261,14 +315,16 @@ class SqliteStore:
                 self._resolve(job.fut, err)
             return
         committed: list[Event] = []
+        settled: list[tuple[asyncio.Future[Any], object]] = []
         for job, outcome in outcomes:
             if isinstance(outcome, WaypostError):
-                self._resolve(job.fut, outcome)
+                settled.append((job.fut, outcome))
             else:
                 committed.extend(outcome)
-                self._resolve(job.fut, self._revision if not outcome else outcome[-1].revision)
-        if committed:
-            self._call(self._feed.publish, committed)
+                settled.append((job.fut, outcome[-1].revision if outcome else self._revision))
+        # One wake-up of the event loop per group, not one per batch: each
+        # call_soon_threadsafe writes to the loop's self-pipe.
+        self._call(self._finish, settled, committed)
         self._maybe_prune(conn)
 
     def _maybe_prune(self, conn: sqlite3.Connection) -> None:
@@ -300,23 +356,24 @@ class SqliteStore:
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
             self._loop.call_soon_threadsafe(fn, *args)
 
-    def _resolve(self, fut: asyncio.Future[Any], result: object) -> None:
-        def done() -> None:
-            if fut.done():
-                return
-            if isinstance(result, BaseException):
-                fut.set_exception(result)
-            else:
-                fut.set_result(result)
+    def _finish(
+        self, settled: list[tuple[asyncio.Future[Any], object]], committed: list[Event]
+    ) -> None:
+        """On the loop: publish a committed group's events, then answer its writers."""
+        if committed:
+            self._feed.publish(committed)
+        for fut, result in settled:
+            _settle(fut, result)
 
-        self._call(done)
+    def _resolve(self, fut: asyncio.Future[Any], result: object) -> None:
+        self._call(_settle, fut, result)
 
     # --- the async face ------------------------------------------------------------------
 
     def _submit(
         self, job_ops: Sequence[Op] | None, fn: Callable[[sqlite3.Connection], T] | None
     ) -> asyncio.Future[Any]:
-        if self._closed or self._thread is None or not self._thread.is_alive():
+        if self._closed:  # also set when the writer thread ends, whatever the reason
             raise Unavailable("the SQLite store is closed")
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue.put(_Job(fut, ops=job_ops, fn=fn))
@@ -363,6 +420,15 @@ class SqliteStore:
             await asyncio.wait_for(self._read(read), 5.0)
         except TimeoutError:
             raise StoreError("the SQLite store did not answer within 5 s") from None
+
+
+def _settle(fut: asyncio.Future[Any], result: object) -> None:
+    if fut.done():
+        return
+    if isinstance(result, BaseException):
+        fut.set_exception(result)
+    else:
+        fut.set_result(result)
 
 
 def _store_error(exc: BaseException, path: Path) -> StoreError:

@@ -1,0 +1,189 @@
+"""N blocking queries held by one server, one change, and the time until each is answered.
+
+Measured from this process (a separate client process from the servers): Waypost's
+``GET /api/v1/services/NAME?index=I&wait=60s`` next to a bare aiohttp long-poll server
+that answers every waiter from one shared body (``_longpoll_baseline.py``), both on
+uvloop, with the same client. Writes ``results/watch.{json,md}``.
+
+    python bench/watch.py [--waiters 1000 10000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _harness import SERVING, percentile, raise_fd_limit, waypost_server, write_results
+
+HERE = Path(__file__).resolve().parent
+
+
+@contextlib.contextmanager
+def baseline_server(body: bytes) -> Iterator[str]:
+    proc = subprocess.Popen(
+        [sys.executable, str(HERE / "_longpoll_baseline.py")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=False,
+    )
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    proc.stdin.write(body)
+    proc.stdin.close()
+    m = SERVING.search(proc.stdout.readline().decode())
+    try:
+        if m is None:
+            raise RuntimeError("baseline did not start")
+        yield m.group(1)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        proc.stdout.close()
+
+
+async def fan_out(
+    wait_url: str, status_url: str, trigger: tuple[str, str, bytes | None], n: int
+) -> dict[str, float]:
+    """Park ``n`` waiters, fire ``trigger``, and time every answer from the trigger."""
+    arrivals: list[float] = []
+    errors = 0
+    conn = aiohttp.TCPConnector(limit=0, force_close=False)
+    timeout = aiohttp.ClientTimeout(total=120)
+    async with (
+        aiohttp.ClientSession(connector=conn, timeout=timeout) as s,
+        aiohttp.ClientSession() as control,
+    ):
+
+        async def waiter() -> None:
+            nonlocal errors
+            try:
+                async with s.get(wait_url) as r:
+                    await r.read()
+                    if r.status == 200:
+                        arrivals.append(time.perf_counter())
+                    else:
+                        errors += 1
+            except (TimeoutError, aiohttp.ClientError):
+                errors += 1
+
+        tasks = [asyncio.create_task(waiter()) for _ in range(n)]
+        deadline = time.monotonic() + 120
+        while True:
+            async with control.get(status_url) as r:
+                held = (await r.json())["blocking_waiters"]
+            if held >= n - errors or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)
+        method, url, data = trigger
+        start = time.perf_counter()
+        async with control.request(
+            method, url, data=data, headers={"Content-Type": "application/json"}
+        ) as r:
+            await r.read()
+        await asyncio.gather(*tasks)
+    lat = [(a - start) * 1000 for a in arrivals]
+    return {
+        "n": n,
+        "held": held,
+        "answered": len(lat),
+        "errors": errors,
+        "p50_ms": percentile(lat, 50),
+        "p99_ms": percentile(lat, 99),
+        "max_ms": max(lat) if lat else float("nan"),
+    }
+
+
+async def waypost_round(url: str, n: int, k: int) -> tuple[dict[str, float], bytes]:
+    async with aiohttp.ClientSession() as s, s.get(f"{url}/api/v1/services/watch") as r:
+        index = int(r.headers["X-Waypost-Index"])
+        body = await r.read()
+    new = (f'{{"service":"watch","address":"10.0.0.2","port":{9000 + k}}}').encode()
+    res = await fan_out(
+        f"{url}/api/v1/services/watch?index={index}&wait=60s",
+        f"{url}/status",
+        ("PUT", f"{url}/api/v1/instances/watch-new-{k}", new),
+        n,
+    )
+    return res, body
+
+
+async def seed(url: str) -> bytes:
+    async with aiohttp.ClientSession() as s:
+        regs = [
+            {
+                "id": f"watch-{i}",
+                "service": "watch",
+                "address": f"10.0.0.{i + 1}",
+                "port": 8080,
+                "tags": ["prod"],
+            }
+            for i in range(10)
+        ]
+        async with s.post(f"{url}/api/v1/batch", json={"register": regs}) as r:
+            assert r.status == 200
+        async with s.get(f"{url}/api/v1/services/watch") as r:
+            return await r.read()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--waiters", type=int, nargs="+", default=[1000, 10000])
+    args = ap.parse_args()
+    limit = raise_fd_limit()
+    if max(args.waiters) + 100 > limit:
+        sys.exit(f"open-file limit {limit} is too low for {max(args.waiters)} waiters")
+    results: dict[str, dict[str, dict[str, float]]] = {"waypost": {}, "baseline": {}}
+    with waypost_server() as url:
+        body = asyncio.run(seed(url))
+        with baseline_server(body) as base:
+            for k, n in enumerate(args.waiters):
+                results["baseline"][str(n)] = asyncio.run(
+                    fan_out(f"{base}/wait", f"{base}/status", ("POST", f"{base}/change", None), n)
+                )
+                results["waypost"][str(n)], _ = asyncio.run(waypost_round(url, n, k))
+    table = []
+    for n in args.waiters:
+        w, b = results["waypost"][str(n)], results["baseline"][str(n)]
+        table.append(
+            (
+                f"{n:,} waiters: p50 ms",
+                f"{w['p50_ms']:.0f}",
+                f"{b['p50_ms']:.0f}",
+                f"{b['p50_ms'] / w['p50_ms']:.2f}x",
+            )
+        )
+        table.append(
+            (
+                f"{n:,} waiters: p99 ms",
+                f"{w['p99_ms']:.0f}",
+                f"{b['p99_ms']:.0f}",
+                f"{b['p99_ms'] / w['p99_ms']:.2f}x",
+            )
+        )
+        table.append(
+            (
+                f"{n:,} waiters: answered / errors",
+                f"{w['answered']:.0f} / {w['errors']:.0f}",
+                f"{b['answered']:.0f} / {b['errors']:.0f}",
+                "-",
+            )
+        )
+    notes = (
+        "Peer: a bare aiohttp+uvloop long-poll server answering every waiter from one "
+        "shared body. Ratio = baseline / Waypost (> 1: Waypost answers sooner). "
+        "Waypost's time includes the SQLite commit of the change that wakes them."
+    )
+    write_results("watch", results, table, notes)
+
+
+if __name__ == "__main__":
+    main()
