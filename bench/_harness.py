@@ -128,13 +128,23 @@ def etcd_member() -> Iterator[int]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def wrk(url: str, *, connections: int = 64, seconds: int = 5, threads: int = 1) -> dict[str, float]:
-    """Run wrk against ``url``; requests/s and latency percentiles in ms."""
+def wrk(
+    url: str, *, connections: int = 64, seconds: int = 5, threads: int = 1, script: str = ""
+) -> dict[str, float]:
+    """Run wrk against ``url`` (with a Lua ``script``); requests/s and latency in ms."""
     exe = shutil.which("wrk")
     if exe is None:
         raise RuntimeError("wrk is not installed: run `make bench` (installs wrk)")
     out = subprocess.run(
-        [exe, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", url],
+        [
+            exe,
+            f"-t{threads}",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--latency",
+            *(["-s", script] if script else []),
+            url,
+        ],
         capture_output=True,
         text=True,
         check=True,
