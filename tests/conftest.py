@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -102,6 +103,21 @@ class ServerProcess:
         port = self.port
         self.stop()
         return self.start(f"127.0.0.1:{port}")
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_threads() -> Iterator[None]:
+    """Fail a test that leaves threads running (keep-alives, stores not closed)."""
+    before = set(threading.enumerate())
+    yield
+    deadline = time.monotonic() + 5
+    while True:
+        leaked = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+        if not leaked:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"threads left running: {[t.name for t in leaked]}")
+        time.sleep(0.01)
 
 
 @pytest.fixture

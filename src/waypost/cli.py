@@ -316,7 +316,10 @@ def status(server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOpt = 
         _print_json(st)
         return
     for key, value in msgspec.structs.asdict(st).items():
-        out.print(f"{key:<17} {value}")
+        if key != "config":
+            out.print(f"{key:<17} {value}")
+    for key, value in st.config.items():
+        out.print(f"{'config.' + key:<17} {value}")
 
 
 @app.command()

@@ -253,6 +253,7 @@ class ServerStatus(Struct, frozen=True, kw_only=True):
     store: str
     blocking_waiters: int
     event_streams: int
+    config: dict[str, str] = field(default_factory=dict)
 
 
 class ErrorBody(Struct, frozen=True, kw_only=True):

@@ -20,7 +20,7 @@ import msgspec
 
 from waypost.catalog import Catalog
 from waypost.durations import parse_duration
-from waypost.errors import Conflict, Gone, InvalidInput, NotFound, Unavailable, WaypostError
+from waypost.errors import Conflict, Gone, InvalidInput, NotFound, WaypostError
 from waypost.model import Event, Instance, Status
 from waypost.store.base import Delete, Op, Put, Store
 
@@ -31,6 +31,8 @@ Clock = Callable[[], float]
 APPLY_TIMEOUT_S = 5.0
 # How often TTL deadlines are checked; bounds how late an expiry is noticed.
 TTL_TICK_S = 0.05
+# First pause before the catalog's store watch is retried after a failure.
+PUMP_RETRY_S = 0.1
 # Retries of a compare-and-swap update that lost a race with another writer.
 CAS_RETRIES = 8
 
@@ -75,19 +77,27 @@ class Registry:
         return revision
 
     async def _pump(self, revision: int) -> None:
+        """Apply the store's changes to the catalog, forever; a failing store is retried
+        (the catalog keeps serving what it has), a pruned position re-lists."""
+        delay_s = PUMP_RETRY_S
+        position: int | None = revision
         while True:
             try:
-                async for batch in self.store.watch(revision):
+                if position is None:
+                    position = await self._load()
+                async for batch in self.store.watch(position):
                     self.catalog.apply(batch)
                     self._track(batch)
-                    revision = batch[-1].revision
-                return
+                    position = batch[-1].revision
+                    delay_s = PUMP_RETRY_S
             except Gone:
                 log.warning("fell behind the store's event log; re-listing")
-                revision = await self._load()
-            except Unavailable as exc:
-                log.info("store watch ended: %s", exc)
-                return
+                position = None
+                continue
+            except WaypostError as exc:
+                log.warning("store watch failed (%s); retrying in %.1fs", exc, delay_s)
+            await asyncio.sleep(delay_s)
+            delay_s = min(delay_s * 2, 5.0)
 
     def _track(self, batch: Sequence[Event]) -> None:
         now = self._clock()

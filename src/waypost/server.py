@@ -40,7 +40,9 @@ class WaypostServer:
         await self.store.open()
         try:
             await self.registry.start()
-            app = build_app(self.registry, token=self.settings.token)
+            app = build_app(
+                self.registry, token=self.settings.token, config=self.settings.redacted()
+            )
             self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
             await self._runner.setup()
             host, port = self.settings.http_host_port()

@@ -11,7 +11,6 @@ import re
 import socket
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import msgspec
 import yaml
@@ -49,9 +48,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     def event_window_s(self) -> float:
         return parse_duration(self.event_window, field="event_window")
 
-    def redacted(self) -> dict[str, Any]:
-        """The settings for display: the token is never printed."""
-        out = msgspec.structs.asdict(self)
+    def redacted(self) -> dict[str, str]:
+        """The settings for display (``waypost status``): the token is never shown."""
+        out = {k: str(v) for k, v in msgspec.structs.asdict(self).items()}
         if out["token"]:
             out["token"] = "********"
         return out

@@ -195,6 +195,9 @@ def test_writes_need_the_token_when_one_is_set(start_server: Callable[..., Serve
         )
         assert r.status_code == 401
         assert c.get("/api/v1/instances").json() == []  # reads stay open
+        status = c.get("/status")
+        assert status.json()["config"]["token"] == "********"
+        assert "s3cret" not in status.text
         r = c.put(
             "/api/v1/instances/w", json=instance("w"), headers={"Authorization": "Bearer s3cret"}
         )

@@ -63,6 +63,7 @@ CACHE = web.AppKey("cache", AnswerCache)
 BLOCKING = web.AppKey("blocking", BlockingQueries)
 TOKEN = web.AppKey("token", str)
 OPENAPI = web.AppKey("openapi", bytes)
+CONFIG = web.AppKey("config", dict[str, str])
 STATS = web.AppKey("stats", dict[str, int])
 STREAMS = web.AppKey("streams", set[asyncio.Task[object]])
 
@@ -292,6 +293,7 @@ async def status(request: web.Request) -> web.Response:
         store=reg.store.kind,
         blocking_waiters=request.app[BLOCKING].count,
         event_streams=request.app[STATS]["event_streams"],
+        config=request.app[CONFIG],
     )
     return _json(_encode(body))
 
@@ -410,14 +412,18 @@ async def _release_long_requests(app: web.Application) -> None:
         task.cancel()
 
 
-def build_app(registry: Registry, *, token: str = "") -> web.Application:
-    """The aiohttp application serving one registry."""
+def build_app(
+    registry: Registry, *, token: str = "", config: dict[str, str] | None = None
+) -> web.Application:
+    """The aiohttp application serving one registry; ``config`` is shown by /status
+    (already redacted)."""
     app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY_BYTES)
     cache = AnswerCache(registry.catalog)
     app[REGISTRY] = registry
     app[CACHE] = cache
     app[BLOCKING] = BlockingQueries(registry.catalog, cache)
     app[TOKEN] = token
+    app[CONFIG] = dict(config or {})
     app[STATS] = {"event_streams": 0}
     app[OPENAPI] = _encode(openapi_spec(__version__))
     streams: set[asyncio.Task[object]] = set()
