@@ -3,11 +3,14 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from waypost.api.query import parse_query
 from waypost.catalog import Catalog
 from waypost.errors import InvalidInput
-from waypost.model import Event, Instance, Kind, Status, convert_instance
+from waypost.model import Event, Instance, Kind, Query, Status, convert_instance
+from waypost.versions import matches
 
 
 def inst(iid: str, service: str = "web", **f: Any) -> Instance:
@@ -142,3 +145,68 @@ def test_kind_and_status_parse_to_enums() -> None:
         [("kind", "actor"), ("status", "healthy"), ("index", "4"), ("wait", "2s")]
     )
     assert (q.kind, q.status, index, wait) == (Kind.ACTOR, (Status.PASSING,), 4, 2.0)
+
+
+# --- property: the indexed query equals a brute-force filter -------------------------------
+
+
+TAGS = ["prod", "eu", "us", "canary"]
+instances_st = st.lists(
+    st.fixed_dictionaries(
+        {
+            "service": st.sampled_from(["web", "db", "api"]),
+            "node": st.sampled_from(["n1", "n2", "n3"]),
+            "tags": st.lists(st.sampled_from(TAGS), unique=True, max_size=3),
+            "version": st.sampled_from(["0.9.0", "1.2.0", "1.9.3", "2.0.0"]),
+            "status": st.sampled_from(["passing", "warning", "critical", "unknown"]),
+            "maintenance": st.booleans(),
+            "meta": st.dictionaries(
+                st.sampled_from(["zone", "rack"]), st.sampled_from(["a", "b"]), max_size=2
+            ),
+            "kind": st.sampled_from(["service", "network", "actor"]),
+        }
+    ),
+    max_size=25,
+)
+queries_st = st.builds(
+    Query,
+    service=st.none() | st.sampled_from(["web", "db", "nope"]),
+    version=st.none() | st.sampled_from([">=1.2,<2", "^1", "~1.9", "!=2.0.0"]),
+    tags=st.lists(st.sampled_from(TAGS), unique=True, max_size=2).map(tuple),
+    any_tags=st.lists(st.sampled_from(TAGS), unique=True, max_size=2).map(tuple),
+    status=st.lists(st.sampled_from(list(Status)), unique=True, max_size=2).map(tuple),
+    node=st.none() | st.sampled_from(["n1", "n2"]),
+    meta=st.lists(
+        st.tuples(st.sampled_from(["zone", "rack"]), st.sampled_from(["a", "b"])), max_size=1
+    ).map(tuple),
+    kind=st.none() | st.sampled_from(list(Kind)),
+)
+
+
+def brute(q: Query, i: Instance) -> bool:
+    return (
+        (q.service is None or i.service == q.service)
+        and (q.version is None or matches(i.version, q.version))
+        and all(t in i.tags for t in q.tags)
+        and (not q.any_tags or any(t in i.tags for t in q.any_tags))
+        and (not q.status or (Status.CRITICAL if i.maintenance else i.status) in q.status)
+        and (q.node is None or i.node == q.node)
+        and all(i.meta.get(k) == v for k, v in q.meta)
+        and (q.kind is None or i.kind == q.kind)
+    )
+
+
+@settings(max_examples=200)
+@given(instances_st, queries_st, st.integers(min_value=0, max_value=24))
+def test_indexed_queries_equal_a_brute_force_filter(
+    rows: list[dict[str, Any]], q: Query, removed: int
+) -> None:
+    c = Catalog()
+    insts = [inst(f"i{n}", **row) for n, row in enumerate(rows)]
+    c.load([(i, n + 1) for n, i in enumerate(insts)], len(insts))
+    if insts:  # exercise the incremental index too: delete one, re-add another changed
+        gone = insts[removed % len(insts)]
+        c.apply([Event(revision=c.revision + 1, type="delete", instance=gone)])
+        insts.remove(gone)
+    expected = sorted((i for i in insts if brute(q, i)), key=lambda i: (i.service, i.id))
+    assert [i.id for i in c.query(q)] == [i.id for i in expected]
