@@ -45,6 +45,15 @@ Label = Annotated[
         description="A DNS-safe label (RFC 1123): letters, digits, hyphens; at most 63.",
     ),
 ]
+# An instance id in a body may be left empty: the path of PUT /instances/{id} names it.
+OptionalLabel = Annotated[
+    str,
+    Meta(
+        pattern=r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)?$",
+        max_length=63,
+        description="A DNS-safe label (RFC 1123); may be empty where the URL path names it.",
+    ),
+]
 Tag = Annotated[str, Meta(min_length=1, max_length=MAX_TAG_LEN)]
 MetaKey = Annotated[str, Meta(pattern=META_KEY_PATTERN, max_length=MAX_META_KEY_LEN)]
 MetaValue = Annotated[str, Meta(max_length=MAX_META_VALUE_LEN)]
@@ -121,8 +130,9 @@ class Check(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, gc=Fa
 class Instance(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, gc=False):
     """One registered endpoint of a service (or an actor network, or an actor)."""
 
-    id: Label
     service: Label
+    # Left empty in a body, it is taken from the path (PUT /api/v1/instances/{id}).
+    id: OptionalLabel = ""
     address: Host
     port: Port
     version: SemVer | None = None
@@ -299,6 +309,13 @@ def is_address(text: str) -> bool:
 
 def validate_instance(inst: Instance) -> Instance:
     """Check the rules the schema cannot express; return the instance or raise InvalidInput."""
+    if not LABEL_RE.match(inst.id):
+        raise InvalidInput(
+            f"id: {inst.id!r} is not a DNS-safe label (letters, digits, hyphens; at most 63)"
+            if inst.id
+            else "id: required (a DNS-safe label)",
+            field="id",
+        )
     if not is_address(inst.address):
         raise InvalidInput(
             f"address: {inst.address!r} is neither an IP address nor a host name",

@@ -167,6 +167,13 @@ def test_bad_input_gets_a_4xx_naming_it_and_changes_nothing(
         ("POST", "/api/v1/batch", b"x" * (2 * 1024 * 1024), 413, "limit"),
         ("PUT", "/api/v1/instances/w/status", b'{"status": "sideways"}', 400, "sideways"),
         ("PUT", "/api/v1/instances/other", json.dumps(instance("w")).encode(), 400, "path"),
+        (
+            "PUT",
+            "/api/v1/instances/bad_id",
+            b'{"service":"web","address":"10.0.0.1","port":80}',
+            400,
+            "DNS-safe",
+        ),
         ("GET", "/api/v1/instances?tags=x", b"", 400, "unknown query parameter"),
         ("GET", "/api/v1/instances?index=abc", b"", 400, "whole number"),
         ("GET", "/api/v1/nope", b"", 404, "no such endpoint"),

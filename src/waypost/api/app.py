@@ -12,7 +12,6 @@ import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import msgspec
 from aiohttp import web
@@ -41,7 +40,6 @@ from waypost.model import (
     WriteResult,
     decode,
     parse_status,
-    translate_validation_error,
     validate_instance,
 )
 from waypost.registry import Registry
@@ -144,20 +142,10 @@ async def _body(request: web.Request) -> bytes:
 
 def _instance_from(data: bytes, path_id: str) -> Instance:
     """Decode the instance of ``PUT /instances/{id}``; the body may leave ``id`` out."""
-    try:
-        inst = msgspec.json.decode(data, type=Instance)
-    except msgspec.ValidationError as exc:
-        if "missing required field `id`" not in str(exc):
-            raise translate_validation_error(exc) from None
-        raw = decode(data, dict[str, Any])
-        raw["id"] = path_id
-        try:
-            inst = msgspec.convert(raw, Instance)
-        except msgspec.ValidationError as exc2:
-            raise translate_validation_error(exc2) from None
-    except msgspec.DecodeError as exc:
-        raise translate_validation_error(exc) from None
-    if inst.id != path_id:
+    inst = decode(data, Instance)
+    if not inst.id:
+        inst = msgspec.structs.replace(inst, id=path_id)
+    elif inst.id != path_id:
         raise InvalidInput(
             f"id: the body names {inst.id!r} but the path names {path_id!r}", field="id"
         )
