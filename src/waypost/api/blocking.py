@@ -33,10 +33,21 @@ class Answer:
     index: int
     body: bytes
     checked: int  # the catalog revision this answer is known to be current at
+    _headers: dict[str, str] | None = None
+    _headers_at: int = -1
 
     def headers(self) -> dict[str, str]:
-        """``X-Waypost-Index`` to block on; ``X-Waypost-Revision`` to watch from."""
-        return {"X-Waypost-Index": str(self.index), "X-Waypost-Revision": str(self.checked)}
+        """``X-Waypost-Index`` to block on; ``X-Waypost-Revision`` to watch from.
+
+        Built once per revision and shared, like the body: 10,000 woken waiters reuse it.
+        """
+        if self._headers is None or self._headers_at != self.checked:
+            self._headers = {
+                "X-Waypost-Index": str(self.index),
+                "X-Waypost-Revision": str(self.checked),
+            }
+            self._headers_at = self.checked
+        return self._headers
 
 
 # What a cache key names: ("instances", query) or ("services", None).
