@@ -43,7 +43,11 @@ class WaypostServer:
             app = build_app(
                 self.registry, token=self.settings.token, config=self.settings.redacted()
             )
-            self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+            # handler_cancellation: a client that hangs up frees its parked blocking
+            # query or event stream at once, not when its wait runs out.
+            self._runner = web.AppRunner(
+                app, access_log=None, handle_signals=False, handler_cancellation=True
+            )
             await self._runner.setup()
             host, port = self.settings.http_host_port()
             site = web.TCPSite(self._runner, host, port, reuse_address=True, backlog=4096)

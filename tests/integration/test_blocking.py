@@ -7,7 +7,7 @@ import time
 
 import httpx
 
-from tests.conftest import ServerProcess, instance
+from tests.conftest import ServerProcess, instance, wait_until
 
 
 def test_a_blocking_query_returns_within_50ms_of_a_change(
@@ -84,3 +84,21 @@ def test_services_list_blocks_on_any_change(server: ServerProcess, http: httpx.C
     t.join(5)
     assert out
     assert [s["name"] for s in out[0].json()] == ["db", "web"]
+
+
+def test_a_client_that_hangs_up_frees_its_parked_query(
+    server: ServerProcess, http: httpx.Client
+) -> None:
+    http.put("/api/v1/instances/web-1", json=instance("web-1"))
+    index = int(http.get("/api/v1/services/web").headers["X-Waypost-Index"])
+    with httpx.Client(base_url=server.url, timeout=httpx.Timeout(5, read=0.3)) as impatient:
+        try:
+            impatient.get("/api/v1/services/web", params={"index": index, "wait": "60s"})
+        except httpx.ReadTimeout:
+            pass
+        else:
+            raise AssertionError("the blocking query returned before its wait")
+    wait_until(
+        lambda: http.get("/status").json()["blocking_waiters"] == 0,
+        what="the abandoned query to be released",
+    )

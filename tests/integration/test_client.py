@@ -196,3 +196,13 @@ def test_token_is_sent_on_writes(start_server: Callable[..., ServerProcess]) -> 
         anon.register(id="w", service="web", address="10.0.0.1", port=80)
     with Client(srv.url, token="t0k") as c:
         assert c.register(id="w", service="web", address="10.0.0.1", port=80).index == 1
+
+
+def test_keepalive_stops_and_reports_when_the_instance_is_gone(server: ServerProcess) -> None:
+    with Client(server.url) as c:
+        c.register(id="t1", service="web", address="10.0.0.1", port=80, ttl="5s")
+        ka = c.keepalive("t1", interval_s=0.02)
+        c.deregister("t1")
+        wait_until(lambda: not ka.running, what="the keepalive to stop")
+        assert isinstance(ka.error, NotFound)
+        ka.stop()

@@ -100,3 +100,10 @@ def test_a_revision_older_than_the_log_is_410(start_server: Callable[..., Server
         r = c.get("/api/v1/events", params={"index": 0})
         assert r.json()["error"] == "gone"
         assert "re-list" in r.json()["message"]
+
+
+def test_a_revision_ahead_of_the_registry_is_410(http: httpx.Client) -> None:
+    http.put("/api/v1/instances/a", json=instance("a"))
+    r = http.get("/api/v1/events", params={"index": 99})
+    assert r.status_code == 410
+    assert "reset" in r.json()["message"]

@@ -292,18 +292,26 @@ async def openapi(request: web.Request) -> web.Response:
 
 # --- event stream ------------------------------------------------------------------------
 
-_frame_cache: dict[int, bytes] = {}
+
+class FrameCache:
+    """SSE frames of recent events, encoded once and shared by every stream of one app."""
+
+    LIMIT = 8192
+
+    def __init__(self) -> None:
+        self._frames: dict[int, bytes] = {}
+
+    def frame(self, ev: Event) -> bytes:
+        got = self._frames.get(ev.revision)
+        if got is None:
+            got = sse_frames.frame(_encode(ev.instance), event=ev.type, id=ev.revision)
+            if len(self._frames) >= self.LIMIT:
+                self._frames.clear()
+            self._frames[ev.revision] = got
+        return got
 
 
-def _frame(ev: Event) -> bytes:
-    """The SSE frame of one event, encoded once and shared by every stream."""
-    got = _frame_cache.get(ev.revision)
-    if got is None:
-        got = sse_frames.frame(_encode(ev.instance), event=ev.type, id=ev.revision)
-        if len(_frame_cache) > 8192:
-            _frame_cache.clear()
-        _frame_cache[ev.revision] = got
-    return got
+FRAMES = web.AppKey("frames", FrameCache)
 
 
 async def events(request: web.Request) -> web.StreamResponse:
@@ -335,7 +343,15 @@ async def events(request: web.Request) -> web.StreamResponse:
             got = [ev for ev in got if ev.revision <= cat.revision]
         return got
 
+    if last > cat.revision:
+        # Only a registry that lost its data (a wiped SQLite file) is behind a client.
+        raise Gone(
+            f"revision {last} is ahead of this registry (at {cat.revision}): it was reset; "
+            "re-list and watch from the listed index",
+            field="index",
+        )
     backlog = await fetch(last)  # Gone here becomes a 410 before the stream starts
+    frames = request.app[FRAMES]
     resp = web.StreamResponse(
         headers={
             "Content-Type": "text/event-stream",
@@ -354,7 +370,7 @@ async def events(request: web.Request) -> web.StreamResponse:
         while True:
             while backlog:
                 chunk = b"".join(
-                    _frame(ev)
+                    frames.frame(ev)
                     for ev in backlog
                     if service is None or ev.instance.service == service
                 )
@@ -412,6 +428,7 @@ def build_app(
     app[BLOCKING] = BlockingQueries(registry.catalog, cache)
     app[TOKEN] = token
     app[CONFIG] = dict(config or {})
+    app[FRAMES] = FrameCache()
     app[STATS] = {"event_streams": 0}
     app[OPENAPI] = _encode(openapi_spec(__version__))
     streams: set[asyncio.Task[object]] = set()

@@ -12,7 +12,7 @@ import aiohttp
 from waypost.client import _core
 from waypost.client._core import QueryResult, Request, ServerList, WatchState
 from waypost.durations import parse_duration
-from waypost.errors import Unavailable
+from waypost.errors import Unavailable, WaypostError
 from waypost.model import (
     BatchResult,
     Event,
@@ -28,16 +28,22 @@ from waypost.sse import SseParser
 
 
 class AsyncKeepAlive:
-    """A background heartbeat for one TTL instance; ``await stop()`` ends it."""
+    """A background heartbeat for one TTL instance; ``await stop()`` ends it.
 
-    def __init__(self, task: asyncio.Task[None]) -> None:
-        self._task = task
+    Unreachable servers are retried; any other error (the instance was deregistered, or
+    has no ttl) ends the heartbeats and is kept in ``error``."""
+
+    def __init__(self) -> None:
+        self._task: asyncio.Task[None] | None = None
+        self.error: WaypostError | None = None
 
     @property
     def running(self) -> bool:
-        return not self._task.done()
+        return self._task is not None and not self._task.done()
 
     async def stop(self) -> None:
+        if self._task is None:
+            return
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
@@ -150,17 +156,23 @@ class AsyncClient:
     def keepalive(self, instance_id: str, interval_s: float | None = None) -> AsyncKeepAlive:
         """Heartbeat ``instance_id`` in the background (default: a third of its TTL)."""
 
+        handle = AsyncKeepAlive()
+
         async def beat() -> None:
             every = interval_s
-            if every is None:
-                inst = await self.get(instance_id)
-                every = parse_duration(inst.ttl) / 3 if inst.ttl else 10.0
-            while True:
-                with contextlib.suppress(Unavailable):
-                    await self.heartbeat(instance_id)
-                await asyncio.sleep(every)
+            try:
+                if every is None:
+                    inst = await self.get(instance_id)
+                    every = parse_duration(inst.ttl) / 3 if inst.ttl else 10.0
+                while True:
+                    with contextlib.suppress(Unavailable):
+                        await self.heartbeat(instance_id)
+                    await asyncio.sleep(every)
+            except WaypostError as exc:
+                handle.error = exc
 
-        return AsyncKeepAlive(asyncio.create_task(beat(), name=f"waypost-keepalive-{instance_id}"))
+        handle._task = asyncio.create_task(beat(), name=f"waypost-keepalive-{instance_id}")
+        return handle
 
     # --- reads ---------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ import httpx
 from waypost.client import _core
 from waypost.client._core import QueryResult, Request, ServerList, WatchState
 from waypost.durations import parse_duration
-from waypost.errors import Unavailable
+from waypost.errors import Unavailable, WaypostError
 from waypost.model import (
     BatchResult,
     Event,
@@ -29,11 +29,15 @@ from waypost.sse import SseParser
 
 
 class KeepAlive:
-    """A background heartbeat thread for one TTL instance; ``stop()`` ends it."""
+    """A background heartbeat thread for one TTL instance; ``stop()`` ends it.
+
+    Unreachable servers are retried; any other error (the instance was deregistered, or
+    has no ttl) ends the heartbeats and is kept in ``error``."""
 
     def __init__(self, thread: threading.Thread, stopped: threading.Event) -> None:
         self._thread = thread
         self._stopped = stopped
+        self.error: WaypostError | None = None
 
     @property
     def running(self) -> bool:
@@ -141,14 +145,18 @@ class Client:
         stopped = threading.Event()
 
         def beat() -> None:
-            while not stopped.is_set():
-                with contextlib.suppress(Unavailable):
-                    self.heartbeat(instance_id)
-                stopped.wait(every)
+            try:
+                while not stopped.is_set():
+                    with contextlib.suppress(Unavailable):
+                        self.heartbeat(instance_id)
+                    stopped.wait(every)
+            except WaypostError as exc:
+                handle.error = exc
 
         thread = threading.Thread(target=beat, name=f"waypost-keepalive-{instance_id}", daemon=True)
+        handle = KeepAlive(thread, stopped)
         thread.start()
-        return KeepAlive(thread, stopped)
+        return handle
 
     # --- reads ---------------------------------------------------------------------------
 
