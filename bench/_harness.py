@@ -15,15 +15,15 @@ import resource
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from waypost.testing import SERVING, server_process
+
 RESULTS = Path(__file__).resolve().parent / "results"
-SERVING = re.compile(r"serving (http://\S+)")
 
 
 def raise_fd_limit() -> int:
@@ -50,36 +50,34 @@ def percentile(values: list[float], p: float) -> float:
 
 
 @contextlib.contextmanager
-def waypost_server(*args: str, data_dir: Path | None = None) -> Iterator[str]:
-    """A ``waypost server`` process on a free port (SQLite unless told); yields its URL."""
-    tmp = Path(tempfile.mkdtemp(prefix="waypost-bench-")) if data_dir is None else data_dir
-    cmd = [
-        sys.executable,
-        "-m",
-        "waypost",
-        "server",
-        "--http",
-        "127.0.0.1:0",
-        "--data-dir",
-        str(tmp),
-        "--log-level",
-        "warning",
-        *args,
-    ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+def waypost_server(*args: str) -> Iterator[str]:
+    """A ``waypost server`` process (SQLite unless told) on a free port; yields its URL."""
+    tmp = Path(tempfile.mkdtemp(prefix="waypost-bench-"))
     try:
-        assert proc.stdout is not None
-        m = SERVING.search(proc.stdout.readline())
+        with server_process("--log-level", "warning", *args, data_dir=tmp) as proc:
+            yield proc.url
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def announced(cmd: list[str], stdin: bytes = b"") -> Iterator[str]:
+    """A process that prints ``serving URL`` once it listens (as ``waypost server``
+    does); yields the URL and terminates the process on exit."""
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    proc.stdin.write(stdin)
+    proc.stdin.close()
+    try:
+        m = SERVING.search(proc.stdout.readline().decode())
         if m is None:
-            raise RuntimeError("waypost server did not start")
+            raise RuntimeError(f"{cmd[-1]} did not start")
         yield m.group(1)
     finally:
         proc.terminate()
         proc.wait(10)
-        if proc.stdout:
-            proc.stdout.close()
-        if data_dir is None:
-            shutil.rmtree(tmp, ignore_errors=True)
+        proc.stdout.close()
 
 
 @contextlib.contextmanager

@@ -14,41 +14,21 @@ import argparse
 import asyncio
 import contextlib
 import gc
-import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import SERVING, percentile, raise_fd_limit, waypost_server, write_results
+from _harness import announced, percentile, raise_fd_limit, waypost_server, write_results
 
 HERE = Path(__file__).resolve().parent
 
 
-@contextlib.contextmanager
-def baseline_server(body: bytes) -> Iterator[str]:
-    proc = subprocess.Popen(
-        [sys.executable, str(HERE / "_longpoll_baseline.py")],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=False,
-    )
-    assert proc.stdin is not None
-    assert proc.stdout is not None
-    proc.stdin.write(body)
-    proc.stdin.close()
-    m = SERVING.search(proc.stdout.readline().decode())
-    try:
-        if m is None:
-            raise RuntimeError("baseline did not start")
-        yield m.group(1)
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        proc.stdout.close()
+def baseline_server(body: bytes) -> contextlib.AbstractContextManager[str]:
+    """The bare long-poll server, answering with ``body``."""
+    return announced([sys.executable, str(HERE / "_longpoll_baseline.py")], stdin=body)
 
 
 async def fan_out(
