@@ -120,3 +120,26 @@ def test_watch_prints_changes_as_json_lines(server: ServerProcess) -> None:
         (2, "put", "w1"),
         (3, "put", "w2"),
     ]
+
+
+def test_dev_serves_on_sqlite_in_dot_waypost(tmp_path: Path) -> None:
+    import re
+
+    import httpx
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "waypost", "dev", "--http", "127.0.0.1:0"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        m = re.search(r"serving (http://\S+) \(store sqlite", proc.stdout.readline())
+        assert m, "waypost dev did not announce a SQLite-backed server"
+        assert httpx.get(f"{m.group(1)}/health").status_code == 200
+        assert (tmp_path / ".waypost" / "waypost.db").exists()
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)
