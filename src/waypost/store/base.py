@@ -75,6 +75,38 @@ class Store(Protocol):
     async def ping(self) -> None:
         """Return when the store answers; raise StoreError when it does not."""
 
+    async def put(self, instance: Instance, *, if_revision: int | None = None) -> int:
+        """Register or replace one instance (see ``StoreOps``)."""
+
+    async def delete(self, instance_id: str, *, if_revision: int | None = None) -> int:
+        """Remove one instance (see ``StoreOps``)."""
+
+    async def list(self) -> list[Instance]:
+        """Every stored instance, ordered by id (see ``StoreOps``)."""
+
+
+class StoreOps:
+    """The single-operation conveniences every store gets from ``apply`` and ``snapshot``."""
+
+    async def apply(self, ops: Sequence[Op]) -> int:
+        raise NotImplementedError
+
+    async def snapshot(self) -> tuple[int, list[tuple[Instance, int]]]:
+        raise NotImplementedError
+
+    async def put(self, instance: Instance, *, if_revision: int | None = None) -> int:
+        """Register or replace one instance; return its revision."""
+        return await self.apply([Put(instance=instance, if_revision=if_revision)])
+
+    async def delete(self, instance_id: str, *, if_revision: int | None = None) -> int:
+        """Remove one instance (NotFound when unknown); return the revision."""
+        return await self.apply([Delete(id=instance_id, if_revision=if_revision)])
+
+    async def list(self) -> list[Instance]:
+        """Every stored instance, ordered by id."""
+        _, rows = await self.snapshot()
+        return sorted((inst for inst, _ in rows), key=lambda i: i.id)
+
 
 class Tx(Protocol):
     """What ``apply_ops`` needs of a transaction: read and write one instance row."""

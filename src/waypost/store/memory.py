@@ -14,6 +14,7 @@ from waypost.store.base import (
     DEFAULT_EVENT_WINDOW_S,
     ChangeFeed,
     Op,
+    StoreOps,
     apply_ops,
     gone,
     watch_with_backlog,
@@ -39,7 +40,7 @@ class _DictTx:
         self.staged[instance_id] = None
 
 
-class MemoryStore:
+class MemoryStore(StoreOps):
     """Store in process memory; for tests and throw-away dev servers."""
 
     kind = "memory"

@@ -31,6 +31,7 @@ from waypost.store.base import (
     ChangeFeed,
     Delete,
     Op,
+    StoreOps,
     apply_ops,
     gone,
     watch_with_backlog,
@@ -112,7 +113,7 @@ class _SqliteTx:
         self._cur.execute("DELETE FROM instances WHERE id = ?", (instance_id,))
 
 
-class SqliteStore:
+class SqliteStore(StoreOps):
     """Store in one SQLite file; the default for a single server."""
 
     kind = "sqlite"

@@ -190,3 +190,18 @@ def test_sqlite_reports_an_unwritable_location_as_a_store_error(tmp_path: Path) 
             await SqliteStore(blocker / "w.db").open()
 
     run(go())
+
+
+def test_single_operations_put_delete_and_list(make_store: StoreFactory) -> None:
+    async def go() -> None:
+        s = await opened(make_store())
+        assert await s.put(inst("b")) == 1
+        assert await s.put(inst("a"), if_revision=0) == 2
+        assert [i.id for i in await s.list()] == ["a", "b"]
+        assert await s.delete("b", if_revision=1) == 3
+        with pytest.raises(NotFound):
+            await s.delete("b")
+        assert [i.id for i in await s.list()] == ["a"]
+        await s.close()
+
+    run(go())
