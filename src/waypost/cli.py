@@ -317,9 +317,9 @@ def status(server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOpt = 
         return
     for key, value in msgspec.structs.asdict(st).items():
         if key != "config":
-            out.print(f"{key:<17} {value}")
+            out.print(f"{key:<20} {value}")
     for key, value in st.config.items():
-        out.print(f"{'config.' + key:<17} {value}")
+        out.print(f"{'config.' + key:<20} {value}")
 
 
 @app.command()

@@ -130,9 +130,9 @@ class Check(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, gc=Fa
 class Instance(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, gc=False):
     """One registered endpoint of a service (or an actor network, or an actor)."""
 
-    service: Label
     # Left empty in a body, it is taken from the path (PUT /api/v1/instances/{id}).
     id: OptionalLabel = ""
+    service: Label
     address: Host
     port: Port
     version: SemVer | None = None
@@ -342,6 +342,7 @@ T = TypeVar("T")
 
 _PATH_RE = re.compile(r" - at (?:`key` in )?`\$(.*)`$")
 _UNKNOWN_RE = re.compile(r"^Object contains unknown field `([^`]*)`(?: - at `\$(.*)`)?$")
+_MISSING_RE = re.compile(r"^Object missing required field `([^`]*)`(?: - at `\$(.*)`)?$")
 _FRIENDLY_PATTERN = {
     "id": "must be a DNS-safe label (letters, digits, hyphens; at most 63 characters)",
     "service": "must be a DNS-safe label (letters, digits, hyphens; at most 63 characters)",
@@ -355,15 +356,32 @@ def _field_of(path: str) -> str:
     return path.replace("[...]", "").lstrip(".") or "body"
 
 
+_PLAIN_WORDS = [
+    (re.compile(r"^Expected `(int|float)` (>=|<=|>|<) (\S+)$"), r"must be a number \2 \3"),
+    (re.compile(r"^Expected `str` of length <= (\d+)$"), r"must be at most \1 characters"),
+    (re.compile(r"^Expected `str` of length >= (\d+)$"), r"must be at least \1 characters"),
+    (re.compile(r"^Expected `(array|object)` of length <= (\d+)$"), r"must have at most \2 items"),
+    (re.compile(r"^Expected `(\w+)`, got `(\w+)`$"), r"must be of type \1, not \2"),
+]
+
+
+def _plain(problem: str) -> str:
+    """msgspec's wording made plain: ``Expected `int` >= 1`` becomes ``must be a number >= 1``."""
+    for pattern, repl in _PLAIN_WORDS:
+        if pattern.match(problem):
+            return pattern.sub(repl, problem)
+    return problem
+
+
 def translate_validation_error(exc: msgspec.ValidationError | msgspec.DecodeError) -> InvalidInput:
     """Turn msgspec's message into ours: the field first, then what is wrong with it."""
     text = str(exc)
-    unknown = _UNKNOWN_RE.match(text)
-    if unknown is not None:
-        fld = ".".join(
-            p for p in (_field_of(unknown.group(2) or ""), unknown.group(1)) if p != "body"
-        )
-        return InvalidInput(f"{fld}: unknown field", field=fld)
+    for pattern, problem in ((_UNKNOWN_RE, "unknown field"), (_MISSING_RE, "required")):
+        found = pattern.match(text)
+        if found is not None:
+            parts = (_field_of(found.group(2) or ""), found.group(1))
+            fld = ".".join(p for p in parts if p != "body")
+            return InvalidInput(f"{fld}: {problem}", field=fld)
     m = _PATH_RE.search(text)
     if m is None:
         if isinstance(exc, msgspec.ValidationError):
@@ -378,7 +396,7 @@ def translate_validation_error(exc: msgspec.ValidationError | msgspec.DecodeErro
         problem = _FRIENDLY_PATTERN[leaf]
     elif "matching regex" in problem and "`key` in" in text:
         problem = "meta keys use letters, digits and _ . - / only"
-    return InvalidInput(f"{fld}: {problem}", field=fld)
+    return InvalidInput(f"{fld}: {_plain(problem)}", field=fld)
 
 
 def decode(data: bytes | str, type_: type[T]) -> T:

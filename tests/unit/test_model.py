@@ -63,7 +63,22 @@ def test_bad_fields_are_refused_with_the_field_named(over: dict[str, object], fi
 def test_missing_required_fields_are_named() -> None:
     with pytest.raises(InvalidInput) as exc:
         decode_instance(b'{"id":"a","service":"web","address":"::1"}')
-    assert "port" in exc.value.message
+    assert (exc.value.field, exc.value.message) == ("port", "port: required")
+
+
+@pytest.mark.parametrize(
+    ("over", "message"),
+    [
+        ({"port": 0}, "port: must be a number >= 1"),
+        ({"port": "80"}, "port: must be of type int, not str"),
+        ({"tags": ["x" * 256]}, "tags[0]: must be at most 255 characters"),
+        ({"tags": ["t"] * 65}, "tags: must have at most 64 items"),
+    ],
+)
+def test_messages_are_in_plain_words(over: dict[str, object], message: str) -> None:
+    with pytest.raises(InvalidInput) as exc:
+        decode_instance(body(**over))
+    assert exc.value.message == message
 
 
 @pytest.mark.parametrize("address", ["10.0.0.1", "::1", "fe80::1", "db.internal", "host-1"])
