@@ -14,13 +14,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import msgspec
 
 from waypost.catalog import Catalog
 from waypost.durations import parse_duration
 from waypost.errors import Conflict, Gone, InvalidInput, NotFound, WaypostError
+from waypost.health.ttl import TtlTimers
 from waypost.model import Event, Instance, Status
 from waypost.store.base import Delete, Op, Put, Store
 
@@ -47,7 +48,7 @@ class Registry:
         self.catalog = catalog
         self.node_name = node_name
         self._clock = clock
-        self._deadlines: dict[str, float] = {}
+        self._timers = TtlTimers()
         self._tasks: list[asyncio.Task[None]] = []
         self.started_at = clock()
 
@@ -73,7 +74,9 @@ class Registry:
         revision, rows = await self.store.snapshot()
         self.catalog.load(rows, revision)
         now = self._clock()
-        self._deadlines = {inst.id: now + parse_duration(inst.ttl) for inst, _ in rows if inst.ttl}
+        self._timers = TtlTimers()
+        for inst, _ in rows:
+            self._schedule(inst, now, fresh=True)
         return revision
 
     async def _pump(self, revision: int) -> None:
@@ -102,12 +105,21 @@ class Registry:
     def _track(self, batch: Sequence[Event]) -> None:
         now = self._clock()
         for ev in batch:
-            inst = ev.instance
-            if ev.type == "delete" or not inst.ttl:
-                self._deadlines.pop(inst.id, None)
-            elif inst.id not in self._deadlines or inst.status is Status.PASSING:
-                # A fresh registration, or a change back to passing, opens a new window.
-                self._deadlines[inst.id] = now + parse_duration(inst.ttl)
+            if ev.type == "delete":
+                self._timers.forget(ev.instance.id)
+            else:
+                self._schedule(ev.instance, now, fresh=ev.instance.id not in self._timers)
+
+    def _schedule(self, inst: Instance, now: float, *, fresh: bool) -> None:
+        """When ``inst`` next needs the TTL sweep: its heartbeat deadline, or its removal."""
+        if not inst.ttl:
+            self._timers.forget(inst.id)
+        elif inst.status is Status.CRITICAL:
+            since = inst.last_check or inst.updated_at
+            self._timers.set(inst.id, since + parse_duration(inst.deregister_after))
+        elif fresh or inst.status is Status.PASSING:
+            # A fresh registration, or a change back to passing, opens a new window.
+            self._timers.set(inst.id, now + parse_duration(inst.ttl))
 
     # --- writes --------------------------------------------------------------------------
 
@@ -179,7 +191,7 @@ class Registry:
                 f"instance {instance_id!r} has no ttl; only TTL instances take heartbeats",
                 field="ttl",
             )
-        self._deadlines[instance_id] = self._clock() + parse_duration(inst.ttl)
+        self._timers.set(instance_id, self._clock() + parse_duration(inst.ttl))
 
         def renew(cur: Instance) -> Instance | None:
             if cur.status is Status.PASSING and not cur.output:
@@ -229,31 +241,30 @@ class Registry:
 
     async def expire(self, now: float) -> None:
         """Mark overdue TTL instances critical; deregister those critical too long."""
-        jobs: list[Awaitable[int]] = []
-        for iid, deadline in list(self._deadlines.items()):
+        for iid in self._timers.pop_due(now):
             inst = self.catalog.get(iid)
-            if inst is None:
-                self._deadlines.pop(iid, None)
+            if inst is None or not inst.ttl:
                 continue
-            if inst.status is not Status.CRITICAL:
-                if now >= deadline:
-                    jobs.append(self._expire_one(iid, inst))
-            elif now - (inst.last_check or inst.updated_at) >= parse_duration(
-                inst.deregister_after
-            ):
-                jobs.append(self._reap_one(iid))
-        for job in jobs:
-            # NotFound, Conflict: it changed meanwhile (a heartbeat, a deregistration): fine.
-            with contextlib.suppress(NotFound, Conflict):
-                await job
+            try:
+                if inst.status is not Status.CRITICAL:
+                    await self._expire_one(iid, inst)
+                else:
+                    await self._reap_one(iid)
+            except (NotFound, Conflict):
+                pass  # it changed meanwhile (a heartbeat, a deregistration): fine
+            except WaypostError as exc:
+                log.warning("TTL action on %s failed (%s); retrying in 1s", iid, exc)
+                if iid not in self._timers:
+                    self._timers.set(iid, now + 1.0)
 
     async def _expire_one(self, iid: str, inst: Instance) -> int:
         ttl = inst.ttl or ""
         log.info("instance %s missed its %s TTL; now critical", iid, ttl)
 
         def change(cur: Instance) -> Instance | None:
-            if cur.status is Status.CRITICAL or self._deadlines.get(iid, 0) > self._clock():
-                return None
+            due = self._timers.due(iid)
+            if cur.status is Status.CRITICAL or (due is not None and due > self._clock()):
+                return None  # a heartbeat came in meanwhile
             now = self._clock()
             return msgspec.structs.replace(
                 cur,

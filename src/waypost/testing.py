@@ -31,6 +31,20 @@ async def running_server(
         await server.stop()
 
 
+class ManualClock:
+    """A clock that moves only when told: ``clock()`` reads it, ``advance(s)`` moves it."""
+
+    def __init__(self, start: float = 1_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> float:
+        self.now += seconds
+        return self.now
+
+
 SERVING = re.compile(r"serving (http://\S+)")
 
 

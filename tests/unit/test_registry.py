@@ -1,0 +1,95 @@
+"""The registry's TTL rules, driven by a manual clock over a memory store: no waiting."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from waypost.catalog import Catalog
+from waypost.model import Instance, Status, convert_instance
+from waypost.registry import Registry
+from waypost.store import MemoryStore
+from waypost.testing import ManualClock
+
+
+def with_registry(body: Callable[[Registry, ManualClock], Awaitable[None]]) -> None:
+    async def go() -> None:
+        clock = ManualClock()
+        store = MemoryStore()
+        await store.open()
+        reg = Registry(store, Catalog(), node_name="n", clock=clock)
+        await reg.start()
+        try:
+            await body(reg, clock)
+        finally:
+            await reg.stop()
+            await store.close()
+
+    asyncio.run(go())
+
+
+def ttl_instance(iid: str = "t", **f: object) -> Instance:
+    return convert_instance(
+        {
+            "id": iid,
+            "service": "jobs",
+            "address": "10.0.0.1",
+            "port": 1,
+            "ttl": "10s",
+            "deregister_after": "60s",
+            **f,
+        }
+    )
+
+
+def status(reg: Registry, iid: str) -> Status | None:
+    inst = reg.catalog.get(iid)
+    return inst.status if inst is not None else None
+
+
+def test_ttl_goes_critical_after_the_window_then_is_deregistered() -> None:
+    async def body(reg: Registry, clock: ManualClock) -> None:
+        await reg.register(ttl_instance())
+        await reg.expire(clock.advance(9.9))
+        assert status(reg, "t") is Status.PASSING
+        await reg.expire(clock.advance(0.2))
+        got = reg.catalog.get("t")
+        assert got is not None
+        assert got.status is Status.CRITICAL
+        assert got.output == "TTL expired: no heartbeat within 10s"
+        await reg.expire(clock.advance(59.0))
+        assert reg.catalog.get("t") is not None
+        await reg.expire(clock.advance(1.5))
+        assert reg.catalog.get("t") is None
+
+    with_registry(body)
+
+
+def test_heartbeats_move_the_deadline_and_revive_a_critical_instance() -> None:
+    async def body(reg: Registry, clock: ManualClock) -> None:
+        await reg.register(ttl_instance())
+        before = reg.catalog.revision
+        for _ in range(5):
+            await reg.expire(clock.advance(8))
+            await reg.heartbeat("t")
+        assert status(reg, "t") is Status.PASSING
+        assert reg.catalog.revision == before  # heartbeats to a passing instance: no writes
+        await reg.expire(clock.advance(11))
+        assert status(reg, "t") is Status.CRITICAL
+        await reg.heartbeat("t")
+        assert status(reg, "t") is Status.PASSING
+        await reg.expire(clock.advance(65))  # a new window, not the old reaping time
+        got = reg.catalog.get("t")
+        assert got is not None
+        assert got.status is Status.CRITICAL
+
+    with_registry(body)
+
+
+def test_instances_without_ttl_never_expire() -> None:
+    async def body(reg: Registry, clock: ManualClock) -> None:
+        await reg.register(ttl_instance("p", ttl=None))
+        await reg.expire(clock.advance(10_000))
+        assert status(reg, "p") is Status.PASSING
+
+    with_registry(body)
