@@ -126,6 +126,7 @@ def mean_of(runs: list[dict[str, float]]) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--waiters", type=int, nargs="+", default=[1000, 10000])
+    ap.add_argument("--repeats", type=int, default=2, help="A-B-B-A rounds per size")
     args = ap.parse_args()
     limit = raise_fd_limit()
     if max(args.waiters) + 100 > limit:
@@ -139,7 +140,7 @@ def main() -> None:
         body = asyncio.run(seed(url))
         with baseline_server(body) as base:
             for n in args.waiters:
-                for who in ("baseline", "waypost", "waypost", "baseline"):
+                for who in ("baseline", "waypost", "waypost", "baseline") * args.repeats:
                     gc.collect()
                     if who == "baseline":
                         res = asyncio.run(
@@ -184,7 +185,7 @@ def main() -> None:
         )
     notes = (
         "Peer: a bare aiohttp+uvloop long-poll server answering every waiter from one "
-        "shared body. Each figure is the mean of two runs in A-B-B-A order. Ratio = "
+        "shared body. Each figure is the mean of 4 runs in A-B-B-A-A-B-B-A order. Ratio = "
         "baseline / Waypost (> 1: Waypost answers sooner). Waypost's time includes "
         "the SQLite commit of the change that wakes them."
     )
