@@ -74,6 +74,7 @@ def _error_response(err: WaypostError) -> web.Response:
     return _json(_encode(err.to_dict()), status=err.http_status)
 
 
+_READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _HTTP_ERRORS: dict[int, type[WaypostError]] = {
     404: NotFound,
     405: InvalidInput,
@@ -114,9 +115,6 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return _error_response(WaypostError("internal error; see the server log"))
-
-
-_READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def _check_token(request: web.Request) -> None:
@@ -242,21 +240,22 @@ async def service_instances(request: web.Request) -> web.Response:
 
 
 async def list_services(request: web.Request) -> web.Response:
-    _, index, wait_s = _control_only(request)
+    index, wait_s = _blocking_params(request)
     return await _answer(request, ("services", None), index, wait_s)
 
 
 async def list_nodes(request: web.Request) -> web.Response:
-    _, index, wait_s = _control_only(request)
+    index, wait_s = _blocking_params(request)
     return await _answer(request, ("nodes", None), index, wait_s)
 
 
-def _control_only(request: web.Request) -> tuple[None, int | None, float]:
+def _blocking_params(request: web.Request) -> tuple[int | None, float]:
+    """``index`` and ``wait`` of an endpoint that takes no filters."""
     for name in request.query:
         if name not in ("index", "wait"):
             raise InvalidInput(f"{name}: unknown query parameter (known: index, wait)", field=name)
     _, index, wait_s = parse_query(request.query.items())
-    return None, index, wait_s
+    return index, wait_s
 
 
 async def health(request: web.Request) -> web.Response:
