@@ -10,8 +10,17 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Shared CI machines stall now and then: judge properties, not per-example speed.
+settings.register_profile("waypost", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("waypost")
 
 from waypost.testing import ServerProcess
+
+# Shared CI machines stall now and then: judge properties, not per-example speed.
+settings.register_profile("waypost", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("waypost")
 
 
 def wait_until(cond: Callable[[], Any], timeout_s: float = 10.0, what: str = "condition") -> Any:
