@@ -12,10 +12,6 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, settings
 
-# Shared CI machines stall now and then: judge properties, not per-example speed.
-settings.register_profile("waypost", deadline=None, suppress_health_check=[HealthCheck.too_slow])
-settings.load_profile("waypost")
-
 from waypost.testing import ServerProcess
 
 # Shared CI machines stall now and then: judge properties, not per-example speed.
