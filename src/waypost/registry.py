@@ -15,6 +15,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import msgspec
 
@@ -38,6 +39,14 @@ PUMP_RETRY_S = 0.1
 CAS_RETRIES = 8
 
 
+@dataclass(slots=True)
+class _Turn:
+    """The lock updates of one instance take turns on, and how many hold or await it."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+
+
 class Registry:
     """Owns the store, feeds the catalog from it, and performs every write."""
 
@@ -49,6 +58,7 @@ class Registry:
         self.node_name = node_name
         self._clock = clock
         self._timers = TtlTimers()
+        self._turns: dict[str, _Turn] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self.started_at = clock()
 
@@ -164,7 +174,26 @@ class Registry:
         return await self._commit(ops)
 
     async def _update(self, instance_id: str, change: Callable[[Instance], Instance | None]) -> int:
-        """Compare-and-swap one instance: ``change`` returns the new one, or None to skip."""
+        """Compare-and-swap one instance: ``change`` returns the new one, or None to skip.
+
+        Updates to one instance through this server take turns (so they never conflict
+        with each other); the compare-and-swap guards against other writers of the store.
+        """
+        turn = self._turns.get(instance_id)
+        if turn is None:
+            turn = self._turns[instance_id] = _Turn()
+        turn.users += 1
+        try:
+            async with turn.lock:
+                return await self._update_once(instance_id, change)
+        finally:
+            turn.users -= 1
+            if turn.users == 0:
+                del self._turns[instance_id]
+
+    async def _update_once(
+        self, instance_id: str, change: Callable[[Instance], Instance | None]
+    ) -> int:
         for _ in range(CAS_RETRIES):
             current = self.catalog.get(instance_id)
             if current is None:

@@ -93,3 +93,20 @@ def test_instances_without_ttl_never_expire() -> None:
         assert status(reg, "p") is Status.PASSING
 
     with_registry(body)
+
+
+def test_concurrent_updates_of_one_instance_all_succeed_and_none_is_lost() -> None:
+    async def body(reg: Registry, clock: ManualClock) -> None:
+        await reg.register(ttl_instance("u", ttl=None))
+        outputs = [f"check {n}" for n in range(50)]
+        await asyncio.gather(
+            *(reg.set_status("u", Status.WARNING, out) for out in outputs),
+            *(reg.set_maintenance("u", n % 2 == 0, "m") for n in range(10)),
+        )
+        got = reg.catalog.get("u")
+        assert got is not None
+        assert got.status is Status.WARNING
+        assert got.output == outputs[-1]  # they took turns in arrival order
+        assert reg._turns == {}  # nothing held once everyone is done
+
+    with_registry(body)
