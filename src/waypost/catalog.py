@@ -257,6 +257,10 @@ class Catalog:
         """How many services have at least one instance."""
         return len(self._by_service)
 
+    def node_count(self) -> int:
+        """How many nodes host at least one instance."""
+        return len(self._by_node)
+
     def events_since(self, revision: int) -> list[Event] | None:
         """Events after ``revision`` from memory, or None when memory does not reach back."""
         if revision >= self.revision:

@@ -276,7 +276,7 @@ async def status(request: web.Request) -> web.Response:
         revision=cat.revision,
         instances=len(cat),
         services=cat.service_count(),
-        nodes=len(cat.nodes()),
+        nodes=cat.node_count(),
         store=reg.store.kind,
         blocking_waiters=request.app[BLOCKING].count,
         event_streams=request.app[STATS]["event_streams"],
