@@ -27,3 +27,34 @@ def test_python_client_examples_run(server: ServerProcess, n: int) -> None:
     test_fn = namespace.get("test_mine")
     if callable(test_fn):
         asyncio.run(test_fn())  # type: ignore[arg-type]
+
+
+SH_BLOCK = re.compile(r"```sh\n(.*?)```", re.S)
+
+
+@pytest.mark.parametrize("n", range(len(SH_BLOCK.findall((DOCS / "api.md").read_text()))))
+def test_api_curl_examples_run(server: ServerProcess, n: int) -> None:
+    import subprocess
+
+    import httpx
+
+    script = SH_BLOCK.findall((DOCS / "api.md").read_text())[n]
+    # Every example runs against a registry that holds web-1, as the page's first one left it.
+    body = {
+        "service": "web",
+        "address": "10.0.0.1",
+        "port": 8080,
+        "version": "1.4.2",
+        "tags": ["prod", "eu"],
+        "meta": {"zone": "eu-1"},
+    }
+    httpx.put(f"{server.url}/api/v1/instances/web-1", json=body).raise_for_status()
+    host = server.url.removeprefix("http://")
+    streaming = "curl -N" in script
+    script = script.replace("localhost:8500", host).replace("wait=30s", "wait=1s")
+    script = script.replace("curl ", "curl -sS -f --max-time 3 ")
+    done = subprocess.run(["bash", "-e", "-c", script], capture_output=True, text=True, timeout=30)
+    # A streaming example runs until curl's time limit (exit 28) with events received.
+    assert done.returncode == (28 if streaming else 0), done.stderr
+    if streaming:
+        assert "event: put" in done.stdout
