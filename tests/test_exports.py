@@ -7,6 +7,7 @@ import waypost
 PUBLIC = [
     "AsyncClient",
     "AsyncKeepAlive",
+    "AsyncKeptLease",
     "Check",
     "Client",
     "Conflict",
@@ -15,13 +16,18 @@ PUBLIC = [
     "Instance",
     "InvalidInput",
     "KeepAlive",
+    "KeptLease",
     "Kind",
+    "Lease",
     "Node",
     "NodeStatus",
     "NotFound",
     "PayloadTooLarge",
     "Query",
     "QueryResult",
+    "Route",
+    "RouteMatch",
+    "ServiceConfig",
     "ServiceSummary",
     "Status",
     "StoreError",
@@ -29,6 +35,8 @@ PUBLIC = [
     "Unavailable",
     "WaypostError",
     "__version__",
+    "matches",
+    "parse_query",
 ]
 
 

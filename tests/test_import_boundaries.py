@@ -15,6 +15,7 @@ LAYERS = {
     "versions": 1,
     "sse": 1,
     "model": 2,
+    "query": 2,
     "catalog": 3,
     "store": 3,
     "traffic": 3,
@@ -43,7 +44,26 @@ FORBIDDEN = {
     ("catalog", "store"),
     ("store", "catalog"),
     ("model", "catalog"),
+    ("model", "query"),
 }
+# Pure layers: no I/O libraries (design.md: the catalog knows no HTTP, traffic/ no sockets).
+PURE = ("catalog", "traffic", "model", "query", "versions", "durations", "sse")
+IO_LIBRARIES = {"aiohttp", "httpx", "socket", "asyncio.streams", "ssl", "uvloop", "requests"}
+
+
+def third_party(path: Path) -> set[str]:
+    """Top-level (and dotted) names of what a file imports from outside Waypost."""
+    tree = ast.parse(path.read_text())
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if not node.module.startswith("waypost"):
+                names.update({node.module, node.module.split(".")[0]})
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                if not a.name.startswith("waypost"):
+                    names.update({a.name, a.name.split(".")[0]})
+    return names
 
 
 def part_of(path: Path) -> str:
@@ -88,3 +108,25 @@ def test_imports_point_down_the_layers() -> None:
 
 def test_the_model_imports_only_the_bottom_layers() -> None:
     assert imported(SRC / "model.py") <= {"errors", "durations", "versions"}
+
+
+def test_pure_layers_import_no_io_library() -> None:
+    bad = []
+    for path in SRC.rglob("*.py"):
+        if part_of(path) in PURE:
+            for name in sorted(third_party(path) & IO_LIBRARIES):
+                bad.append(f"{path.relative_to(SRC)} imports {name}")
+    assert not bad, "\n".join(bad)
+
+
+def test_importing_the_model_and_catalog_pulls_in_no_http_library() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, waypost.model, waypost.catalog, waypost.query\n"
+        "loaded = sorted(m for m in ('aiohttp', 'httpx') if m in sys.modules)\n"
+        "print(','.join(loaded))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""

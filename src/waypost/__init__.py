@@ -1,12 +1,16 @@
 """Waypost: service discovery and registration.
 
-The public API is what ``__all__`` names; everything else may change.
+The public API is what ``__all__`` names; everything else may change. The clients are
+imported on first use, so that ``import waypost.model`` (or the catalog) does not pull
+in aiohttp and httpx.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from waypost._version import __version__
-from waypost.client import AsyncClient, AsyncKeepAlive, Client, KeepAlive, QueryResult
 from waypost.errors import (
     Conflict,
     Gone,
@@ -23,16 +27,56 @@ from waypost.model import (
     Event,
     Instance,
     Kind,
+    Lease,
     Node,
     NodeStatus,
     Query,
+    Route,
+    RouteMatch,
+    ServiceConfig,
     ServiceSummary,
     Status,
 )
+from waypost.query import matches, parse_query
+
+if TYPE_CHECKING:
+    from waypost.client import (
+        AsyncClient,
+        AsyncKeepAlive,
+        AsyncKeptLease,
+        Client,
+        KeepAlive,
+        KeptLease,
+        QueryResult,
+    )
+
+_LAZY = {
+    name: "waypost.client"
+    for name in (
+        "AsyncClient",
+        "AsyncKeepAlive",
+        "AsyncKeptLease",
+        "Client",
+        "KeepAlive",
+        "KeptLease",
+        "QueryResult",
+    )
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'waypost' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "AsyncClient",
     "AsyncKeepAlive",
+    "AsyncKeptLease",
     "Check",
     "Client",
     "Conflict",
@@ -41,13 +85,18 @@ __all__ = [
     "Instance",
     "InvalidInput",
     "KeepAlive",
+    "KeptLease",
     "Kind",
+    "Lease",
     "Node",
     "NodeStatus",
     "NotFound",
     "PayloadTooLarge",
     "Query",
     "QueryResult",
+    "Route",
+    "RouteMatch",
+    "ServiceConfig",
     "ServiceSummary",
     "Status",
     "StoreError",
@@ -55,4 +104,6 @@ __all__ = [
     "Unavailable",
     "WaypostError",
     "__version__",
+    "matches",
+    "parse_query",
 ]

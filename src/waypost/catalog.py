@@ -1,10 +1,14 @@
-"""The in-memory catalog: every server's index of instances, fed by the store's changes.
+"""The in-memory catalog: every server's index of entries, fed by the store's changes.
 
 Reads (API, DNS, UI) are answered from here; writes go to the store and come back as
 events through ``apply``. The catalog keeps one global revision (the store's), the
 revision of the last change to each service (so a blocking query on one service sleeps
-through changes to others), a ring of recent events for event streams, and wakes its
-listeners once per applied batch. It knows no HTTP and no DNS.
+through changes to others) and to each entry kind, a ring of recent events for event
+streams, and wakes its listeners once per applied batch. It knows no HTTP and no DNS.
+
+Revisions are positions, not counters: several events may share one (a batch, a lease
+expiry) and some carry none of ours (etcd), so nothing here assumes one event per
+revision, and everything that grows with traffic or with names ever seen is bounded.
 """
 
 from __future__ import annotations
@@ -14,76 +18,171 @@ import collections
 import heapq
 from collections.abc import Callable, Iterable, Sequence
 
-from waypost.model import Event, Instance, Node, NodeStatus, Query, ServiceSummary, Status
-from waypost.versions import matches as version_matches
+from waypost.model import (
+    Entry,
+    Event,
+    Instance,
+    Node,
+    NodeStatus,
+    Query,
+    ServiceSummary,
+    Status,
+)
+from waypost.query import matches
 
 Listener = Callable[[int], None]
 
 # Events kept in memory for event streams that resume from a recent revision; older ones
 # are read back from the store.
 DEFAULT_RECENT_EVENTS = 4096
+# Services that had instances and have none now keep their last revision this long (in
+# count), so a blocking query on a just-emptied service does not wake for nothing.
+MAX_EMPTY_SERVICES = 10_000
+KINDS = ("instance", "node", "service_config", "route")
 
 
 class Catalog:
-    """Index of instances by id, service, tag and node, at one revision."""
+    """Index of entries: instances by id, service, tag and node; other kinds by key."""
 
     def __init__(self, *, recent_events: int = DEFAULT_RECENT_EVENTS) -> None:
         self.revision = 0
         self._by_id: dict[str, Instance] = {}
-        self._mod: dict[str, int] = {}
+        self._mod: dict[tuple[str, str], int] = {}
+        self._others: dict[str, dict[str, Entry]] = {k: {} for k in KINDS if k != "instance"}
         self._by_service: dict[str, dict[str, Instance]] = {}
         self._by_tag: dict[str, set[str]] = {}
         self._by_node: dict[str, set[str]] = {}
         self._service_rev: dict[str, int] = {}
+        self._empty_services: collections.OrderedDict[str, int] = collections.OrderedDict()
+        self._kind_rev: dict[str, int] = dict.fromkeys(KINDS, 0)
         self._sorted: dict[str, list[Instance]] = {}
-        self._recent: collections.deque[Event] = collections.deque(maxlen=recent_events)
+        self._recent: collections.deque[Event] = collections.deque()
+        self._recent_max = recent_events
+        # Every event after this revision is in ``_recent``.
+        self._recent_floor = 0
         self._listeners: list[Listener] = []
-        # (revision, sequence, future) as a heap: the lowest revision wakes first.
-        self._revision_waiters: list[tuple[int, int, asyncio.Future[bool]]] = []
-        self._waiter_seq = 0
+        # Revision waiters grouped by the revision they wait for, plus a heap of those
+        # revisions (lowest wakes first). A waiter that times out leaves its group at once.
+        self._waiters: dict[int, set[asyncio.Future[bool]]] = {}
+        self._targets: list[int] = []
 
     # --- feeding -------------------------------------------------------------------------
 
-    def load(self, instances: Iterable[tuple[Instance, int]], revision: int) -> None:
-        """Replace the whole content with a snapshot taken at ``revision``."""
-        self._by_id.clear()
-        self._mod.clear()
+    def load(self, entries: Iterable[tuple[Entry, int]], revision: int) -> None:
+        """Replace the whole content with a snapshot taken at ``revision``.
+
+        After a gap (a re-list), every service whose instances changed or vanished, and
+        every kind that changed, takes ``revision`` as its own, so blocking queries wake
+        and no cached answer outlives what it showed."""
+        rows = list(entries)
+        old = self._mod
+        new = {(e.KIND, e.key): mod for e, mod in rows}
+        old_instances = dict(self._by_id)
+        changed_kinds = {k for (k, key), mod in old.items() if new.get((k, key)) != mod}
+        changed_kinds |= {k for (k, key), mod in new.items() if old.get((k, key)) != mod}
+        touched: set[str] = set()
+        for (kind, key), mod in old.items():
+            if kind == "instance" and new.get((kind, key)) != mod:
+                touched.add(old_instances[key].service)
+        self._by_id = {}
+        self._mod = {}
+        self._others = {k: {} for k in KINDS if k != "instance"}
         self._by_service.clear()
         self._by_tag.clear()
         self._by_node.clear()
         self._sorted.clear()
-        self._recent.clear()
-        for inst, mod in instances:
-            self._index(inst, mod)
-            self._service_rev[inst.service] = max(self._service_rev.get(inst.service, 0), mod)
+        first = not old and self.revision == 0
+        for entry, mod in rows:
+            if isinstance(entry, Instance):
+                self._index(entry, mod)
+                if first or old.get(("instance", entry.id)) == mod:
+                    # Unchanged (or a first load): the newest change among its instances.
+                    since = self.service_revision(entry.service)
+                    self._bump_service(entry.service, max(since, mod))
+                else:
+                    touched.add(entry.service)
+            else:
+                self._others[entry.KIND][entry.key] = entry
+                self._mod[(entry.KIND, entry.key)] = mod
+        bump = max(revision, self.revision)
+        for service in touched:
+            self._bump_service(service, bump)
+        for kind in changed_kinds:
+            self._kind_rev[kind] = (
+                bump
+                if not first
+                else max((mod for (k, _), mod in new.items() if k == kind), default=0)
+            )
         self.revision = revision
+        self._recent.clear()
+        self._recent_floor = revision
         self._notify()
 
-    def apply(self, events: Sequence[Event]) -> None:
-        """Apply events in revision order; events at or below the revision are skipped."""
+    def apply(self, events: Sequence[Event], revision: int | None = None) -> None:
+        """Apply events in revision order; events at or below the current revision are
+        skipped. ``revision`` moves the catalog past revisions with no event of ours."""
+        start = self.revision
         applied = False
         for ev in events:
-            if ev.revision <= self.revision:
+            if ev.revision <= start:
                 continue
-            inst = ev.instance
-            old = self._by_id.get(inst.id)
-            if old is not None:
-                self._unindex(old)
-            if ev.type == "put":
-                self._index(inst, ev.revision)
-            self._service_rev[inst.service] = ev.revision
-            if old is not None and old.service != inst.service:
-                self._service_rev[old.service] = ev.revision
+            entry = ev.entry
+            if isinstance(entry, Instance):
+                old = self._by_id.get(entry.id)
+                if old is not None:
+                    self._unindex(old)
+                    self._bump_service(old.service, ev.revision)
+                if ev.type == "put":
+                    self._index(entry, ev.revision)
+                self._bump_service(entry.service, ev.revision)
+            else:
+                bucket = self._others[entry.KIND]
+                if ev.type == "put":
+                    bucket[entry.key] = entry
+                    self._mod[(entry.KIND, entry.key)] = ev.revision
+                else:
+                    bucket.pop(entry.key, None)
+                    self._mod.pop((entry.KIND, entry.key), None)
+            self._kind_rev[entry.KIND] = ev.revision
             self.revision = ev.revision
-            self._recent.append(ev)
+            self._remember(ev)
+            applied = True
+        if revision is not None and revision > self.revision:
+            # Revisions with no event of ours (etcd): the ring stays complete.
+            self.revision = revision
             applied = True
         if applied:
             self._notify()
 
+    def _remember(self, ev: Event) -> None:
+        recent = self._recent
+        recent.append(ev)
+        if len(recent) > self._recent_max:
+            dropped = recent.popleft()
+            # Events after the dropped one's revision are all still here; what is left of
+            # its own revision is not complete, so the floor is that revision.
+            self._recent_floor = dropped.revision
+
+    def _bump_service(self, service: str, revision: int) -> None:
+        self._empty_services.pop(service, None)
+        if service in self._by_service:
+            self._service_rev[service] = revision
+            return
+        # No instances left: keep the revision among the bounded empty ones.
+        self._service_rev.pop(service, None)
+        self._empty_services[service] = revision
+        if len(self._empty_services) > MAX_EMPTY_SERVICES:
+            self._empty_services.popitem(last=False)
+
     def _index(self, inst: Instance, mod: int) -> None:
         self._by_id[inst.id] = inst
-        self._mod[inst.id] = mod
-        self._by_service.setdefault(inst.service, {})[inst.id] = inst
+        self._mod[("instance", inst.id)] = mod
+        if inst.service not in self._by_service:
+            self._by_service[inst.service] = {}
+            gone = self._empty_services.pop(inst.service, None)
+            if gone is not None:
+                self._service_rev[inst.service] = gone
+        self._by_service[inst.service][inst.id] = inst
         self._sorted.pop(inst.service, None)
         for tag in inst.tags:
             self._by_tag.setdefault(tag, set()).add(inst.id)
@@ -92,7 +191,7 @@ class Catalog:
 
     def _unindex(self, inst: Instance) -> None:
         del self._by_id[inst.id]
-        self._mod.pop(inst.id, None)
+        self._mod.pop(("instance", inst.id), None)
         members = self._by_service.get(inst.service)
         if members is not None:
             members.pop(inst.id, None)
@@ -123,9 +222,11 @@ class Catalog:
         self._listeners.remove(listener)
 
     def _notify(self) -> None:
-        waiters = self._revision_waiters
-        while waiters and waiters[0][0] <= self.revision:
-            _settle(heapq.heappop(waiters)[2], True)
+        targets = self._targets
+        while targets and targets[0] <= self.revision:
+            group = self._waiters.pop(heapq.heappop(targets), None)
+            for fut in group or ():
+                _settle(fut, True)
         for listener in tuple(self._listeners):
             listener(self.revision)
 
@@ -135,14 +236,33 @@ class Catalog:
             return True
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[bool] = loop.create_future()
-        self._waiter_seq += 1
-        heapq.heappush(self._revision_waiters, (revision, self._waiter_seq, fut))
+        group = self._waiters.get(revision)
+        if group is None:
+            group = self._waiters[revision] = set()
+            heapq.heappush(self._targets, revision)
+        group.add(fut)
         # A timer, not asyncio.wait_for: that costs a task per call on the write path.
         timer = loop.call_later(timeout_s, _settle, fut, False)
         try:
             return await fut
         finally:
             timer.cancel()
+            group.discard(fut)
+            if not group and self._waiters.get(revision) is group:
+                del self._waiters[revision]
+                self._compact_targets()
+
+    def _compact_targets(self) -> None:
+        # Revisions whose every waiter left stay in the heap until reached; rebuild it
+        # when they dominate, so an idle catalog's heap stays as small as its waiters.
+        if len(self._targets) > 64 and len(self._targets) > 2 * len(self._waiters):
+            self._targets = list(self._waiters)
+            heapq.heapify(self._targets)
+
+    @property
+    def waiting(self) -> int:
+        """How many revision waiters are parked (and heap slots held): for bounds tests."""
+        return sum(len(g) for g in self._waiters.values()) + len(self._targets)
 
     # --- reads ---------------------------------------------------------------------------
 
@@ -150,13 +270,31 @@ class Catalog:
         """The instance with this id, if registered."""
         return self._by_id.get(instance_id)
 
-    def mod_revision(self, instance_id: str) -> int:
-        """The revision of the last change to this instance (0 when unknown)."""
-        return self._mod.get(instance_id, 0)
+    def entry(self, kind: str, key: str) -> Entry | None:
+        """The entry of ``kind`` under ``key``, if there is one."""
+        if kind == "instance":
+            return self._by_id.get(key)
+        return self._others.get(kind, {}).get(key)
+
+    def entries(self, kind: str) -> list[Entry]:
+        """Every entry of a kind other than instances, ordered by key."""
+        bucket = self._others.get(kind, {})
+        return [bucket[k] for k in sorted(bucket)]
+
+    def mod_revision(self, instance_id: str, kind: str = "instance") -> int:
+        """The revision of the last change to this entry (0 when unknown)."""
+        return self._mod.get((kind, instance_id), 0)
 
     def service_revision(self, service: str) -> int:
         """The revision of the last change to any instance of ``service`` (0 if never)."""
-        return self._service_rev.get(service, 0)
+        rev = self._service_rev.get(service)
+        if rev is None:
+            rev = self._empty_services.get(service, 0)
+        return rev
+
+    def kind_revision(self, kind: str) -> int:
+        """The revision of the last change to any entry of ``kind``."""
+        return self._kind_rev.get(kind, 0)
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -171,7 +309,8 @@ class Catalog:
         if cached is None:
             members = self._by_service.get(service)
             cached = sorted(members.values(), key=_order) if members else []
-            self._sorted[service] = cached
+            if members:
+                self._sorted[service] = cached
         return cached
 
     def query(self, q: Query) -> list[Instance]:
@@ -186,7 +325,7 @@ class Catalog:
         else:
             candidates = self._narrow(q)
             ordered = False
-        out = [inst for inst in candidates if _matches(q, inst)]
+        out = [inst for inst in candidates if matches(q, inst)]
         if not ordered:
             out.sort(key=_order)
         return out
@@ -236,42 +375,68 @@ class Catalog:
             )
         return out
 
-    def nodes(self) -> list[Node]:
-        """The nodes that host instances, ordered by id."""
-        out = []
-        for node_id in sorted(self._by_node):
-            members = [self._by_id[i] for i in self._by_node[node_id]]
-            members.sort(key=_order)
-            out.append(
-                Node(
-                    id=node_id,
-                    address=members[0].address if members else "",
-                    status=NodeStatus.ALIVE,
-                    last_seen=max((m.updated_at for m in members), default=0.0),
-                    instances=len(members),
-                )
+    def node(self, node_id: str) -> Node | None:
+        """One node as ``nodes()`` lists it (registered, or named by instances)."""
+        registered = self._others["node"].get(node_id)
+        hosted = self._by_node.get(node_id, set())
+        if registered is None and not hosted:
+            return None
+        return self._node_view(node_id, registered, hosted)
+
+    def _node_view(self, node_id: str, registered: Entry | None, hosted: set[str]) -> Node:
+        members = sorted((self._by_id[i] for i in hosted), key=_order)
+        if isinstance(registered, Node):
+            return Node(
+                id=node_id,
+                address=registered.address,
+                meta=registered.meta,
+                lease=registered.lease,
+                status=registered.status,
+                registered=True,
+                instances=len(members),
+                registered_at=registered.registered_at,
+                updated_at=registered.updated_at,
+                last_seen=max(
+                    registered.last_seen, max((m.updated_at for m in members), default=0.0)
+                ),
             )
-        return out
+        return Node(
+            id=node_id,
+            address=members[0].address if members else None,
+            status=NodeStatus.ALIVE,
+            registered=False,
+            instances=len(members),
+            last_seen=max((m.updated_at for m in members), default=0.0),
+        )
+
+    def nodes(self) -> list[Node]:
+        """Registered nodes, and nodes that instances name but nobody registered (marked
+        ``registered: false``), ordered by id."""
+        registered = self._others["node"]
+        ids = sorted(set(registered) | set(self._by_node))
+        return [self._node_view(i, registered.get(i), self._by_node.get(i, set())) for i in ids]
+
+    def nodes_revision(self) -> int:
+        """The revision of the last change that could alter ``nodes()``."""
+        return max(self._kind_rev["node"], self._kind_rev["instance"])
 
     def service_count(self) -> int:
         """How many services have at least one instance."""
         return len(self._by_service)
 
     def node_count(self) -> int:
-        """How many nodes host at least one instance."""
-        return len(self._by_node)
+        """How many nodes are registered or host at least one instance."""
+        registered = self._others["node"]
+        return len(registered) + sum(1 for n in self._by_node if n not in registered)
 
     def events_since(self, revision: int) -> list[Event] | None:
         """Events after ``revision`` from memory, or None when memory does not reach back."""
         if revision >= self.revision:
             return []
-        recent = self._recent
-        # Revisions are dense (each event takes the next number), so the ring reaches back
-        # far enough exactly when it holds revision + 1 or anything before it.
-        if not recent or recent[0].revision > revision + 1:
+        if revision < self._recent_floor:
             return None
         out = []
-        for ev in reversed(recent):
+        for ev in reversed(self._recent):
             if ev.revision <= revision:
                 break
             out.append(ev)
@@ -286,23 +451,3 @@ def _settle(fut: asyncio.Future[bool], value: bool) -> None:
 
 def _order(inst: Instance) -> tuple[str, str]:
     return (inst.service, inst.id)
-
-
-def _matches(q: Query, inst: Instance) -> bool:
-    """Whether ``inst`` meets every criterion of ``q``."""
-    if q.service is not None and inst.service != q.service:
-        return False
-    if q.kind is not None and inst.kind is not q.kind:
-        return False
-    if q.node is not None and inst.node != q.node:
-        return False
-    if q.status and inst.effective_status not in q.status:
-        return False
-    if q.tags and not all(t in inst.tags for t in q.tags):
-        return False
-    if q.any_tags and not any(t in inst.tags for t in q.any_tags):
-        return False
-    for key, value in q.meta:
-        if inst.meta.get(key) != value:
-            return False
-    return not (q.version is not None and not version_matches(inst.version, q.version))

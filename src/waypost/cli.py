@@ -113,6 +113,9 @@ def server(
     event_window: Annotated[
         str | None, typer.Option(help="How long the event log is kept for watches (e.g. 1h).")
     ] = None,
+    max_wait: Annotated[
+        str | None, typer.Option(help="The longest a blocking query waits (default 10m).")
+    ] = None,
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error.")] = None,
     config: Annotated[
         Path | None, typer.Option(help="YAML/JSON settings file (flags and env win).")
@@ -126,6 +129,7 @@ def server(
         "token": token,
         "node": node,
         "event_window": event_window,
+        "max_wait": max_wait,
         "log_level": log_level,
     }
     _serve(flags, config)

@@ -21,53 +21,48 @@ _UNIT_S = {
     "m": 60.0,
     "h": 3600.0,
 }
-_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
-_BARE = re.compile(r"\d+(?:\.\d+)?")
-# Nobody means a TTL or a wait of more than a year; reject it rather than overflow timers.
-MAX_DURATION_S = 366 * 24 * 3600.0
+_UNITS = r"(?:ns|us|µs|ms|s|m|h)"
+# Exactly what is accepted, as a pattern the API schema shows too: at most 4 parts of at
+# most 5 integer digits, or a bare number of at most 9 digits, so that nothing the pattern
+# admits is longer than MAX_DURATION_S. Anchored with \A and \Z: "$" would let a trailing
+# newline in. [0-9], not \d, which takes every Unicode digit.
+DURATION_PATTERN = (
+    rf"\A(?:[0-9]{{1,9}}(?:\.[0-9]{{1,9}})?|(?:[0-9]{{1,5}}(?:\.[0-9]{{1,9}})?{_UNITS}){{1,4}})\Z"
+)
+# Spellings of zero, refused where a duration must be longer than zero.
+ZERO_DURATION_PATTERN = rf"\A(?:[0.]+{_UNITS}?)+\Z"
+_DURATION_RE = re.compile(DURATION_PATTERN)
+_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ns|us|µs|ms|s|m|h)")
+# Four parts of 99999.999h is under 46 years; nothing the pattern admits is longer.
+MAX_DURATION_S = 50 * 366 * 24 * 3600.0
 
 
 @functools.lru_cache(maxsize=1024)
 def parse_duration(text: str, *, field: str = "duration") -> float:
     """Parse ``text`` into seconds; raise InvalidInput naming ``field`` when malformed."""
-    s = text.strip()
-    if not s:
+    if not text:
         raise InvalidInput(f"{field}: empty duration", field=field)
-    if _BARE.fullmatch(s):
-        seconds = float(s)
-    else:
-        pos = 0
-        seconds = 0.0
-        for m in _PART.finditer(s):
-            if m.start() != pos:
-                break
-            seconds += float(m.group(1)) * _UNIT_S[m.group(2)]
-            pos = m.end()
-        if pos != len(s) or pos == 0:
-            raise InvalidInput(
-                f"{field}: {text!r} is not a duration (use forms like 500ms, 10s, 1m30s, 2h)",
-                field=field,
-            )
-    if seconds > MAX_DURATION_S:
-        raise InvalidInput(f"{field}: {text!r} is longer than a year", field=field)
-    return seconds
+    if _DURATION_RE.match(text) is None:
+        raise InvalidInput(
+            f"{field}: {text!r} is not a duration (use forms like 500ms, 10s, 1m30s, 2h)",
+            field=field,
+        )
+    if text[-1].isdigit():
+        return float(text)
+    return min(
+        sum(float(m.group(1)) * _UNIT_S[m.group(2)] for m in _PART.finditer(text)),
+        MAX_DURATION_S,
+    )
 
 
 def format_duration(seconds: float) -> str:
-    """The shortest exact spelling of ``seconds`` that ``parse_duration`` reads back."""
-    if seconds == 0:
-        return "0s"
+    """The shortest exact spelling of ``seconds`` (to the millisecond) that
+    ``parse_duration`` reads back: ``1h30m``, ``2s500ms``, ``250ms``."""
     ms = round(seconds * 1000)
-    if ms % 1000 != 0 or seconds < 1:
-        return f"{ms}ms"
-    whole = ms // 1000
+    if ms == 0:
+        return "0s"
+    whole, rest_ms = divmod(ms, 1000)
     h, rest = divmod(whole, 3600)
     m, s = divmod(rest, 60)
-    out = ""
-    if h:
-        out += f"{h}h"
-    if m:
-        out += f"{m}m"
-    if s:
-        out += f"{s}s"
-    return out
+    parts = [(h, "h"), (m, "m"), (s, "s"), (rest_ms, "ms")]
+    return "".join(f"{n}{unit}" for n, unit in parts if n)

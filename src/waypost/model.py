@@ -10,23 +10,56 @@ versions) live in ``validate_instance``.
 from __future__ import annotations
 
 import enum
-import ipaddress
+import functools
 import re
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import msgspec
+import msgspec.inspect as mi
 from msgspec import Meta, Struct, field
 
-from waypost.durations import parse_duration
+from waypost.durations import DURATION_PATTERN, ZERO_DURATION_PATTERN, parse_duration
 from waypost.errors import InvalidInput
-from waypost.versions import SEMVER_PATTERN, parse_version
+from waypost.versions import SEMVER_PATTERN
 
+# Patterns are anchored with \A and \Z: Python's "$" also matches before a trailing
+# newline, which let "web\n" in as a name. Digits are [0-9]: Python's \d takes every
+# Unicode digit. /openapi.json spells the same patterns with ^ and $ (ECMA-262, where $ is
+# the end of the string), see ``ecma_pattern``.
 # RFC 1123 host name label: letters, digits and hyphens, not starting or ending with a
 # hyphen, at most 63 octets (RFC 1035 section 2.3.4).
-LABEL_PATTERN = r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$"
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+LABEL_PATTERN = rf"\A{_LABEL}\Z"
 LABEL_RE = re.compile(LABEL_PATTERN)
 # Meta keys are written in query strings as meta.KEY=VALUE, so they stay URL-plain.
-META_KEY_PATTERN = r"^[A-Za-z0-9_.\-/]+$"
+META_KEY_PATTERN = r"\A[A-Za-z0-9_.\-/]+\Z"
+# Tags are free text for people, but never control characters (they end up in DNS
+# names, log lines and terminal tables).
+TAG_PATTERN = r"\A[^\x00-\x1f\x7f]+\Z"
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4 = rf"(?:{_OCTET}\.){{3}}{_OCTET}"
+_H16 = r"[0-9A-Fa-f]{1,4}"
+# RFC 4291 section 2.2 text forms, with an embedded IPv4 tail (no zone ids).
+_IPV6 = (
+    rf"(?:(?:{_H16}:){{7}}{_H16}"
+    rf"|(?:{_H16}:){{1,7}}:"
+    rf"|(?:{_H16}:){{1,6}}:{_H16}"
+    rf"|(?:{_H16}:){{1,5}}(?::{_H16}){{1,2}}"
+    rf"|(?:{_H16}:){{1,4}}(?::{_H16}){{1,3}}"
+    rf"|(?:{_H16}:){{1,3}}(?::{_H16}){{1,4}}"
+    rf"|(?:{_H16}:){{1,2}}(?::{_H16}){{1,5}}"
+    rf"|{_H16}:(?::{_H16}){{1,6}}"
+    rf"|:(?:(?::{_H16}){{1,7}}|:)"
+    rf"|(?:{_H16}:){{6}}{_IPV4}"
+    rf"|(?:{_H16}:){{1,5}}:{_IPV4}"
+    rf"|(?:{_H16}:){{1,4}}(?::{_H16}){{1,2}}:{_IPV4}"
+    rf"|::(?:{_H16}:){{0,5}}{_IPV4})"
+)
+# A host name: dot-separated labels, an optional final dot; an all-numeric last label
+# reads as a mistyped IP address, not a name (RFC 3696 section 2).
+_HOSTNAME = rf"(?:{_LABEL}\.)*(?![0-9]+\.?\Z){_LABEL}\.?"
+HOSTNAME_PATTERN = rf"\A{_HOSTNAME}\Z"
+ADDRESS_PATTERN = rf"\A(?:{_IPV4}|{_IPV6}|{_HOSTNAME})\Z"
 MAX_TAGS = 64
 MAX_TAG_LEN = 255
 MAX_META = 64
@@ -34,8 +67,12 @@ MAX_META_KEY_LEN = 128
 MAX_META_VALUE_LEN = 512
 MAX_HOSTNAME_LEN = 253  # RFC 1035 section 2.3.4, without the trailing dot
 MAX_OUTPUT_LEN = 4096  # check output is for people; Consul truncates at 4 KiB too
+# Lease ids stay below 2**53 so JavaScript (the dashboard, node clients) reads them exactly.
+MAX_LEASE_ID = 2**53 - 1
 DEFAULT_WEIGHT = 100
 DEFAULT_DEREGISTER_AFTER = "60s"
+# The version of the record layout this code writes; stores keep it with every record.
+SCHEMA_VERSION = 1
 
 Label = Annotated[
     str,
@@ -45,26 +82,58 @@ Label = Annotated[
         description="A DNS-safe label (RFC 1123): letters, digits, hyphens; at most 63.",
     ),
 ]
-# An instance id in a body may be left empty: the path of PUT /instances/{id} names it.
+# An id in a body may be left empty: the path of PUT /instances/{id} names it.
 OptionalLabel = Annotated[
     str,
     Meta(
-        pattern=r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)?$",
+        pattern=rf"\A(?:{_LABEL})?\Z",
         max_length=63,
         description="A DNS-safe label (RFC 1123); may be empty where the URL path names it.",
     ),
 ]
-Tag = Annotated[str, Meta(min_length=1, max_length=MAX_TAG_LEN)]
+Tag = Annotated[str, Meta(min_length=1, max_length=MAX_TAG_LEN, pattern=TAG_PATTERN)]
 MetaKey = Annotated[str, Meta(pattern=META_KEY_PATTERN, max_length=MAX_META_KEY_LEN)]
 MetaValue = Annotated[str, Meta(max_length=MAX_META_VALUE_LEN)]
+MetaMap = Annotated[dict[MetaKey, MetaValue], Meta(max_length=MAX_META)]
 Port = Annotated[int, Meta(ge=1, le=65535)]
 Weight = Annotated[int, Meta(ge=1, le=1000)]
 SemVer = Annotated[str, Meta(pattern=SEMVER_PATTERN, description="A semantic version.")]
-Duration = Annotated[str, Meta(max_length=32, description="A duration such as 500ms, 10s, 1m30s.")]
+Duration = Annotated[
+    str,
+    Meta(
+        pattern=DURATION_PATTERN,
+        max_length=32,
+        description="A duration such as 500ms, 10s, 1m30s (or a bare number of seconds).",
+    ),
+]
+PositiveDuration = Annotated[
+    str,
+    Meta(
+        pattern=DURATION_PATTERN,
+        max_length=32,
+        description="A duration longer than zero, such as 500ms, 10s, 1m30s.",
+        extra_json_schema={"not": {"pattern": ZERO_DURATION_PATTERN}},
+    ),
+]
 Host = Annotated[
     str,
-    Meta(min_length=1, max_length=MAX_HOSTNAME_LEN, description="IPv4/IPv6 literal or host name"),
+    Meta(
+        min_length=1,
+        max_length=MAX_HOSTNAME_LEN,
+        pattern=ADDRESS_PATTERN,
+        description="IPv4/IPv6 literal or host name",
+    ),
 ]
+DomainName = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=MAX_HOSTNAME_LEN,
+        pattern=HOSTNAME_PATTERN,
+        description="A DNS name such as web.local",
+    ),
+]
+LeaseId = Annotated[int, Meta(ge=1, le=MAX_LEASE_ID, description="A lease id (POST /leases)")]
 
 
 class Status(enum.Enum):
@@ -83,12 +152,15 @@ STATUS_ALIASES: dict[str, Status] = {
     "unhealthy": Status.CRITICAL,
     **{s.value: s for s in Status},
 }
+StatusWord = Literal[
+    "passing", "warning", "critical", "unknown", "healthy", "degraded", "unhealthy"
+]
 
 
 def parse_status(text: str, *, field: str = "status") -> Status:
-    """Read a status or one of its aliases (healthy, degraded, unhealthy)."""
+    """Read a status or one of its aliases (healthy, degraded, unhealthy), exactly as written."""
     try:
-        return STATUS_ALIASES[text.strip().lower()]
+        return STATUS_ALIASES[text]
     except KeyError:
         words = ", ".join(STATUS_ALIASES)
         raise InvalidInput(
@@ -97,7 +169,7 @@ def parse_status(text: str, *, field: str = "status") -> Status:
 
 
 class Kind(enum.Enum):
-    """What an entry stands for: a plain service, an actor network, or one actor."""
+    """What an instance stands for: a plain service, an actor network, or one actor."""
 
     SERVICE = "service"
     NETWORK = "network"
@@ -105,7 +177,7 @@ class Kind(enum.Enum):
 
 
 class NodeStatus(enum.Enum):
-    """Liveness of a node as its agent's lease and gossip see it."""
+    """Liveness of a node as its agent's lease sees it."""
 
     ALIVE = "alive"
     SUSPECT = "suspect"
@@ -121,14 +193,23 @@ class Check(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, gc=Fa
     name: Annotated[str, Meta(min_length=1, max_length=128)]
     type: CheckType
     target: Annotated[str, Meta(max_length=2048)] = ""
-    interval: Duration = "30s"
-    timeout: Duration = "5s"
+    interval: PositiveDuration = "30s"
+    timeout: PositiveDuration = "5s"
     healthy_threshold: Annotated[int, Meta(ge=1, le=100)] = 2
     unhealthy_threshold: Annotated[int, Meta(ge=1, le=100)] = 3
 
 
+# --- entries: what the store holds, each kind under one revision space -------------------
+#
+# Every entry kind names itself (``KIND``) and its key within the kind (``key``); stores
+# keep records under (kind, key), as etcd keys ``/waypost/<kind>/<key>``. The kind lives in
+# the key, not in the JSON, so an instance reads exactly as it always has.
+
+
 class Instance(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, gc=False):
     """One registered endpoint of a service (or an actor network, or an actor)."""
+
+    KIND: ClassVar[str] = "instance"
 
     # Left empty in a body, it is taken from the path (PUT /api/v1/instances/{id}).
     id: OptionalLabel = ""
@@ -140,15 +221,16 @@ class Instance(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, gc
     # Tuples, not lists: a tuple of strings drops out of the garbage collector's view,
     # and full collections over 100k registered instances stalled writes by 100 ms.
     tags: Annotated[tuple[Tag, ...], Meta(max_length=MAX_TAGS)] = ()
-    meta: Annotated[dict[MetaKey, MetaValue], Meta(max_length=MAX_META)] = field(
-        default_factory=dict
-    )
+    meta: MetaMap = field(default_factory=dict)
     weight: Weight = DEFAULT_WEIGHT
-    domain: Host | None = None
+    domain: DomainName | None = None
     kind: Kind = Kind.SERVICE
     checks: Annotated[tuple[Check, ...], Meta(max_length=32)] = ()
-    ttl: Duration | None = None
+    ttl: PositiveDuration | None = None
     deregister_after: Duration = DEFAULT_DEREGISTER_AFTER
+    # A lease (POST /api/v1/leases) the instance lives on: when it lapses, the instance
+    # is deleted. Agents put a node and all its instances on one lease.
+    lease: LeaseId | None = None
     status: Status = Status.PASSING
     maintenance: bool = False
     maintenance_reason: Annotated[str, Meta(max_length=512)] = ""
@@ -158,28 +240,120 @@ class Instance(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, gc
     last_check: float | None = None
 
     @property
+    def key(self) -> str:
+        """The instance's key within its kind: its id."""
+        return self.id
+
+    @property
     def effective_status(self) -> Status:
         """The status queries see: maintenance counts as critical, as Consul's does."""
         return Status.CRITICAL if self.maintenance else self.status
 
 
+class Node(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, gc=False):
+    """A machine (or process) that hosts instances, registered by its agent.
+
+    ``GET /api/v1/nodes`` also lists nodes that instances name but nobody registered,
+    with ``registered`` false; ``instances`` is counted when listed."""
+
+    KIND: ClassVar[str] = "node"
+
+    id: OptionalLabel = ""
+    address: Host | None = None
+    meta: MetaMap = field(default_factory=dict)
+    lease: LeaseId | None = None
+    status: NodeStatus = NodeStatus.ALIVE
+    registered: bool = True
+    instances: Annotated[int, Meta(ge=0)] = 0
+    registered_at: float = 0.0
+    updated_at: float = 0.0
+    last_seen: float = 0.0
+
+    @property
+    def key(self) -> str:
+        """The node's key within its kind: its id."""
+        return self.id
+
+
+class ServiceConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, gc=False):
+    """Policy for every instance of one service (``/api/v1/services/{name}/config``).
+
+    The health issue adds the check template, the traffic issue load balancing, retries,
+    circuit breaking and splits; ``meta`` holds free-form settings until then."""
+
+    KIND: ClassVar[str] = "service_config"
+
+    service: OptionalLabel = ""
+    meta: MetaMap = field(default_factory=dict)
+    updated_at: float = 0.0
+
+    @property
+    def key(self) -> str:
+        """The config's key within its kind: the service name."""
+        return self.service
+
+
+HttpMethod = Literal["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
+
+
+class RouteMatch(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, gc=False):
+    """What a request must look like for a route to take it; every given part must hold."""
+
+    path_prefix: Annotated[str, Meta(max_length=1024, pattern=r"\A/[^\x00-\x20\x7f]*\Z")] | None = (
+        None
+    )
+    methods: Annotated[tuple[HttpMethod, ...], Meta(max_length=7)] = ()
+    headers: Annotated[
+        dict[Annotated[str, Meta(pattern=r"\A[A-Za-z0-9-]+\Z", max_length=128)], MetaValue],
+        Meta(max_length=32),
+    ] = field(default_factory=dict)
+
+
+class Route(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, gc=False):
+    """A routing rule: requests that ``match`` go to ``service`` (``/api/v1/routes``)."""
+
+    KIND: ClassVar[str] = "route"
+
+    name: OptionalLabel = ""
+    service: Label
+    match: RouteMatch = field(default_factory=RouteMatch)
+    priority: Annotated[int, Meta(ge=0, le=10_000)] = 100
+    updated_at: float = 0.0
+
+    @property
+    def key(self) -> str:
+        """The route's key within its kind: its name."""
+        return self.name
+
+
+Entry = Instance | Node | ServiceConfig | Route
+"""Whatever a store holds: one of the entry kinds."""
+ENTRY_TYPES: dict[str, type[Entry]] = {t.KIND: t for t in (Instance, Node, ServiceConfig, Route)}
+EntryKind = Literal["instance", "node", "service_config", "route"]
+
+
 class Event(Struct, frozen=True, kw_only=True, gc=False):
-    """One change in the registry at one revision: ``put`` or ``delete`` of an instance."""
+    """One change at one revision: ``put`` or ``delete`` of an entry.
+
+    Several events may share a revision (a batch, a lease expiry, an etcd transaction);
+    ``index`` is the event's place within its revision, from 0."""
 
     revision: int
     type: Literal["put", "delete"]
-    instance: Instance
+    entry: Entry
+    index: int = 0
 
+    @property
+    def kind(self) -> str:
+        """The kind of entry changed: ``instance``, ``node``, ``service_config``, ``route``."""
+        return self.entry.KIND
 
-class Node(Struct, frozen=True, kw_only=True):
-    """A machine (or process) that hosts instances."""
-
-    id: str
-    address: str = ""
-    meta: dict[str, str] = field(default_factory=dict)
-    status: NodeStatus = NodeStatus.ALIVE
-    last_seen: float = 0.0
-    instances: int = 0
+    @property
+    def instance(self) -> Instance:
+        """The instance an instance event carries (TypeError for another kind)."""
+        if not isinstance(self.entry, Instance):
+            raise TypeError(f"a {self.kind} event carries no instance")
+        return self.entry
 
 
 class Query(Struct, frozen=True, kw_only=True):
@@ -217,7 +391,7 @@ class ServiceSummary(Struct, frozen=True, kw_only=True):
 class StatusUpdate(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Body of ``PUT /api/v1/instances/{id}/status``."""
 
-    status: str
+    status: StatusWord
     output: Annotated[str, Meta(max_length=MAX_OUTPUT_LEN)] = ""
 
 
@@ -229,14 +403,16 @@ class MaintenanceUpdate(Struct, frozen=True, kw_only=True, forbid_unknown_fields
 
 
 class Batch(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Body of ``POST /api/v1/batch``: registrations and deregistrations, all or nothing."""
+    """Body of ``POST /api/v1/batch``: registrations and deregistrations, all or nothing.
+
+    Every registration names its ``id`` (there is no path to take it from)."""
 
     register: Annotated[list[Instance], Meta(max_length=1000)] = field(default_factory=list)
     deregister: Annotated[list[Label], Meta(max_length=1000)] = field(default_factory=list)
 
 
 class WriteResult(Struct, frozen=True, kw_only=True):
-    """Answer to a write: the instance id and the revision that holds the change."""
+    """Answer to a write: the entry's id and the revision that holds the change."""
 
     id: str
     index: int
@@ -248,6 +424,28 @@ class BatchResult(Struct, frozen=True, kw_only=True):
     index: int
     registered: list[str]
     deregistered: list[str]
+
+
+class LeaseGrant(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Body of ``POST /api/v1/leases``: how long the lease lives without a keep-alive."""
+
+    ttl: PositiveDuration
+
+
+class EntryRef(Struct, frozen=True, kw_only=True):
+    """An entry named by kind and key (the entries a lease holds)."""
+
+    kind: str
+    id: str
+
+
+class Lease(Struct, frozen=True, kw_only=True):
+    """A lease as the API shows it: ``ttl`` granted, ``remaining`` before it lapses."""
+
+    id: int
+    ttl: str
+    remaining_s: float = 0.0
+    entries: list[EntryRef] = field(default_factory=list)
 
 
 class ServerStatus(Struct, frozen=True, kw_only=True):
@@ -263,6 +461,8 @@ class ServerStatus(Struct, frozen=True, kw_only=True):
     store: str
     blocking_waiters: int
     event_streams: int
+    following: bool = True
+    skipped_records: int = 0
     config: dict[str, str] = field(default_factory=dict)
 
 
@@ -276,63 +476,40 @@ class ErrorBody(Struct, frozen=True, kw_only=True):
 
 # --- validation past what the schema says ------------------------------------------------
 
+_HOSTNAME_RE = re.compile(HOSTNAME_PATTERN)
+_ADDRESS_RE = re.compile(ADDRESS_PATTERN)
+
+
+def is_label(text: str) -> bool:
+    """Whether ``text`` is one DNS-safe label (RFC 1123), exactly."""
+    return LABEL_RE.match(text) is not None
+
 
 def is_hostname(text: str) -> bool:
     """Whether ``text`` is an RFC 1123 host name (dot-separated labels, optional final dot)."""
-    name = text[:-1] if text.endswith(".") else text
-    if not name or len(name) > MAX_HOSTNAME_LEN:
-        return False
-    labels = name.split(".")
-    # An all-numeric last label reads as a mistyped IP address, not a name (RFC 3696 s2).
-    if labels[-1].isdigit():
-        return False
-    return all(LABEL_RE.match(label) for label in labels)
-
-
-# Dotted-quad IPv4 without leading zeros: the common case, checked without ipaddress
-# (whose parser was a quarter of the registration path's CPU time).
-_IPV4_RE = re.compile(
-    r"^(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)$"
-)
+    return len(text) <= MAX_HOSTNAME_LEN + 1 and _HOSTNAME_RE.match(text) is not None
 
 
 def is_address(text: str) -> bool:
-    """Whether ``text`` is an IPv4 or IPv6 literal or a host name."""
-    if _IPV4_RE.match(text):
-        return True
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return is_hostname(text)
-    return True
+    """Whether ``text`` is an IPv4 or IPv6 literal or a host name (the schema's pattern)."""
+    return len(text) <= MAX_HOSTNAME_LEN and _ADDRESS_RE.match(text) is not None
 
 
 def validate_instance(inst: Instance) -> Instance:
-    """Check the rules the schema cannot express; return the instance or raise InvalidInput."""
-    if not LABEL_RE.match(inst.id):
-        raise InvalidInput(
-            f"id: {inst.id!r} is not a DNS-safe label (letters, digits, hyphens; at most 63)"
-            if inst.id
-            else "id: required (a DNS-safe label)",
-            field="id",
-        )
-    if not is_address(inst.address):
-        raise InvalidInput(
-            f"address: {inst.address!r} is neither an IP address nor a host name",
-            field="address",
-        )
-    if inst.domain is not None and not is_hostname(inst.domain):
-        raise InvalidInput(f"domain: {inst.domain!r} is not a DNS name", field="domain")
-    if inst.version is not None:
-        parse_version(inst.version)
+    """Check the rules the schema cannot express; return the instance or raise InvalidInput.
+
+    The schema says everything else (patterns, bounds); what remains is that an id is
+    given, which the schema leaves to the path of ``PUT /instances/{id}``."""
+    if not inst.id:
+        raise InvalidInput("id: required (a DNS-safe label)", field="id")
     if inst.ttl is not None and parse_duration(inst.ttl, field="ttl") <= 0:
         raise InvalidInput("ttl: must be longer than zero", field="ttl")
-    parse_duration(inst.deregister_after, field="deregister_after")
     for i, check in enumerate(inst.checks):
-        parse_duration(check.interval, field=f"checks[{i}].interval")
-        parse_duration(check.timeout, field=f"checks[{i}].timeout")
-    if len({c.name for c in inst.checks}) != len(inst.checks):
-        raise InvalidInput("checks: two checks share a name", field="checks")
+        for name in ("interval", "timeout"):
+            if parse_duration(getattr(check, name)) <= 0:
+                raise InvalidInput(
+                    f"checks[{i}].{name}: must be longer than zero", field=f"checks[{i}].{name}"
+                )
     return inst
 
 
@@ -348,6 +525,15 @@ _FRIENDLY_PATTERN = {
     "service": "must be a DNS-safe label (letters, digits, hyphens; at most 63 characters)",
     "node": "must be a DNS-safe label (letters, digits, hyphens; at most 63 characters)",
     "version": "must be a semantic version (MAJOR.MINOR.PATCH, e.g. 1.4.2)",
+    "name": "must be a DNS-safe label (letters, digits, hyphens; at most 63 characters)",
+    "address": "must be an IPv4 or IPv6 address or a host name",
+    "domain": "must be a DNS name such as web.local",
+    "ttl": "must be a duration such as 500ms, 10s or 1m30s",
+    "deregister_after": "must be a duration such as 500ms, 10s or 1m30s",
+    "interval": "must be a duration such as 500ms, 10s or 1m30s",
+    "timeout": "must be a duration such as 500ms, 10s or 1m30s",
+    "tags": "must not be empty or hold control characters",
+    "path_prefix": "must start with / and hold no spaces or control characters",
 }
 
 
@@ -397,6 +583,46 @@ def translate_validation_error(exc: msgspec.ValidationError | msgspec.DecodeErro
     elif "matching regex" in problem and "`key` in" in text:
         problem = "meta keys use letters, digits and _ . - / only"
     return InvalidInput(f"{fld}: {_plain(problem)}", field=fld)
+
+
+def _known_fields(value: object, info: mi.Type) -> object:
+    """``value`` with every object key the type does not know dropped, recursively."""
+    if isinstance(info, mi.StructType) and isinstance(value, dict):
+        fields = {f.encode_name: f.type for f in info.fields}
+        return {k: _known_fields(v, fields[k]) for k, v in value.items() if k in fields}
+    if isinstance(info, mi.ListType | mi.VarTupleType | mi.SetType) and isinstance(value, list):
+        return [_known_fields(v, info.item_type) for v in value]
+    if isinstance(info, mi.DictType) and isinstance(value, dict):
+        return {k: _known_fields(v, info.value_type) for k, v in value.items()}
+    if isinstance(info, mi.UnionType) and isinstance(value, dict):
+        for option in info.types:
+            if isinstance(option, mi.StructType | mi.DictType):
+                return _known_fields(value, option)
+    return value
+
+
+@functools.lru_cache(maxsize=64)
+def _type_info(type_: Any) -> mi.Type:
+    return mi.type_info(type_)
+
+
+def decode_lenient(data: bytes | str, type_: type[T]) -> T:
+    """Decode what another Waypost wrote (a stored record, a server's answer): fields this
+    version does not know are ignored, so a newer writer never breaks an older reader.
+
+    The strict decoder runs first (the common case costs nothing more); only a record
+    with unknown fields takes the slower path. Raises InvalidInput when the data is not
+    of the type even then."""
+    try:
+        return msgspec.json.decode(data, type=type_)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        if "unknown field" not in str(exc):
+            raise translate_validation_error(exc) from None
+    try:
+        known = _known_fields(msgspec.json.decode(data), _type_info(type_))  # type: ignore[arg-type]
+        return msgspec.convert(known, type_)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise translate_validation_error(exc) from None
 
 
 def decode(data: bytes | str, type_: type[T]) -> T:

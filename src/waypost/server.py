@@ -41,7 +41,10 @@ class WaypostServer:
         try:
             await self.registry.start()
             app = build_app(
-                self.registry, token=self.settings.token, config=self.settings.redacted()
+                self.registry,
+                token=self.settings.token,
+                config=self.settings.redacted(),
+                max_wait_s=self.settings.max_wait_s(),
             )
             # handler_cancellation: a client that hangs up frees its parked blocking
             # query or event stream at once, not when its wait runs out.

@@ -36,6 +36,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     token: str = ""
     node: str = msgspec.field(default_factory=default_node_name)
     event_window: str = "1h"
+    # The longest a blocking query waits (Consul: 10m); lower it behind proxies that cut
+    # idle requests sooner.
+    max_wait: str = "10m"
     log_level: str = "info"
 
     def http_host_port(self) -> tuple[str, int]:
@@ -47,6 +50,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     def event_window_s(self) -> float:
         return parse_duration(self.event_window, field="event_window")
+
+    def max_wait_s(self) -> float:
+        return parse_duration(self.max_wait, field="max_wait")
 
     def redacted(self) -> dict[str, str]:
         """The settings for display (``waypost status``): the token is never shown."""
@@ -94,6 +100,7 @@ def load_settings(
         raise InvalidInput(f"settings: {exc}", field="settings") from None
     settings.http_host_port()
     settings.event_window_s()
+    settings.max_wait_s()
     if not LABEL_RE.match(settings.node):
         raise InvalidInput(f"node: {settings.node!r} is not a DNS-safe label", field="node")
     return settings

@@ -42,35 +42,70 @@ def comment(text: str = "") -> bytes:
     return b": " + text.encode() + b"\n\n"
 
 
+# A line longer than this ends the stream with SseTooLarge: an event's data line is one
+# encoded entry, at most about 1 MiB (the API's body limit), so 4 MiB is far beyond any
+# honest server while bounding what a broken or hostile one can make a client buffer.
+MAX_LINE_BYTES = 4 * 1024 * 1024
+# The data lines of one event together, likewise.
+MAX_EVENT_BYTES = 4 * 1024 * 1024
+
+
+class SseTooLarge(ValueError):
+    """A line or an event is over the limit: the stream is not one this parser reads."""
+
+
 class SseParser:
-    """Incremental parser: ``feed`` bytes, get the complete messages they finish."""
+    """Incremental parser: ``feed`` bytes, get the complete messages they finish.
+
+    Linear in what it is fed (each byte is scanned once, the buffer is cut once per
+    chunk) and bounded: a partial line over MAX_LINE_BYTES raises SseTooLarge."""
 
     def __init__(self) -> None:
         self._buf = b""
+        # A line still being received, in pieces: joined once, when its end arrives.
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
         self._event = ""
         self._data: list[str] = []
+        self._data_bytes = 0
         self.last_id: str | None = None
         self.retry_ms: int | None = None
 
     def feed(self, chunk: bytes) -> list[SseMessage]:
-        self._buf += chunk
+        if b"\n" not in chunk and b"\r" not in chunk:
+            self._pending.append(chunk)
+            self._pending_bytes += len(chunk)
+            if self._pending_bytes + len(self._buf) > MAX_LINE_BYTES:
+                self._pending, self._pending_bytes, self._buf = [], 0, b""
+                raise SseTooLarge(f"an event stream line is over {MAX_LINE_BYTES} bytes")
+            return []
+        buf = b"".join([self._buf, *self._pending, chunk])
+        self._pending, self._pending_bytes = [], 0
         out: list[SseMessage] = []
-        while True:
+        pos = 0
+        end = len(buf)
+        while pos < end:
             # A line ends at CRLF, LF or CR; a lone CR at the very end may be half a CRLF.
-            idx_n = self._buf.find(b"\n")
-            idx_r = self._buf.find(b"\r")
-            if idx_n < 0 and (idx_r < 0 or idx_r == len(self._buf) - 1):
-                return out
-            if idx_r >= 0 and (idx_n < 0 or idx_r < idx_n):
-                line = self._buf[:idx_r]
-                skip = 2 if self._buf[idx_r + 1 : idx_r + 2] == b"\n" else 1
-                self._buf = self._buf[idx_r + skip :]
+            idx_n = buf.find(b"\n", pos)
+            idx_r = buf.find(b"\r", pos, idx_n if idx_n >= 0 else end)
+            if idx_r >= 0:
+                if idx_r == end - 1:
+                    break
+                line = buf[pos:idx_r]
+                pos = idx_r + (2 if buf[idx_r + 1 : idx_r + 2] == b"\n" else 1)
+            elif idx_n >= 0:
+                line = buf[pos:idx_n]
+                pos = idx_n + 1
             else:
-                line = self._buf[:idx_n]
-                self._buf = self._buf[idx_n + 1 :]
+                break
             msg = self._line(line.decode("utf-8", errors="replace"))
             if msg is not None:
                 out.append(msg)
+        self._buf = buf[pos:]
+        if len(self._buf) > MAX_LINE_BYTES:
+            self._buf = b""
+            raise SseTooLarge(f"an event stream line is over {MAX_LINE_BYTES} bytes")
+        return out
 
     def _line(self, line: str) -> SseMessage | None:
         if line == "":
@@ -82,6 +117,7 @@ class SseParser:
             )
             self._event = ""
             self._data = []
+            self._data_bytes = 0
             return msg
         if line.startswith(":"):
             return None
@@ -89,12 +125,44 @@ class SseParser:
         if sep and value.startswith(" "):
             value = value[1:]
         if name == "data":
+            self._data_bytes += len(value) + 1
+            if self._data_bytes > MAX_EVENT_BYTES:
+                self._data = []
+                self._data_bytes = 0
+                raise SseTooLarge(f"an event's data is over {MAX_EVENT_BYTES} bytes")
             self._data.append(value)
         elif name == "event":
             self._event = value
         elif name == "id":
             if "\0" not in value:
                 self.last_id = value
-        elif name == "retry" and value.isdigit():
+        elif name == "retry" and value.isascii() and value.isdigit():
             self.retry_ms = int(value)
         return None
+
+
+# --- positions in Waypost's event stream -------------------------------------------------
+#
+# Several events may share a revision. The last (or only) event of revision R carries the
+# id "R"; the ones before it "R.i" (i its place in the revision, from 0). Resuming from
+# "R" gives every event of later revisions; from "R.i", the rest of R first.
+
+WHOLE = -1
+"""The index of a position that is past every event of its revision."""
+
+
+def event_id(revision: int, index: int, last_of_revision: bool) -> str:
+    """The SSE id of an event."""
+    return str(revision) if last_of_revision else f"{revision}.{index}"
+
+
+def parse_event_id(text: str) -> tuple[int, int] | None:
+    """``"R"`` -> ``(R, WHOLE)``; ``"R.i"`` -> ``(R, i)``; None when it is neither."""
+    rev, dot, idx = text.partition(".")
+    if not (rev.isascii() and rev.isdigit()) or len(rev) > 18:
+        return None
+    if not dot:
+        return int(rev), WHOLE
+    if not (idx.isascii() and idx.isdigit()) or len(idx) > 9:
+        return None
+    return int(rev), int(idx)

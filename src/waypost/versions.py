@@ -17,16 +17,25 @@ from typing import NamedTuple
 from waypost.errors import InvalidInput
 
 # The official regex from semver.org, with named groups.
+# Anchored with \A and \Z ("$" would accept a trailing newline); [0-9], not \d, which
+# takes every Unicode digit. At most 9 digits a number, so that every version the pattern
+# admits also parses into numbers this code (and a JSON reader) handles.
 SEMVER_RE = re.compile(
-    r"^(?P<major>0|[1-9]\d*)\.(?P<minor>0|[1-9]\d*)\.(?P<patch>0|[1-9]\d*)"
-    r"(?:-(?P<pre>(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)"
-    r"(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
-    r"(?:\+(?P<build>[0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?$"
+    r"\A(?P<major>0|[1-9][0-9]{0,8})\.(?P<minor>0|[1-9][0-9]{0,8})\.(?P<patch>0|[1-9][0-9]{0,8})"
+    r"(?:-(?P<pre>(?:0|[1-9][0-9]*|[0-9]*[a-zA-Z-][0-9a-zA-Z-]*)"
+    r"(?:\.(?:0|[1-9][0-9]*|[0-9]*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
+    r"(?:\+(?P<build>[0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?\Z"
 )
 SEMVER_PATTERN = SEMVER_RE.pattern
-_PARTIAL_RE = re.compile(
-    r"^v?(0|[1-9]\d*)(?:\.(0|[1-9]\d*))?(?:\.(0|[1-9]\d*))?(?:-([0-9A-Za-z.-]+))?$"
-)
+_NUM = r"(?:0|[1-9][0-9]{0,8})"
+_PARTIAL = rf"v?({_NUM})(?:\.({_NUM}))?(?:\.({_NUM}))?(?:-([0-9A-Za-z.-]+))?"
+_PARTIAL_RE = re.compile(rf"\A{_PARTIAL}\Z")
+_PARTIAL_PLAIN = rf"v?{_NUM}(?:\.{_NUM})?(?:\.{_NUM})?(?:-[0-9A-Za-z.-]+)?"
+_COMPARATOR = rf"(?:(?:>=|<=|==|!=|>|<|=|\^|~) *)?{_PARTIAL_PLAIN}|(?:==?)? *[*xX]"
+# The whole grammar of a constraint, also shown as the pattern of the ``version`` query
+# parameter: comparators separated by commas, spaces allowed around them.
+CONSTRAINT_PATTERN = rf"\A *(?:{_COMPARATOR}) *(?:, *(?:{_COMPARATOR}) *)*\Z"
+_CONSTRAINT_RE = re.compile(CONSTRAINT_PATTERN)
 
 
 class Version(NamedTuple):
@@ -85,7 +94,7 @@ _OPS: dict[str, Callable[[tuple[object, ...], tuple[object, ...]], bool]] = {
     "==": lambda a, b: a == b,
     "!=": lambda a, b: a != b,
 }
-_COMPARATOR_RE = re.compile(r"^(>=|<=|==|!=|>|<|=|\^|~)?\s*(.+)$")
+_COMPARATOR_RE = re.compile(r"\A(>=|<=|==|!=|>|<|=|\^|~)? *(.+)\Z")
 
 
 def _bounds(low: Version, high: Version) -> Predicate:
@@ -94,11 +103,11 @@ def _bounds(low: Version, high: Version) -> Predicate:
 
 
 def _comparator(text: str) -> Predicate:
-    m = _COMPARATOR_RE.match(text.strip())
+    m = _COMPARATOR_RE.match(text)
     if m is None or not m.group(2):
         raise InvalidInput(f"version: empty comparator in constraint {text!r}", field="version")
-    op, rest = m.group(1) or "=", m.group(2).strip()
-    if rest in ("*", "x", "X") and op == "=":
+    op, rest = m.group(1) or "=", m.group(2)
+    if rest in ("*", "x", "X") and op in ("=", "=="):
         return lambda v: True
     base, given = _partial(rest)
     if op == "^":
@@ -129,10 +138,14 @@ def _comparator(text: str) -> Predicate:
 @functools.lru_cache(maxsize=1024)
 def parse_constraint(text: str) -> Predicate:
     """Compile a constraint such as ``>=1.2,<2`` into a predicate on Version."""
-    parts = [p for p in (s.strip() for s in text.split(",")) if p]
-    if not parts:
+    if not text.strip(" "):
         raise InvalidInput("version: empty version constraint", field="version")
-    preds = [_comparator(p) for p in parts]
+    if _CONSTRAINT_RE.match(text) is None:
+        raise InvalidInput(
+            f"version: {text!r} is not a version constraint (e.g. >=1.2,<2 or ^1.4)",
+            field="version",
+        )
+    preds = [_comparator(p.strip(" ")) for p in text.split(",")]
     return lambda v: all(p(v) for p in preds)
 
 

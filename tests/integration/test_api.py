@@ -166,7 +166,7 @@ def test_bad_input_gets_a_4xx_naming_it_and_changes_nothing(
         ("PUT", "/api/v1/instances/w", b"x" * (2 * 1024 * 1024), 413, "limit"),
         ("POST", "/api/v1/batch", b"x" * (2 * 1024 * 1024), 413, "limit"),
         ("PUT", "/api/v1/instances/w/status", b'{"status": "sideways"}', 400, "sideways"),
-        ("PUT", "/api/v1/instances/other", json.dumps(instance("w")).encode(), 400, "path"),
+        ("PUT", "/api/v1/instances/other", json.dumps(instance("w")).encode(), 409, "path"),
         (
             "PUT",
             "/api/v1/instances/bad_id",

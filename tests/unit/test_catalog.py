@@ -6,10 +6,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from waypost.api.query import parse_query
 from waypost.catalog import Catalog
 from waypost.errors import InvalidInput
 from waypost.model import Event, Instance, Kind, Query, Status, convert_instance
+from waypost.query import parse_query
 from waypost.versions import matches
 
 
@@ -92,8 +92,8 @@ def test_services_summarise_counts_tags_and_versions(catalog: Catalog) -> None:
 def test_events_move_the_index_and_the_service_revision(catalog: Catalog) -> None:
     seen: list[int] = []
     catalog.add_listener(seen.append)
-    catalog.apply([Event(revision=7, type="put", instance=inst("web-9", tags=["prod"]))])
-    catalog.apply([Event(revision=8, type="delete", instance=inst("db-1", "db"))])
+    catalog.apply([Event(revision=7, type="put", entry=inst("web-9", tags=["prod"]))])
+    catalog.apply([Event(revision=8, type="delete", entry=inst("db-1", "db"))])
     assert seen == [7, 8]
     assert catalog.service_revision("web") == 7
     assert catalog.service_revision("db") == 8
@@ -102,21 +102,21 @@ def test_events_move_the_index_and_the_service_revision(catalog: Catalog) -> Non
 
 
 def test_moving_an_instance_to_another_service_reindexes_both(catalog: Catalog) -> None:
-    catalog.apply([Event(revision=7, type="put", instance=inst("web-1", "api"))])
+    catalog.apply([Event(revision=7, type="put", entry=inst("web-1", "api"))])
     assert "web-1" not in ids(catalog, "service=web")
     assert ids(catalog, "service=api") == ["web-1"]
     assert catalog.service_revision("web") == 7
 
 
 def test_stale_events_are_ignored(catalog: Catalog) -> None:
-    catalog.apply([Event(revision=3, type="delete", instance=inst("web-1"))])
+    catalog.apply([Event(revision=3, type="delete", entry=inst("web-1"))])
     assert catalog.get("web-1") is not None
 
 
 def test_recent_events_are_served_from_memory_until_the_ring_ends() -> None:
     c = Catalog(recent_events=3)
     c.load([], 0)
-    c.apply([Event(revision=r, type="put", instance=inst(f"w{r}")) for r in range(1, 6)])
+    c.apply([Event(revision=r, type="put", entry=inst(f"w{r}")) for r in range(1, 6)])
     assert [e.revision for e in c.events_since(3) or []] == [4, 5]
     assert c.events_since(5) == []
     assert c.events_since(1) is None  # 2 has left the ring: read the store instead
@@ -206,7 +206,7 @@ def test_indexed_queries_equal_a_brute_force_filter(
     c.load([(i, n + 1) for n, i in enumerate(insts)], len(insts))
     if insts:  # exercise the incremental index too: delete one, re-add another changed
         gone = insts[removed % len(insts)]
-        c.apply([Event(revision=c.revision + 1, type="delete", instance=gone)])
+        c.apply([Event(revision=c.revision + 1, type="delete", entry=gone)])
         insts.remove(gone)
     expected = sorted((i for i in insts if brute(q, i)), key=lambda i: (i.service, i.id))
     assert [i.id for i in c.query(q)] == [i.id for i in expected]

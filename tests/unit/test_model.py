@@ -92,11 +92,17 @@ def test_addresses_may_be_ip_literals_or_host_names(address: str) -> None:
         ("healthy", Status.PASSING),
         ("degraded", Status.WARNING),
         ("unhealthy", Status.CRITICAL),
-        ("Critical", Status.CRITICAL),
+        ("critical", Status.CRITICAL),
     ],
 )
 def test_status_aliases_from_the_seeds(word: str, status: Status) -> None:
     assert parse_status(word) is status
+
+
+@pytest.mark.parametrize("word", ["Critical", " passing", "passing\n", ""])
+def test_statuses_are_read_exactly_as_written(word: str) -> None:
+    with pytest.raises(InvalidInput):
+        parse_status(word)
 
 
 @given(st.from_regex(r"\A[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z"))

@@ -15,7 +15,7 @@ from waypost.testing import ManualClock
 def with_registry(body: Callable[[Registry, ManualClock], Awaitable[None]]) -> None:
     async def go() -> None:
         clock = ManualClock()
-        store = MemoryStore()
+        store = MemoryStore(clock=clock)
         await store.open()
         reg = Registry(store, Catalog(), node_name="n", clock=clock)
         await reg.start()
@@ -26,6 +26,14 @@ def with_registry(body: Callable[[Registry, ManualClock], Awaitable[None]]) -> N
             await store.close()
 
     asyncio.run(go())
+
+
+async def expire_leases(reg: Registry) -> None:
+    store = reg.store
+    assert isinstance(store, MemoryStore)
+    await store.expire_due()
+    revision, _ = await store.snapshot()
+    assert await reg.catalog.wait_for_revision(revision, 1.0)
 
 
 def ttl_instance(iid: str = "t", **f: object) -> Instance:
@@ -58,8 +66,10 @@ def test_ttl_goes_critical_after_the_window_then_is_deregistered() -> None:
         assert got.status is Status.CRITICAL
         assert got.output == "TTL expired: no heartbeat within 10s"
         await reg.expire(clock.advance(59.0))
+        await expire_leases(reg)
         assert reg.catalog.get("t") is not None
         await reg.expire(clock.advance(1.5))
+        await expire_leases(reg)  # the removal rides on the instance's TTL lease
         assert reg.catalog.get("t") is None
 
     with_registry(body)
@@ -79,6 +89,7 @@ def test_heartbeats_move_the_deadline_and_revive_a_critical_instance() -> None:
         await reg.heartbeat("t")
         assert status(reg, "t") is Status.PASSING
         await reg.expire(clock.advance(65))  # a new window, not the old reaping time
+        await expire_leases(reg)
         got = reg.catalog.get("t")
         assert got is not None
         assert got.status is Status.CRITICAL

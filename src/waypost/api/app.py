@@ -20,8 +20,9 @@ from waypost import sse as sse_frames
 from waypost._version import __version__
 from waypost.api.blocking import Answer, AnswerCache, BlockingQueries, Key
 from waypost.api.openapi import openapi_spec
-from waypost.api.query import parse_query
+from waypost.durations import format_duration, parse_duration
 from waypost.errors import (
+    Conflict,
     Gone,
     InvalidInput,
     NotFound,
@@ -30,20 +31,29 @@ from waypost.errors import (
     WaypostError,
 )
 from waypost.model import (
+    MAX_LEASE_ID,
     Batch,
     BatchResult,
+    EntryRef,
     Event,
     Instance,
+    Lease,
+    LeaseGrant,
     MaintenanceUpdate,
+    Node,
+    Route,
     ServerStatus,
+    ServiceConfig,
     StatusUpdate,
     WriteResult,
     decode,
+    is_label,
     parse_status,
     validate_instance,
 )
+from waypost.query import MAX_WAIT_S, parse_index, parse_query
 from waypost.registry import Registry
-from waypost.store.base import gone
+from waypost.store.base import LeaseState, gone, missing
 
 log = logging.getLogger("waypost.api")
 
@@ -52,6 +62,7 @@ MAX_BODY_BYTES = 1024 * 1024
 # An idle event stream gets a comment this often, so proxies keep it open.
 SSE_KEEPALIVE_S = 15.0
 JSON = "application/json"
+EVENT_KINDS = ("instance", "node", "service_config", "route")
 
 _encode = msgspec.json.Encoder().encode
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -64,6 +75,7 @@ OPENAPI = web.AppKey("openapi", bytes)
 CONFIG = web.AppKey("config", dict[str, str])
 STATS = web.AppKey("stats", dict[str, int])
 STREAMS = web.AppKey("streams", set[asyncio.Task[object]])
+MAX_WAIT = web.AppKey("max_wait", float)
 
 
 def _json(body: bytes, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -138,15 +150,31 @@ async def _body(request: web.Request) -> bytes:
     return data
 
 
+def _path_label(request: web.Request, name: str, field: str = "id") -> str:
+    """A DNS-safe label from the path, exactly (a stray byte is a 400 naming ``field``)."""
+    value = request.match_info[name]
+    if not is_label(value):
+        raise InvalidInput(
+            f"{field}: {value!r} is not a DNS-safe label (letters, digits, hyphens; at most 63)",
+            field=field,
+        )
+    return value
+
+
+def _keyed(entry_id: str, path_id: str, what: str) -> None:
+    """The body may leave the key out (the path names it); if given it must agree."""
+    if entry_id and entry_id != path_id:
+        raise Conflict(
+            f"{what}: the body names {entry_id!r} but the path names {path_id!r}", field=what
+        )
+
+
 def _instance_from(data: bytes, path_id: str) -> Instance:
     """Decode the instance of ``PUT /instances/{id}``; the body may leave ``id`` out."""
     inst = decode(data, Instance)
+    _keyed(inst.id, path_id, "id")
     if not inst.id:
         inst = msgspec.structs.replace(inst, id=path_id)
-    elif inst.id != path_id:
-        raise InvalidInput(
-            f"id: the body names {inst.id!r} but the path names {path_id!r}", field="id"
-        )
     return validate_instance(inst)
 
 
@@ -154,40 +182,40 @@ def _registry(request: web.Request) -> Registry:
     return request.app[REGISTRY]
 
 
-# --- writes ------------------------------------------------------------------------------
+def _write(entry_id: str, index: int) -> web.Response:
+    return _json(_encode(WriteResult(id=entry_id, index=index)))
+
+
+# --- instances ---------------------------------------------------------------------------
 
 
 async def put_instance(request: web.Request) -> web.Response:
-    iid = request.match_info["id"]
+    iid = _path_label(request, "id")
     inst = _instance_from(await _body(request), iid)
-    index = await _registry(request).register(inst)
-    return _json(_encode(WriteResult(id=iid, index=index)))
+    return _write(iid, await _registry(request).register(inst))
 
 
 async def delete_instance(request: web.Request) -> web.Response:
-    iid = request.match_info["id"]
-    index = await _registry(request).deregister(iid)
-    return _json(_encode(WriteResult(id=iid, index=index)))
+    iid = _path_label(request, "id")
+    return _write(iid, await _registry(request).deregister(iid))
 
 
 async def heartbeat(request: web.Request) -> web.Response:
-    iid = request.match_info["id"]
-    index = await _registry(request).heartbeat(iid)
-    return _json(_encode(WriteResult(id=iid, index=index)))
+    iid = _path_label(request, "id")
+    return _write(iid, await _registry(request).heartbeat(iid))
 
 
 async def put_status(request: web.Request) -> web.Response:
-    iid = request.match_info["id"]
+    iid = _path_label(request, "id")
     upd = decode(await _body(request), StatusUpdate)
     index = await _registry(request).set_status(iid, parse_status(upd.status), upd.output)
-    return _json(_encode(WriteResult(id=iid, index=index)))
+    return _write(iid, index)
 
 
 async def put_maintenance(request: web.Request) -> web.Response:
-    iid = request.match_info["id"]
+    iid = _path_label(request, "id")
     upd = decode(await _body(request), MaintenanceUpdate)
-    index = await _registry(request).set_maintenance(iid, upd.enable, upd.reason)
-    return _json(_encode(WriteResult(id=iid, index=index)))
+    return _write(iid, await _registry(request).set_maintenance(iid, upd.enable, upd.reason))
 
 
 async def post_batch(request: web.Request) -> web.Response:
@@ -207,6 +235,129 @@ async def post_batch(request: web.Request) -> web.Response:
     return _json(_encode(result))
 
 
+# --- nodes, service configs, routes ------------------------------------------------------
+
+
+async def put_node(request: web.Request) -> web.Response:
+    node_id = _path_label(request, "id")
+    node = decode(await _body(request), Node)
+    _keyed(node.id, node_id, "id")
+    node = msgspec.structs.replace(node, id=node_id)
+    return _write(node_id, await _registry(request).register_node(node))
+
+
+async def get_node(request: web.Request) -> web.Response:
+    node_id = _path_label(request, "id")
+    node = _registry(request).catalog.node(node_id)
+    if node is None:
+        raise missing("node", node_id)
+    rev = _registry(request).catalog.mod_revision(node_id, "node")
+    return _json(_encode(node), headers={"X-Waypost-Index": str(rev)})
+
+
+async def delete_node(request: web.Request) -> web.Response:
+    node_id = _path_label(request, "id")
+    return _write(node_id, await _registry(request).deregister_node(node_id))
+
+
+async def put_config(request: web.Request) -> web.Response:
+    name = _path_label(request, "name", "service")
+    cfg = decode(await _body(request), ServiceConfig)
+    _keyed(cfg.service, name, "service")
+    cfg = msgspec.structs.replace(cfg, service=name)
+    return _write(name, await _registry(request).put_entry(cfg))
+
+
+async def get_config(request: web.Request) -> web.Response:
+    name = _path_label(request, "name", "service")
+    return _entry_answer(request, "service_config", name)
+
+
+async def delete_config(request: web.Request) -> web.Response:
+    name = _path_label(request, "name", "service")
+    return _write(name, await _registry(request).delete_entry("service_config", name))
+
+
+async def put_route(request: web.Request) -> web.Response:
+    name = _path_label(request, "name", "name")
+    route = decode(await _body(request), Route)
+    _keyed(route.name, name, "name")
+    route = msgspec.structs.replace(route, name=name)
+    return _write(name, await _registry(request).put_entry(route))
+
+
+async def get_route(request: web.Request) -> web.Response:
+    name = _path_label(request, "name", "name")
+    return _entry_answer(request, "route", name)
+
+
+async def delete_route(request: web.Request) -> web.Response:
+    name = _path_label(request, "name", "name")
+    return _write(name, await _registry(request).delete_entry("route", name))
+
+
+def _entry_answer(request: web.Request, kind: str, key: str) -> web.Response:
+    cat = _registry(request).catalog
+    entry = cat.entry(kind, key)
+    if entry is None:
+        raise missing(kind, key)
+    return _json(_encode(entry), headers={"X-Waypost-Index": str(cat.mod_revision(key, kind))})
+
+
+# --- leases ------------------------------------------------------------------------------
+
+
+def _lease_body(state: LeaseState) -> bytes:
+    return _encode(
+        Lease(
+            id=state.id,
+            ttl=format_duration(state.ttl_s),
+            remaining_s=round(state.remaining_s, 3),
+            entries=[EntryRef(kind=k, id=key) for k, key in state.entries],
+        )
+    )
+
+
+def _lease_id(request: web.Request) -> int:
+    text = request.match_info["id"]
+    lease_id = parse_index(text, "id") if text.isascii() and text.isdigit() else 0
+    if not 1 <= lease_id <= MAX_LEASE_ID:
+        raise InvalidInput(f"id: {text!r} is not a lease id (a whole number)", field="id")
+    return lease_id
+
+
+async def post_lease(request: web.Request) -> web.Response:
+    grant = decode(await _body(request), LeaseGrant)
+    ttl_s = parse_duration(grant.ttl, field="ttl")
+    if ttl_s <= 0:
+        raise InvalidInput("ttl: must be longer than zero", field="ttl")
+    ttl_s = min(ttl_s, 366 * 24 * 3600.0)
+    lease_id = await _registry(request).grant(max(ttl_s, 0.001))
+    return _json(_lease_body(LeaseState(id=lease_id, ttl_s=ttl_s, remaining_s=ttl_s)))
+
+
+async def keepalive_lease(request: web.Request) -> web.Response:
+    lease_id = _lease_id(request)
+    ttl_s = await _registry(request).keepalive(lease_id)
+    return _json(_lease_body(LeaseState(id=lease_id, ttl_s=ttl_s, remaining_s=ttl_s)))
+
+
+async def get_lease(request: web.Request) -> web.Response:
+    return _json(_lease_body(await _registry(request).lease(_lease_id(request))))
+
+
+async def list_leases(request: web.Request) -> web.Response:
+    _no_params(request)
+    states = await _registry(request).store.leases()
+    return _json(b"[" + b",".join(_lease_body(s) for s in states) + b"]")
+
+
+async def delete_lease(request: web.Request) -> web.Response:
+    lease_id = _lease_id(request)
+    index = await _registry(request).revoke(lease_id)
+    return _write(str(lease_id), index)
+
+
 # --- reads -------------------------------------------------------------------------------
 
 
@@ -219,10 +370,10 @@ async def _answer(request: web.Request, key: Key, index: int | None, wait_s: flo
 
 
 async def get_instance(request: web.Request) -> web.Response:
-    iid = request.match_info["id"]
+    iid = _path_label(request, "id")
     inst = _registry(request).catalog.get(iid)
     if inst is None:
-        raise NotFound(f"instance {iid!r} is not registered", field="id")
+        raise missing("instance", iid)
     return _json(
         _encode(inst),
         headers={"X-Waypost-Index": str(_registry(request).catalog.mod_revision(iid))},
@@ -230,12 +381,16 @@ async def get_instance(request: web.Request) -> web.Response:
 
 
 async def list_instances(request: web.Request) -> web.Response:
-    query, index, wait_s = parse_query(request.query.items())
+    query, index, wait_s = parse_query(request.query.items(), max_wait_s=request.app[MAX_WAIT])
     return await _answer(request, ("instances", query), index, wait_s)
 
 
 async def service_instances(request: web.Request) -> web.Response:
-    query, index, wait_s = parse_query(request.query.items(), service=request.match_info["name"])
+    query, index, wait_s = parse_query(
+        request.query.items(),
+        service=_path_label(request, "name", "service"),
+        max_wait_s=request.app[MAX_WAIT],
+    )
     return await _answer(request, ("instances", query), index, wait_s)
 
 
@@ -249,20 +404,37 @@ async def list_nodes(request: web.Request) -> web.Response:
     return await _answer(request, ("nodes", None), index, wait_s)
 
 
+async def list_routes(request: web.Request) -> web.Response:
+    index, wait_s = _blocking_params(request)
+    return await _answer(request, ("routes", None), index, wait_s)
+
+
+def _no_params(request: web.Request) -> None:
+    for name in request.query:
+        raise InvalidInput(
+            f"{name}: unknown query parameter (this endpoint takes none)", field=name
+        )
+
+
 def _blocking_params(request: web.Request) -> tuple[int | None, float]:
     """``index`` and ``wait`` of an endpoint that takes no filters."""
     for name in request.query:
         if name not in ("index", "wait"):
             raise InvalidInput(f"{name}: unknown query parameter (known: index, wait)", field=name)
-    _, index, wait_s = parse_query(request.query.items())
+    _, index, wait_s = parse_query(request.query.items(), max_wait_s=request.app[MAX_WAIT])
     return index, wait_s
 
 
 async def health(request: web.Request) -> web.Response:
-    try:
-        await _registry(request).store.ping()
-    except WaypostError as exc:
-        return _json(_encode({"status": "failing", "message": exc.message}), status=503)
+    reg = _registry(request)
+    problem = reg.problem
+    if problem is None:
+        try:
+            await reg.store.ping()
+        except WaypostError as exc:
+            problem = exc.message
+    if problem is not None:
+        return _json(_encode({"status": "failing", "message": problem}), status=503)
     return _json(b'{"status":"serving"}')
 
 
@@ -280,6 +452,8 @@ async def status(request: web.Request) -> web.Response:
         store=reg.store.kind,
         blocking_waiters=request.app[BLOCKING].count,
         event_streams=request.app[STATS]["event_streams"],
+        following=reg.problem is None,
+        skipped_records=reg.store.skipped_records,
         config=request.app[CONFIG],
     )
     return _json(_encode(body))
@@ -298,58 +472,130 @@ class FrameCache:
     LIMIT = 8192
 
     def __init__(self) -> None:
-        self._frames: dict[int, bytes] = {}
+        self._frames: dict[tuple[int, int, bool], bytes] = {}
 
-    def frame(self, ev: Event) -> bytes:
-        got = self._frames.get(ev.revision)
+    def frame(self, ev: Event, last_of_revision: bool) -> bytes:
+        key = (ev.revision, ev.index, last_of_revision)
+        got = self._frames.get(key)
         if got is None:
-            got = sse_frames.frame(_encode(ev.instance), event=ev.type, id=ev.revision)
+            # Instance events keep the names they always had (put, delete); the other
+            # kinds are named kind.type, which clients that know only instances ignore.
+            name = ev.type if ev.kind == "instance" else f"{ev.kind}.{ev.type}"
+            eid = sse_frames.event_id(ev.revision, ev.index, last_of_revision)
+            got = sse_frames.frame(_encode(ev.entry), event=name, id=eid)
             if len(self._frames) >= self.LIMIT:
                 self._frames.clear()
-            self._frames[ev.revision] = got
+            self._frames[key] = got
         return got
 
 
 FRAMES = web.AppKey("frames", FrameCache)
 
 
-async def events(request: web.Request) -> web.StreamResponse:
-    reg = _registry(request)
-    cat = reg.catalog
+def _wanted(ev: Event, kinds: frozenset[str], service: str | None) -> bool:
+    if ev.kind not in kinds:
+        return False
+    if service is None:
+        return True
+    entry = ev.entry
+    if isinstance(entry, Instance | ServiceConfig | Route):
+        return entry.service == service
+    return False
+
+
+def _event_params(
+    request: web.Request,
+) -> tuple[frozenset[str], str | None, tuple[int, int] | None]:
     service = None
-    start: int | None = None
+    kinds = frozenset(EVENT_KINDS)
+    start: tuple[int, int] | None = None
     for name, value in request.query.items():
         if name == "service":
             service = value
         elif name == "index":
-            start = _whole(value, "index")
+            start = (parse_index(value), sse_frames.WHOLE)
+        elif name == "kind":
+            asked = frozenset(value.split(","))
+            unknown = asked - kinds
+            if unknown or not value:
+                raise InvalidInput(
+                    f"kind: {value!r} names no event kind (a comma list of "
+                    f"{', '.join(EVENT_KINDS)})",
+                    field="kind",
+                )
+            kinds = asked
         else:
             raise InvalidInput(
-                f"{name}: unknown query parameter (known: index, service)", field=name
+                f"{name}: unknown query parameter (known: index, kind, service)", field=name
             )
     last_id = request.headers.get("Last-Event-ID")
     if last_id:
-        start = _whole(last_id, "Last-Event-ID")
-    last = cat.revision if start is None else start
-    if last < reg.store.compacted:
-        raise gone(last, reg.store.compacted)
+        start = sse_frames.parse_event_id(last_id)
+        if start is None:
+            raise InvalidInput(
+                f"Last-Event-ID: {last_id!r} is not an event id (N or N.I)", field="Last-Event-ID"
+            )
+    return kinds, service, start
 
-    async def fetch(after: int) -> list[Event]:
-        got = cat.events_since(after)
-        if got is None:
-            got = await reg.store.changes(after)
-            # The store may be ahead of the catalog; never send what we have not applied.
-            got = [ev for ev in got if ev.revision <= cat.revision]
-        return got
 
-    if last > cat.revision:
+def _after(ev: Event, pos: tuple[int, int]) -> bool:
+    """Whether ``ev`` comes after position ``pos`` (see ``sse.parse_event_id``)."""
+    rev, idx = pos
+    return ev.revision > rev or (ev.revision == rev and idx != sse_frames.WHOLE and ev.index > idx)
+
+
+def _render(
+    backlog: list[Event],
+    sent: tuple[int, int],
+    upto: int,
+    kinds: frozenset[str],
+    service: str | None,
+    frames: FrameCache,
+) -> tuple[list[bytes], tuple[int, int]]:
+    """The frames of ``backlog`` after position ``sent`` that the stream wants, and the
+    position after them: past ``upto`` (an id-only frame moves the client there, so a
+    resumed stream never replays what was filtered out or had no events)."""
+    parts = []
+    for n, ev in enumerate(backlog):
+        if not _after(ev, sent) or not _wanted(ev, kinds, service):
+            continue
+        last = n + 1 == len(backlog) or backlog[n + 1].revision != ev.revision
+        parts.append(frames.frame(ev, last))
+        sent = (ev.revision, sse_frames.WHOLE if last else ev.index)
+    if upto > sent[0] or (upto == sent[0] and sent[1] != sse_frames.WHOLE):
+        parts.append(sse_frames.id_only(upto))
+        sent = (upto, sse_frames.WHOLE)
+    return parts, sent
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    reg = _registry(request)
+    cat = reg.catalog
+    kinds, service, start = _event_params(request)
+    rev, idx = start if start is not None else (cat.revision, sse_frames.WHOLE)
+    # Resuming inside revision R reads R again: everything after R - 1.
+    after = rev if idx == sse_frames.WHOLE else rev - 1
+    if after < reg.store.compacted:
+        raise gone(after, reg.store.compacted)
+    if rev > cat.revision:
         # Only a registry that lost its data (a wiped SQLite file) is behind a client.
         raise Gone(
-            f"revision {last} is ahead of this registry (at {cat.revision}): it was reset; "
+            f"revision {rev} is ahead of this registry (at {cat.revision}): it was reset; "
             "re-list and watch from the listed index",
             field="index",
         )
-    backlog = await fetch(last)  # Gone here becomes a 410 before the stream starts
+
+    async def fetch(after: int) -> tuple[list[Event], int]:
+        """Events after ``after`` that the catalog has applied, and the revision they
+        reach (past revisions with no events of ours too, so nothing spins on them)."""
+        now = cat.revision
+        got = cat.events_since(after)
+        if got is not None:
+            return got, now
+        got = [ev for ev in await reg.store.changes(after) if ev.revision <= now]
+        return got, (got[-1].revision if got else now)
+
+    backlog, upto = await fetch(after)  # Gone here becomes a 410 before the stream starts
     frames = request.app[FRAMES]
     resp = web.StreamResponse(
         headers={
@@ -364,43 +610,31 @@ async def events(request: web.Request) -> web.StreamResponse:
     task = asyncio.current_task()
     assert task is not None
     request.app[STREAMS].add(task)
+    sent = (rev, idx)  # the position the client holds
     try:
         await resp.write(b"retry: 1000\n\n")
         while True:
-            while backlog:
-                chunk = b"".join(
-                    frames.frame(ev)
-                    for ev in backlog
-                    if service is None or ev.instance.service == service
-                )
-                last = backlog[-1].revision
-                # An id-only frame moves a filtered stream's position past skipped events.
-                await resp.write(chunk or sse_frames.id_only(last))
-                backlog = await fetch(last)
-            if not await cat.wait_for_revision(last + 1, SSE_KEEPALIVE_S):
+            parts, sent = _render(backlog, sent, upto, kinds, service, frames)
+            if parts:
+                await resp.write(b"".join(parts))
+            if sent[0] < cat.revision:
+                backlog, upto = await fetch(sent[0])
+                continue
+            if not await cat.wait_for_revision(sent[0] + 1, SSE_KEEPALIVE_S):
                 await resp.write(sse_frames.comment("keepalive"))
+                backlog, upto = [], sent[0]
                 continue
             try:
-                backlog = await fetch(last)
+                backlog, upto = await fetch(sent[0])
             except Gone as exc:
                 await resp.write(sse_frames.frame(_encode(exc.to_dict()), event="gone"))
                 break
-    except (ConnectionResetError, asyncio.CancelledError):
+    except ConnectionResetError:
         pass
     finally:
         stats["event_streams"] -= 1
         request.app[STREAMS].discard(task)
     return resp
-
-
-def _whole(value: str, field: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise InvalidInput(f"{field}: {value!r} is not a whole number", field=field) from None
-    if n < 0:
-        raise InvalidInput(f"{field}: must not be negative", field=field)
-    return n
 
 
 # --- assembly ----------------------------------------------------------------------------
@@ -416,10 +650,14 @@ async def _release_long_requests(app: web.Application) -> None:
 
 
 def build_app(
-    registry: Registry, *, token: str = "", config: dict[str, str] | None = None
+    registry: Registry,
+    *,
+    token: str = "",
+    config: dict[str, str] | None = None,
+    max_wait_s: float = MAX_WAIT_S,
 ) -> web.Application:
     """The aiohttp application serving one registry; ``config`` is shown by /status
-    (already redacted)."""
+    (already redacted); blocking queries wait at most ``max_wait_s``."""
     app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY_BYTES)
     cache = AnswerCache(registry.catalog)
     app[REGISTRY] = registry
@@ -430,6 +668,7 @@ def build_app(
     app[FRAMES] = FrameCache()
     app[STATS] = {"event_streams": 0}
     app[OPENAPI] = _encode(openapi_spec(__version__))
+    app[MAX_WAIT] = max_wait_s
     streams: set[asyncio.Task[object]] = set()
     app[STREAMS] = streams
     app.on_shutdown.append(_release_long_requests)
@@ -444,7 +683,22 @@ def build_app(
     r.add_post("/api/v1/batch", post_batch)
     r.add_get("/api/v1/services", list_services)
     r.add_get("/api/v1/services/{name}", service_instances)
+    r.add_get("/api/v1/services/{name}/config", get_config)
+    r.add_put("/api/v1/services/{name}/config", put_config)
+    r.add_delete("/api/v1/services/{name}/config", delete_config)
     r.add_get("/api/v1/nodes", list_nodes)
+    r.add_put("/api/v1/nodes/{id}", put_node)
+    r.add_get("/api/v1/nodes/{id}", get_node)
+    r.add_delete("/api/v1/nodes/{id}", delete_node)
+    r.add_get("/api/v1/routes", list_routes)
+    r.add_put("/api/v1/routes/{name}", put_route)
+    r.add_get("/api/v1/routes/{name}", get_route)
+    r.add_delete("/api/v1/routes/{name}", delete_route)
+    r.add_post("/api/v1/leases", post_lease)
+    r.add_get("/api/v1/leases", list_leases)
+    r.add_get("/api/v1/leases/{id}", get_lease)
+    r.add_put("/api/v1/leases/{id}/keepalive", keepalive_lease)
+    r.add_delete("/api/v1/leases/{id}", delete_lease)
     r.add_get("/api/v1/events", events)
     r.add_get("/health", health)
     r.add_get("/status", status)

@@ -50,7 +50,7 @@ class Answer:
         return self._headers
 
 
-# What a cache key names: ("instances", query) or ("services", None).
+# What a cache key names: ("instances", query), or ("services" | "nodes" | "routes", None).
 Key = tuple[str, Query | None]
 
 
@@ -67,14 +67,20 @@ class AnswerCache:
             return _encode(self._catalog.services())
         if kind == "nodes":
             return _encode(self._catalog.nodes())
+        if kind == "routes":
+            return _encode(self._catalog.entries("route"))
         assert query is not None
         return _encode(self._catalog.query(query))
 
     def _scope_revision(self, key: Key) -> int:
         """The revision of the last change that could alter this answer."""
-        query = key[1]
+        kind, query = key
         if query is not None and query.service is not None:
             return self._catalog.service_revision(query.service)
+        if kind == "nodes":
+            return self._catalog.nodes_revision()
+        if kind == "routes":
+            return self._catalog.kind_revision("route")
         return self._catalog.revision
 
     def get(self, key: Key) -> Answer:

@@ -1,26 +1,59 @@
-"""``/openapi.json``: an OpenAPI 3.1 document whose schemas come from the msgspec model."""
+"""``/openapi.json``: an OpenAPI 3.1 document whose schemas come from the msgspec model.
+
+It says exactly what the server accepts: every pattern, bound and enum the server checks
+is in it (a schemathesis run with every check on holds the two together). The model's
+patterns are Python's (anchored with ``\\A`` and ``\\Z``); here they are spelled for
+ECMA-262, which JSON Schema uses, where ``$`` is the end of the string.
+"""
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import msgspec
 
+from waypost.durations import DURATION_PATTERN
 from waypost.model import (
+    LABEL_PATTERN,
+    MAX_LEASE_ID,
     Batch,
     BatchResult,
     ErrorBody,
-    Event,
     Instance,
+    Lease,
+    LeaseGrant,
     MaintenanceUpdate,
     Node,
+    Route,
     ServerStatus,
+    ServiceConfig,
     ServiceSummary,
     StatusUpdate,
     WriteResult,
 )
+from waypost.query import STATUS_LIST_PATTERN
+from waypost.versions import CONSTRAINT_PATTERN
 
 _REF = "#/components/schemas/{name}"
+MAX_INDEX = 10**18 - 1
+
+
+def ecma_pattern(pattern: str) -> str:
+    """A Python pattern anchored with ``\\A``/``\\Z`` spelled for ECMA-262 (``^``/``$``)."""
+    return pattern.replace(r"\A", "^").replace(r"\Z", "$")
+
+
+def _ecma(node: Any) -> Any:
+    """Every ``pattern`` in a schema, spelled for ECMA-262."""
+    if isinstance(node, dict):
+        return {
+            k: ecma_pattern(v) if k == "pattern" and isinstance(v, str) else _ecma(v)
+            for k, v in node.items()
+        }
+    if isinstance(node, list):
+        return [_ecma(v) for v in node]
+    return node
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -31,23 +64,32 @@ def _json_content(schema: dict[str, Any]) -> dict[str, Any]:
     return {"application/json": {"schema": schema}}
 
 
-_ERRORS = {
-    str(code): {"description": text, "content": _json_content(_ref("ErrorBody"))}
-    for code, text in [
-        (400, "Invalid input; `field` names the offending field"),
-        (401, "A write without the server's bearer token"),
-        (404, "Unknown instance"),
-        (409, "The instance changed meanwhile"),
-        (413, "Body over 1 MiB"),
-        (503, "The store is failing"),
-    ]
-}
+def _errors(*codes: int) -> dict[str, Any]:
+    text = {
+        400: "Invalid input; `field` names the offending field",
+        401: "A write without the server's bearer token",
+        404: "Unknown entry (or a lease that has ended)",
+        409: "The entry changed meanwhile, or the request contradicts itself or its path",
+        410: "An index older than the kept event log (re-list), or ahead of the registry",
+        413: "Body over 1 MiB",
+        503: "The store is failing",
+    }
+    return {
+        str(code): {"description": text[code], "content": _json_content(_ref("ErrorBody"))}
+        for code in codes
+    }
 
+
+_READ_ERRORS = (400, 503)
+_WRITE_ERRORS = (400, 401, 404, 409, 413, 503)
+
+_LABEL = {"type": "string", "pattern": ecma_pattern(LABEL_PATTERN), "maxLength": 63}
+_DURATION = {"type": "string", "pattern": ecma_pattern(DURATION_PATTERN), "maxLength": 32}
 _FILTER_PARAMS: list[dict[str, Any]] = [
     {
         "name": "version",
         "in": "query",
-        "schema": {"type": "string"},
+        "schema": {"type": "string", "pattern": ecma_pattern(CONSTRAINT_PATTERN)},
         "description": "Version constraint such as `>=1.2,<2` or `^1.2`",
     },
     {
@@ -64,12 +106,12 @@ _FILTER_PARAMS: list[dict[str, Any]] = [
         "schema": {"type": "array", "items": {"type": "string"}},
         "style": "form",
         "explode": True,
-        "description": "At least one of these tags",
+        "description": "At least one of these tags (each may be a comma list)",
     },
     {
         "name": "status",
         "in": "query",
-        "schema": {"type": "string"},
+        "schema": {"type": "string", "pattern": ecma_pattern(STATUS_LIST_PATTERN)},
         "description": "passing|warning|critical|unknown (or healthy|degraded|unhealthy); "
         "comma list for several",
     },
@@ -83,25 +125,31 @@ _FILTER_PARAMS: list[dict[str, Any]] = [
         "name": "meta",
         "in": "query",
         "style": "deepObject",
+        "explode": True,
         "schema": {"type": "object", "additionalProperties": {"type": "string"}},
-        "description": "Written meta.KEY=VALUE; every pair must match",
+        "description": "Written meta.KEY=VALUE (or meta[KEY]=VALUE); every pair must match",
     },
 ]
 _BLOCKING_PARAMS: list[dict[str, Any]] = [
     {
         "name": "index",
         "in": "query",
-        "schema": {"type": "integer", "minimum": 0},
+        "schema": {"type": "integer", "minimum": 0, "maximum": MAX_INDEX},
         "description": "Block until the answer's index passes this one",
     },
     {
         "name": "wait",
         "in": "query",
-        "schema": {"type": "string"},
-        "description": "How long to block (default 5m, at most 10m)",
+        "schema": _DURATION,
+        "description": "How long to block (default 5m, at most 10m or the server's max_wait)",
     },
 ]
-_ID_PARAM = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def _path(name: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": schema or _LABEL}
+
+
 _INDEX_HEADER = {
     "X-Waypost-Index": {
         "schema": {"type": "integer"},
@@ -127,8 +175,9 @@ def _op(
     *,
     body: str | None = None,
     params: list[dict[str, Any]] | None = None,
+    errors: tuple[int, ...] = _WRITE_ERRORS,
 ) -> dict[str, Any]:
-    op: dict[str, Any] = {"summary": summary, "responses": {**responses, **_ERRORS}}
+    op: dict[str, Any] = {"summary": summary, "responses": {**responses, **_errors(*errors)}}
     if body is not None:
         op["requestBody"] = {"required": True, "content": _json_content(_ref(body))}
     if params:
@@ -136,48 +185,66 @@ def _op(
     return op
 
 
-def openapi_spec(version: str) -> dict[str, Any]:
-    """The whole document; built once at start-up."""
+def _components() -> dict[str, Any]:
     _, components = msgspec.json.schema_components(
         [
             Instance,
+            Node,
+            ServiceConfig,
+            Route,
             WriteResult,
             BatchResult,
             Batch,
             StatusUpdate,
             MaintenanceUpdate,
             ServiceSummary,
-            Node,
             ServerStatus,
             ErrorBody,
-            Event,
+            LeaseGrant,
+            Lease,
         ],
         ref_template=_REF,
     )
+    components = _ecma(components)
+    # A batch has no path to name an instance: there every registration names its id.
+    named = copy.deepcopy(components["Instance"])
+    named["properties"]["id"] = dict(_LABEL, minLength=1)
+    named["required"] = sorted({*named.get("required", []), "id"})
+    named["title"] = "NamedInstance"
+    components["NamedInstance"] = named
+    components["Batch"]["properties"]["register"]["items"] = _ref("NamedInstance")
+    return dict(components)
+
+
+def openapi_spec(version: str) -> dict[str, Any]:
+    """The whole document; built once at start-up."""
     instances = {"type": "array", "items": _ref("Instance")}
     write = {"200": _ok(_ref("WriteResult"))}
+    lease = {"200": _ok(_ref("Lease"))}
+    lease_id = _path("id", {"type": "integer", "minimum": 1, "maximum": MAX_LEASE_ID})
+    reads = _READ_ERRORS
     paths: dict[str, Any] = {
         "/api/v1/instances/{id}": {
-            "parameters": [_ID_PARAM],
+            "parameters": [_path("id")],
             "put": _op("Register or replace an instance", write, body="Instance"),
-            "get": _op("One instance", {"200": _ok(_ref("Instance"))}),
+            "get": _op("One instance", {"200": _ok(_ref("Instance"))}, errors=(400, 404, 503)),
             "delete": _op("Deregister an instance", write),
         },
         "/api/v1/instances/{id}/heartbeat": {
-            "parameters": [_ID_PARAM],
+            "parameters": [_path("id")],
             "put": _op("Renew a TTL instance", write),
         },
         "/api/v1/instances/{id}/status": {
-            "parameters": [_ID_PARAM],
+            "parameters": [_path("id")],
             "put": _op("Set status and output", write, body="StatusUpdate"),
         },
         "/api/v1/instances/{id}/maintenance": {
-            "parameters": [_ID_PARAM],
+            "parameters": [_path("id")],
             "put": _op("Enter or leave maintenance", write, body="MaintenanceUpdate"),
         },
         "/api/v1/batch": {
             "post": _op(
-                "Register and deregister, all or nothing",
+                "Register and deregister, all or nothing, at one revision",
                 {"200": _ok(_ref("BatchResult"))},
                 body="Batch",
             ),
@@ -191,6 +258,7 @@ def openapi_spec(version: str) -> dict[str, Any]:
                     *_FILTER_PARAMS,
                     *_BLOCKING_PARAMS,
                 ],
+                errors=reads,
             ),
         },
         "/api/v1/services": {
@@ -198,53 +266,133 @@ def openapi_spec(version: str) -> dict[str, Any]:
                 "Services with counts by status",
                 {"200": _ok({"type": "array", "items": _ref("ServiceSummary")}, blocking=True)},
                 params=_BLOCKING_PARAMS,
+                errors=reads,
             ),
         },
         "/api/v1/services/{name}": {
             "get": _op(
                 "Instances of one service",
                 {"200": _ok(instances, blocking=True)},
-                params=[
-                    {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
-                    *_FILTER_PARAMS,
-                    *_BLOCKING_PARAMS,
-                ],
+                params=[_path("name"), *_FILTER_PARAMS, *_BLOCKING_PARAMS],
+                errors=reads,
             ),
+        },
+        "/api/v1/services/{name}/config": {
+            "parameters": [_path("name")],
+            "get": _op(
+                "A service's config", {"200": _ok(_ref("ServiceConfig"))}, errors=(400, 404, 503)
+            ),
+            "put": _op("Set a service's config", write, body="ServiceConfig"),
+            "delete": _op("Remove a service's config", write),
         },
         "/api/v1/nodes": {
             "get": _op(
-                "Nodes hosting instances",
+                "Registered nodes, and nodes named by instances",
                 {"200": _ok({"type": "array", "items": _ref("Node")}, blocking=True)},
                 params=_BLOCKING_PARAMS,
+                errors=reads,
             ),
+        },
+        "/api/v1/nodes/{id}": {
+            "parameters": [_path("id")],
+            "put": _op("Register or replace a node", write, body="Node"),
+            "get": _op("One node", {"200": _ok(_ref("Node"))}, errors=(400, 404, 503)),
+            "delete": _op("Deregister a node", write),
+        },
+        "/api/v1/routes": {
+            "get": _op(
+                "Routing rules",
+                {"200": _ok({"type": "array", "items": _ref("Route")}, blocking=True)},
+                params=_BLOCKING_PARAMS,
+                errors=reads,
+            ),
+        },
+        "/api/v1/routes/{name}": {
+            "parameters": [_path("name")],
+            "put": _op("Set a routing rule", write, body="Route"),
+            "get": _op("One routing rule", {"200": _ok(_ref("Route"))}, errors=(400, 404, 503)),
+            "delete": _op("Remove a routing rule", write),
+        },
+        "/api/v1/leases": {
+            "post": _op("Grant a lease", lease, body="LeaseGrant"),
+            "get": _op(
+                "Live leases",
+                {"200": _ok({"type": "array", "items": _ref("Lease")})},
+                errors=reads,
+            ),
+        },
+        "/api/v1/leases/{id}": {
+            "parameters": [lease_id],
+            "get": _op("A lease: TTL, time left, entries", lease, errors=(400, 404, 503)),
+            "delete": _op("Revoke a lease: what it holds is deleted", write),
+        },
+        "/api/v1/leases/{id}/keepalive": {
+            "parameters": [lease_id],
+            "put": _op("Restart a lease's clock", lease),
         },
         "/api/v1/events": {
             "get": _op(
-                "Server-Sent Events: one per change (id = revision, event = put|delete)",
+                "Server-Sent Events: one per change (id = revision, or revision.index "
+                "inside a revision of several events; event = put|delete for instances, "
+                "KIND.put|KIND.delete for the other kinds)",
                 {
                     "200": {
-                        "description": "An event stream; data is the instance",
+                        "description": "An event stream; data is the entry",
                         "content": {"text/event-stream": {"schema": {"type": "string"}}},
-                    },
-                    "410": {
-                        "description": "index older than the kept log; re-list",
-                        "content": _json_content(_ref("ErrorBody")),
                     },
                 },
                 params=[
-                    {"name": "index", "in": "query", "schema": {"type": "integer"}},
+                    {
+                        "name": "index",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 0, "maximum": MAX_INDEX},
+                    },
                     {"name": "service", "in": "query", "schema": {"type": "string"}},
-                    {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string"}},
+                    {
+                        "name": "kind",
+                        "in": "query",
+                        "schema": {
+                            "type": "string",
+                            "pattern": "^(instance|node|service_config|route)"
+                            "(,(instance|node|service_config|route))*$",
+                        },
+                    },
+                    {
+                        "name": "Last-Event-ID",
+                        "in": "header",
+                        "schema": {"type": "string", "pattern": r"^[0-9]{1,18}(\.[0-9]{1,9})?$"},
+                    },
                 ],
+                errors=(400, 410, 503),
             ),
         },
         "/health": {
             "get": {
-                "summary": "200 while serving, 503 when the store fails",
-                "responses": {"200": {"description": "serving"}, "503": {"description": "failing"}},
+                "summary": "200 while serving, 503 when the store fails or the catalog is "
+                "not following it",
+                "responses": {
+                    "200": {
+                        "description": "serving",
+                        "content": _json_content(
+                            {"type": "object", "properties": {"status": {"type": "string"}}}
+                        ),
+                    },
+                    "503": {
+                        "description": "failing, with the reason",
+                        "content": _json_content(
+                            {
+                                "type": "object",
+                                "properties": {
+                                    "status": {"type": "string"},
+                                    "message": {"type": "string"},
+                                },
+                            }
+                        ),
+                    },
+                },
             },
         },
-        "/status": {"get": _op("Server status", {"200": _ok(_ref("ServerStatus"))})},
+        "/status": {"get": _op("Server status", {"200": _ok(_ref("ServerStatus"))}, errors=())},
     }
     return {
         "openapi": "3.1.0",
@@ -254,5 +402,5 @@ def openapi_spec(version: str) -> dict[str, Any]:
             "description": "Service discovery and registration.",
         },
         "paths": paths,
-        "components": {"schemas": components},
+        "components": {"schemas": _components()},
     }

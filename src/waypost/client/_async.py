@@ -24,7 +24,8 @@ from waypost.model import (
     Status,
     WriteResult,
 )
-from waypost.sse import SseParser
+from waypost.model import Lease as LeaseInfo
+from waypost.sse import SseParser, SseTooLarge
 
 
 class AsyncKeepAlive:
@@ -47,6 +48,38 @@ class AsyncKeepAlive:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
+
+
+class AsyncKeptLease:
+    """A lease kept alive in the background (``await client.lease(ttl)``).
+
+    Put instances and nodes on it with ``lease=kept.id``: while it runs they stay; when
+    it stops (or this process dies) they are deleted once the TTL passes. ``error``
+    holds what ended it early (the lease was revoked or expired)."""
+
+    def __init__(self, lease_id: int, ttl_s: float) -> None:
+        self.id = lease_id
+        self.ttl_s = ttl_s
+        self._task: asyncio.Task[None] | None = None
+        self._revoke: Any = None
+        self.error: WaypostError | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def stop(self, *, revoke: bool = True) -> None:
+        """Stop the keep-alives; with ``revoke`` (the default) end the lease now, so what
+        it holds is deleted at once instead of after its TTL."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if revoke and self._revoke is not None and self.error is None:
+            with contextlib.suppress(WaypostError):
+                await self._revoke()
+            self._revoke = None
 
 
 class AsyncClient:
@@ -174,6 +207,55 @@ class AsyncClient:
         handle._task = asyncio.create_task(beat(), name=f"waypost-keepalive-{instance_id}")
         return handle
 
+    # --- nodes and leases ----------------------------------------------------------------
+
+    async def register_node(
+        self,
+        node_id: str,
+        *,
+        address: str | None = None,
+        meta: Mapping[str, str] | None = None,
+        lease: int | None = None,
+    ) -> WriteResult:
+        """Register (or replace) a node, optionally on a lease."""
+        node = _core.node_of(node_id, address, meta, lease)
+        body, _ = await self._call(_core.node_request(node))
+        return _core.decode_as(body, WriteResult)
+
+    async def deregister_node(self, node_id: str) -> WriteResult:
+        """Remove a registered node."""
+        body, _ = await self._call(_core.node_delete_request(node_id))
+        return _core.decode_as(body, WriteResult)
+
+    async def lease(self, ttl: float | str, interval_s: float | None = None) -> AsyncKeptLease:
+        """Grant a lease and keep it alive in the background (every third of its TTL)."""
+        body, _ = await self._call(_core.lease_grant_request(ttl))
+        granted = _core.decode_as(body, LeaseInfo)
+        ttl_s = parse_duration(granted.ttl)
+        kept = AsyncKeptLease(granted.id, ttl_s)
+        every = interval_s if interval_s is not None else max(ttl_s / 3, 0.01)
+
+        async def beat() -> None:
+            try:
+                while True:
+                    await asyncio.sleep(every)
+                    with contextlib.suppress(Unavailable):
+                        await self._call(_core.lease_request("PUT", granted.id, "/keepalive"))
+            except WaypostError as exc:
+                kept.error = exc
+
+        async def revoke() -> None:
+            await self._call(_core.lease_request("DELETE", granted.id))
+
+        kept._revoke = revoke
+        kept._task = asyncio.create_task(beat(), name=f"waypost-lease-{granted.id}")
+        return kept
+
+    async def revoke_lease(self, lease_id: int) -> WriteResult:
+        """End a lease now: every entry on it is deleted."""
+        body, _ = await self._call(_core.lease_request("DELETE", lease_id))
+        return _core.decode_as(body, WriteResult)
+
     # --- reads ---------------------------------------------------------------------------
 
     async def get(self, instance_id: str) -> Instance:
@@ -239,24 +321,39 @@ class AsyncClient:
         return status == 200
 
     async def watch(
-        self, service: str | None = None, *, index: int | None = None
+        self,
+        service: str | None = None,
+        *,
+        index: int | None = None,
+        kinds: Sequence[str] = ("instance",),
     ) -> AsyncIterator[Event]:
         """Every change after ``index`` (default: now), in order, exactly once, across
-        reconnects and server restarts. Raises Gone when ``index`` is older than the log."""
-        state = WatchState(service, index)
+        reconnects and server restarts; of instances unless ``kinds`` names others
+        (``node``, ``service_config``, ``route``). Raises Gone when ``index`` is older
+        than the log."""
+        state = WatchState(service, index, kinds)
         while True:
             for url in self._servers.order():
                 try:
-                    async for event in self._stream(url, state.request(), state):
+                    async for event in self._stream(url, *state.request(), state):
                         yield event
                     break  # the server ended the stream (shutting down): reconnect
-                except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError):
+                except (
+                    aiohttp.ClientConnectionError,
+                    aiohttp.ClientPayloadError,
+                    TimeoutError,
+                    SseTooLarge,
+                ):
                     continue
             await asyncio.sleep(state.next_delay())
 
-    async def _stream(self, url: str, req: Request, state: WatchState) -> AsyncIterator[Event]:
+    async def _stream(
+        self, url: str, req: Request, headers: dict[str, str], state: WatchState
+    ) -> AsyncIterator[Event]:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self._timeout_s)
-        async with self._pool().get(url + req.path, params=req.params, timeout=timeout) as resp:
+        async with self._pool().get(
+            url + req.path, params=req.params, headers=headers, timeout=timeout
+        ) as resp:
             if resp.status >= 400:
                 _core.raise_for_answer(resp.status, await resp.read())
             self._servers.worked(url)

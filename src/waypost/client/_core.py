@@ -18,16 +18,21 @@ import msgspec
 from waypost.durations import format_duration, parse_duration
 from waypost.errors import Gone, InvalidInput, Unavailable, WaypostError, from_dict
 from waypost.model import (
+    ENTRY_TYPES,
     Batch,
     Event,
     Instance,
     Kind,
+    LeaseGrant,
     MaintenanceUpdate,
+    Node,
     Status,
     StatusUpdate,
     convert_instance,
+    decode_lenient,
+    translate_validation_error,
 )
-from waypost.sse import SseMessage
+from waypost.sse import WHOLE, SseMessage, parse_event_id
 
 DEFAULT_URL = "http://127.0.0.1:8500"
 DEFAULT_TIMEOUT_S = 10.0
@@ -143,7 +148,7 @@ def heartbeat_request(instance_id: str) -> Request:
 
 def status_request(instance_id: str, status: Status | str, output: str) -> Request:
     value = status.value if isinstance(status, Status) else status
-    body = _encode(StatusUpdate(status=value, output=output))
+    body = _encode(StatusUpdate(status=value, output=output))  # type: ignore[arg-type]
     return Request("PUT", f"/api/v1/instances/{_iid(instance_id)}/status", [], body)
 
 
@@ -157,18 +162,58 @@ def batch_request(register: Sequence[Instance], deregister: Sequence[str]) -> Re
     return Request("POST", "/api/v1/batch", [], body)
 
 
+def node_of(
+    node_id: str, address: str | None, meta: Mapping[str, str] | None, lease: int | None
+) -> Node:
+    """A Node to register, validated here, early."""
+    try:
+        return msgspec.convert(
+            {"id": node_id, "address": address, "meta": dict(meta or {}), "lease": lease}, Node
+        )
+    except msgspec.ValidationError as exc:
+        raise translate_validation_error(exc) from None
+
+
+def node_request(node: Node) -> Request:
+    return Request("PUT", f"/api/v1/nodes/{_iid(node.id)}", [], _encode(node))
+
+
+def node_delete_request(node_id: str) -> Request:
+    return Request("DELETE", f"/api/v1/nodes/{_iid(node_id)}", [])
+
+
+def lease_grant_request(ttl: float | str) -> Request:
+    text = ttl if isinstance(ttl, str) else format_duration(float(ttl))
+    if parse_duration(text, field="ttl") <= 0:
+        raise InvalidInput("ttl: must be longer than zero", field="ttl")
+    return Request("POST", "/api/v1/leases", [], _encode(LeaseGrant(ttl=text)))
+
+
+def lease_request(method: str, lease_id: int, suffix: str = "") -> Request:
+    return Request(method, f"/api/v1/leases/{int(lease_id)}{suffix}", [])
+
+
 def simple_get(path: str, index: int | None = None, wait: float | str | None = None) -> Request:
     params, timeout_s = _wait_params(index, wait)
     return Request("GET", path, params, timeout_s=timeout_s)
 
 
-def events_request(service: str | None, index: int | None) -> Request:
-    params: list[tuple[str, str]] = []
+def events_request(
+    service: str | None, position: tuple[int, int] | None, kinds: Sequence[str] = ("instance",)
+) -> tuple[Request, dict[str, str]]:
+    """The event stream request, resuming after ``position`` (a header when it is inside a
+    revision: ``Last-Event-ID: R.i``)."""
+    params: list[tuple[str, str]] = [("kind", ",".join(kinds))]
+    headers: dict[str, str] = {}
     if service is not None:
         params.append(("service", service))
-    if index is not None:
-        params.append(("index", str(index)))
-    return Request("GET", "/api/v1/events", params)
+    if position is not None:
+        rev, idx = position
+        if idx == WHOLE:
+            params.append(("index", str(rev)))
+        else:
+            headers["Last-Event-ID"] = f"{rev}.{idx}"
+    return Request("GET", "/api/v1/events", params), headers
 
 
 def raise_for_answer(status: int, body: bytes) -> None:
@@ -183,10 +228,10 @@ def raise_for_answer(status: int, body: bytes) -> None:
 
 
 def decode_as(body: bytes, type_: type[T]) -> T:
-    """Decode a 2xx answer into ``type_``."""
+    """Decode a 2xx answer into ``type_``; fields a newer server added are ignored."""
     try:
-        return msgspec.json.decode(body, type=type_)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        return decode_lenient(body, type_)
+    except InvalidInput as exc:
         raise WaypostError(f"the server's answer is not what this client reads: {exc}") from None
 
 
@@ -224,7 +269,8 @@ class ServerList:
 
 
 def event_of(msg: SseMessage) -> Event | None:
-    """The Event an SSE message carries (put/delete); raises Gone on a ``gone`` message."""
+    """The Event an SSE message carries; raises Gone on a ``gone`` message. Messages this
+    client does not know (a kind added later) are None."""
     if msg.event == "gone":
         try:
             data = msgspec.json.decode(msg.data)
@@ -232,43 +278,69 @@ def event_of(msg: SseMessage) -> Event | None:
             data = {}
         err = from_dict(data, http_status=410)
         raise err if isinstance(err, Gone) else Gone(err.message)
-    if msg.event not in ("put", "delete") or msg.id is None:
+    kind, dot, type_ = msg.event.rpartition(".")
+    kind = kind if dot else "instance"
+    position = parse_event_id(msg.id) if msg.id is not None else None
+    entry_type = ENTRY_TYPES.get(kind)
+    if type_ not in ("put", "delete") or position is None or entry_type is None:
         return None
     try:
-        inst = msgspec.json.decode(msg.data, type=Instance)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        entry = decode_lenient(msg.data, entry_type)
+    except InvalidInput as exc:
         raise WaypostError(f"the server sent an event this client cannot read: {exc}") from None
-    return Event(revision=int(msg.id), type=msg.event, instance=inst)  # type: ignore[arg-type]
+    rev, idx = position
+    return Event(
+        revision=rev,
+        type=type_,  # type: ignore[arg-type]
+        entry=entry,
+        index=0 if idx == WHOLE else idx,
+    )
 
 
 class WatchState:
-    """Where a watch stands: the revision to resume from and the back-off for reconnects."""
+    """Where a watch stands: the position to resume from and the back-off for reconnects."""
 
-    def __init__(self, service: str | None, index: int | None) -> None:
+    def __init__(
+        self, service: str | None, index: int | None, kinds: Sequence[str] = ("instance",)
+    ) -> None:
         self.service = service
-        self.last = index
+        self.position: tuple[int, int] | None = None if index is None else (index, WHOLE)
+        self.kinds = tuple(kinds)
         self.delay_s = 0.0
 
-    def request(self) -> Request:
-        return events_request(self.service, self.last)
+    @property
+    def last(self) -> int | None:
+        """The revision the watch has reached (whole or in part)."""
+        return None if self.position is None else self.position[0]
+
+    def request(self) -> tuple[Request, dict[str, str]]:
+        return events_request(self.service, self.position, self.kinds)
 
     def connected(self, header_index: str | None) -> None:
-        if self.last is None and header_index and header_index.isdigit():
-            self.last = int(header_index)
+        if self.position is None and header_index and header_index.isdigit():
+            self.position = (int(header_index), WHOLE)
 
     def seen(self, msg: SseMessage) -> Event | None:
         """Advance past ``msg`` (also id-only frames) and return its event, if any."""
         event = event_of(msg)
+        self.moved(msg.id)
         if event is not None:
-            self.last = event.revision
             self.delay_s = 0.0
         return event
 
     def moved(self, last_id: str | None) -> None:
-        if last_id and last_id.isdigit():
-            self.last = max(self.last or 0, int(last_id))
+        position = parse_event_id(last_id) if last_id else None
+        if position is not None and (self.position is None or _later(position, self.position)):
+            self.position = position
 
     def next_delay(self) -> float:
         first, growth, ceiling = WATCH_BACKOFF_S
         self.delay_s = first if self.delay_s == 0 else min(self.delay_s * growth, ceiling)
         return self.delay_s
+
+
+def _later(a: tuple[int, int], b: tuple[int, int]) -> bool:
+    """Whether stream position ``a`` is after ``b`` (WHOLE is past every index)."""
+    if a[0] != b[0]:
+        return a[0] > b[0]
+    return b[1] != WHOLE and (a[1] == WHOLE or a[1] > b[1])

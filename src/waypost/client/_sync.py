@@ -25,7 +25,8 @@ from waypost.model import (
     Status,
     WriteResult,
 )
-from waypost.sse import SseParser
+from waypost.model import Lease as LeaseInfo
+from waypost.sse import SseParser, SseTooLarge
 
 
 class KeepAlive:
@@ -46,6 +47,37 @@ class KeepAlive:
     def stop(self) -> None:
         self._stopped.set()
         self._thread.join()
+
+
+class KeptLease:
+    """A lease kept alive from a background thread (``client.lease(ttl)``).
+
+    Put instances and nodes on it with ``lease=kept.id``: while it runs they stay; when
+    it stops (or this process dies) they are deleted once the TTL passes. ``error``
+    holds what ended it early (the lease was revoked or expired)."""
+
+    def __init__(self, lease_id: int, ttl_s: float) -> None:
+        self.id = lease_id
+        self.ttl_s = ttl_s
+        self._thread: threading.Thread | None = None
+        self._stopped = threading.Event()
+        self._revoke: Any = None
+        self.error: WaypostError | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def stop(self, *, revoke: bool = True) -> None:
+        """Stop the keep-alives; with ``revoke`` (the default) end the lease now, so what
+        it holds is deleted at once instead of after its TTL."""
+        self._stopped.set()
+        if self._thread is not None:
+            self._thread.join()
+        if revoke and self._revoke is not None and self.error is None:
+            with contextlib.suppress(WaypostError):
+                self._revoke()
+            self._revoke = None
 
 
 class Client:
@@ -158,6 +190,52 @@ class Client:
         thread.start()
         return handle
 
+    # --- nodes and leases ----------------------------------------------------------------
+
+    def register_node(
+        self,
+        node_id: str,
+        *,
+        address: str | None = None,
+        meta: Mapping[str, str] | None = None,
+        lease: int | None = None,
+    ) -> WriteResult:
+        """Register (or replace) a node, optionally on a lease."""
+        node = _core.node_of(node_id, address, meta, lease)
+        return _core.decode_as(self._call(_core.node_request(node)).content, WriteResult)
+
+    def deregister_node(self, node_id: str) -> WriteResult:
+        """Remove a registered node."""
+        resp = self._call(_core.node_delete_request(node_id))
+        return _core.decode_as(resp.content, WriteResult)
+
+    def lease(self, ttl: float | str, interval_s: float | None = None) -> KeptLease:
+        """Grant a lease and keep it alive from a thread (every third of its TTL)."""
+        granted = _core.decode_as(self._call(_core.lease_grant_request(ttl)).content, LeaseInfo)
+        ttl_s = parse_duration(granted.ttl)
+        kept = KeptLease(granted.id, ttl_s)
+        every = interval_s if interval_s is not None else max(ttl_s / 3, 0.01)
+
+        def beat() -> None:
+            try:
+                while not kept._stopped.wait(every):
+                    with contextlib.suppress(Unavailable):
+                        self._call(_core.lease_request("PUT", granted.id, "/keepalive"))
+            except WaypostError as exc:
+                kept.error = exc
+
+        kept._revoke = lambda: self._call(_core.lease_request("DELETE", granted.id))
+        kept._thread = threading.Thread(
+            target=beat, name=f"waypost-lease-{granted.id}", daemon=True
+        )
+        kept._thread.start()
+        return kept
+
+    def revoke_lease(self, lease_id: int) -> WriteResult:
+        """End a lease now: every entry on it is deleted."""
+        resp = self._call(_core.lease_request("DELETE", lease_id))
+        return _core.decode_as(resp.content, WriteResult)
+
     # --- reads ---------------------------------------------------------------------------
 
     def get(self, instance_id: str) -> Instance:
@@ -218,23 +296,33 @@ class Client:
         except Unavailable:
             return False
 
-    def watch(self, service: str | None = None, *, index: int | None = None) -> Iterator[Event]:
+    def watch(
+        self,
+        service: str | None = None,
+        *,
+        index: int | None = None,
+        kinds: Sequence[str] = ("instance",),
+    ) -> Iterator[Event]:
         """Every change after ``index`` (default: now), in order, exactly once, across
-        reconnects and server restarts. Raises Gone when ``index`` is older than the log."""
-        state = WatchState(service, index)
+        reconnects and server restarts; of instances unless ``kinds`` names others
+        (``node``, ``service_config``, ``route``). Raises Gone when ``index`` is older
+        than the log."""
+        state = WatchState(service, index, kinds)
         while True:
             for url in self._servers.order():
                 try:
-                    yield from self._stream(url, state.request(), state)
+                    yield from self._stream(url, *state.request(), state)
                     break  # the server ended the stream (shutting down): reconnect
-                except (httpx.TransportError, httpx.StreamError):
+                except (httpx.TransportError, httpx.StreamError, SseTooLarge):
                     continue
             time.sleep(state.next_delay())
 
-    def _stream(self, url: str, req: Request, state: WatchState) -> Iterator[Event]:
+    def _stream(
+        self, url: str, req: Request, headers: dict[str, str], state: WatchState
+    ) -> Iterator[Event]:
         timeout = httpx.Timeout(self._timeout_s, read=None)
         with self._http.stream(
-            "GET", url + req.path, params=tuple(req.params), timeout=timeout
+            "GET", url + req.path, params=tuple(req.params), headers=headers, timeout=timeout
         ) as resp:
             if resp.status_code >= 400:
                 _core.raise_for_answer(resp.status_code, resp.read())

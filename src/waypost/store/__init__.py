@@ -5,11 +5,31 @@ from __future__ import annotations
 from pathlib import Path
 
 from waypost.errors import InvalidInput
-from waypost.store.base import DEFAULT_EVENT_WINDOW_S, Delete, Op, Put, Store
+from waypost.store.base import (
+    DEFAULT_EVENT_WINDOW_S,
+    Delete,
+    Grant,
+    LeaseState,
+    Op,
+    Put,
+    Revoke,
+    Store,
+)
 from waypost.store.memory import MemoryStore
 from waypost.store.sqlite import SqliteStore
 
-__all__ = ["Delete", "MemoryStore", "Op", "Put", "SqliteStore", "Store", "open_store"]
+__all__ = [
+    "Delete",
+    "Grant",
+    "LeaseState",
+    "MemoryStore",
+    "Op",
+    "Put",
+    "Revoke",
+    "SqliteStore",
+    "Store",
+    "open_store",
+]
 
 
 def open_store(

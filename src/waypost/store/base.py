@@ -1,47 +1,101 @@
 """The store protocol: the source of truth behind every catalog.
 
-A store holds instances, gives every change the next global revision, keeps an event log
-for a window so watches resume, and streams its changes in revision order. Writes are
-batches of operations applied all or nothing; an operation may name the revision it
-expects (compare-and-swap, as etcd's ``mod_revision`` transactions). Every backend
-passes the same conformance suite (``tests/unit/store/``).
+A store holds entries of several kinds (instances, nodes, service configs, routes) under
+(kind, key), as etcd holds keys. Every write is a batch of operations applied all or
+nothing at one new revision, so several events may share a revision (etcd's
+transactions do the same); an event's ``index`` is its place within its revision. An
+operation may name the revision it expects (compare-and-swap, as etcd's ``mod_revision``
+transactions). The store keeps an event log for a window so watches resume, and streams
+its changes in revision order, a revision never split across two batches.
+
+Leases have etcd's meaning: ``grant(ttl)`` makes one, ``keepalive`` restarts its clock,
+``revoke`` ends it, and an entry put with ``lease=`` is deleted (as an ordinary event)
+when the lease lapses or is revoked. Deadlines run on a monotonic clock; a store that
+restarts gives every lease a fresh TTL, as etcd does after a leader change.
+
+Every backend passes the same conformance suite (``tests/unit/store/``).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+import contextlib
+import heapq
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from msgspec import Struct
 
-from waypost.errors import Conflict, Gone, NotFound, Unavailable
-from waypost.model import Event, Instance
+from waypost.errors import Conflict, Gone, InvalidInput, NotFound, Unavailable, WaypostError
+from waypost.model import ENTRY_TYPES, MAX_LEASE_ID, Entry, Event, decode_lenient
+
+log = logging.getLogger("waypost.store")
 
 # How long, and how many, events are kept for watches to resume from (Consul keeps no
 # log at all; etcd keeps history until compaction). An hour covers a server restart and
 # a client's reconnect storm; the count bounds disk use under a heavy write rate.
 DEFAULT_EVENT_WINDOW_S = 3600.0
 DEFAULT_EVENT_MAX = 100_000
-# How many events one ``changes`` call returns at most.
+# How many events one ``changes`` call returns at most (whole revisions: a page may end
+# a little past it to finish its last revision).
 CHANGES_PAGE = 1000
+# The longest a lease may be granted for, and the shortest.
+MAX_LEASE_TTL_S = 366 * 24 * 3600.0
+MIN_LEASE_TTL_S = 0.001
+# How long the lease expiry task sleeps at most between looks, and its back-off after a
+# failed revocation.
+LEASE_TICK_MAX_S = 1.0
+LEASE_RETRY_S = 0.5
+
+Clock = Callable[[], float]
+Stored = tuple[Entry, int]
+"""An entry with its mod revision (the revision of its last change)."""
 
 
 class Put(Struct, frozen=True, kw_only=True):
-    """Register or replace an instance; ``if_revision`` 0 means it must not exist yet."""
+    """Write an entry; ``if_revision`` 0 means it must not exist yet; ``lease`` attaches
+    it to a lease (it is deleted when the lease ends); without one it is attached to none."""
 
-    instance: Instance
+    entry: Entry
     if_revision: int | None = None
+    lease: int | None = None
 
 
 class Delete(Struct, frozen=True, kw_only=True):
-    """Remove an instance; unknown ids fail the batch with NotFound."""
+    """Remove an entry; an unknown one fails the batch with NotFound."""
 
     id: str
+    kind: str = "instance"
     if_revision: int | None = None
 
 
-Op = Put | Delete
+class Grant(Struct, frozen=True, kw_only=True):
+    """Create a lease (no event, no revision: leases are not entries, as in etcd)."""
+
+    lease: int
+    ttl_s: float
+
+
+class Revoke(Struct, frozen=True, kw_only=True):
+    """End a lease and delete every entry attached to it, at one revision."""
+
+    lease: int
+
+
+Op = Put | Delete | Grant | Revoke
+
+
+class LeaseState(Struct, frozen=True, kw_only=True):
+    """What a store knows of one lease: its TTL, time left, and the entries it holds."""
+
+    id: int
+    ttl_s: float
+    remaining_s: float
+    entries: list[tuple[str, str]] = []
 
 
 class Store(Protocol):
@@ -49,6 +103,9 @@ class Store(Protocol):
 
     kind: str
     """Short name shown by ``/status``: ``sqlite``, ``memory``, ``etcd``."""
+
+    skipped_records: int
+    """Stored records that could not be decoded (each logged with its key and skipped)."""
 
     @property
     def compacted(self) -> int:
@@ -61,28 +118,50 @@ class Store(Protocol):
         """Flush and release; pending watches end."""
 
     async def apply(self, ops: Sequence[Op]) -> int:
-        """Apply ``ops`` all or nothing, durably; return the revision of the last one."""
+        """Apply ``ops`` all or nothing, durably, at one new revision (when any event
+        results); return that revision (or the current one when none did)."""
 
-    async def snapshot(self) -> tuple[int, list[tuple[Instance, int]]]:
-        """Every instance with its mod revision, and the revision of the snapshot."""
+    async def snapshot(self) -> tuple[int, list[Stored]]:
+        """Every entry with its mod revision, and the revision of the snapshot."""
 
     async def changes(self, since: int, limit: int = CHANGES_PAGE) -> list[Event]:
-        """Events after ``since`` in order, at most ``limit``; Gone when pruned past."""
+        """Events after ``since`` in order, whole revisions, about ``limit`` at most; Gone
+        when pruned past."""
 
     def watch(self, since: int) -> AsyncIterator[list[Event]]:
-        """Batches of events after ``since``, in order, live, until the store closes."""
+        """Batches of events after ``since``, in order, live, until the store closes.
+        A revision's events always arrive in one batch."""
 
     async def ping(self) -> None:
         """Return when the store answers; raise StoreError when it does not."""
 
-    async def put(self, instance: Instance, *, if_revision: int | None = None) -> int:
-        """Register or replace one instance (see ``StoreOps``)."""
+    async def grant(self, ttl_s: float, *, lease_id: int | None = None) -> int:
+        """Create a lease living ``ttl_s`` without keep-alives; return its id. Conflict
+        when ``lease_id`` is given and taken."""
 
-    async def delete(self, instance_id: str, *, if_revision: int | None = None) -> int:
-        """Remove one instance (see ``StoreOps``)."""
+    async def keepalive(self, lease_id: int) -> float:
+        """Restart the lease's clock; return its TTL. NotFound when it has ended."""
 
-    async def list(self) -> list[Instance]:
-        """Every stored instance, ordered by id (see ``StoreOps``)."""
+    async def revoke(self, lease_id: int) -> int:
+        """End a lease now, deleting what it holds; return the revision. NotFound when
+        it has ended already."""
+
+    async def lease(self, lease_id: int) -> LeaseState:
+        """One lease's TTL, time left and entries; NotFound when it has ended."""
+
+    async def leases(self) -> list[LeaseState]:
+        """Every live lease (without its entries), ordered by id."""
+
+    async def put(self, entry: Entry, *, if_revision: int | None = None) -> int:
+        """Write one entry (see ``StoreOps``)."""
+
+    async def delete(
+        self, key: str, *, kind: str = "instance", if_revision: int | None = None
+    ) -> int:
+        """Remove one entry (see ``StoreOps``)."""
+
+    async def list(self, kind: str = "instance") -> list[Entry]:
+        """Every stored entry of a kind, ordered by key (see ``StoreOps``)."""
 
 
 class StoreOps:
@@ -91,53 +170,94 @@ class StoreOps:
     async def apply(self, ops: Sequence[Op]) -> int:
         raise NotImplementedError
 
-    async def snapshot(self) -> tuple[int, list[tuple[Instance, int]]]:
+    async def snapshot(self) -> tuple[int, list[Stored]]:
         raise NotImplementedError
 
-    async def put(self, instance: Instance, *, if_revision: int | None = None) -> int:
-        """Register or replace one instance; return its revision."""
-        return await self.apply([Put(instance=instance, if_revision=if_revision)])
+    async def put(self, entry: Entry, *, if_revision: int | None = None) -> int:
+        """Write one entry; return its revision."""
+        return await self.apply([Put(entry=entry, if_revision=if_revision)])
 
-    async def delete(self, instance_id: str, *, if_revision: int | None = None) -> int:
-        """Remove one instance (NotFound when unknown); return the revision."""
-        return await self.apply([Delete(id=instance_id, if_revision=if_revision)])
+    async def delete(
+        self, key: str, *, kind: str = "instance", if_revision: int | None = None
+    ) -> int:
+        """Remove one entry (NotFound when unknown); return the revision."""
+        return await self.apply([Delete(id=key, kind=kind, if_revision=if_revision)])
 
-    async def list(self) -> list[Instance]:
-        """Every stored instance, ordered by id."""
+    async def list(self, kind: str = "instance") -> list[Entry]:
+        """Every stored entry of a kind, ordered by key."""
         _, rows = await self.snapshot()
-        return sorted((inst for inst, _ in rows), key=lambda i: i.id)
+        return sorted((e for e, _ in rows if kind == e.KIND), key=lambda e: e.key)
 
 
 class Tx(Protocol):
-    """What ``apply_ops`` needs of a transaction: read and write one instance row."""
+    """What ``apply_ops`` needs of a transaction: read and write rows and leases."""
 
-    def get(self, instance_id: str) -> tuple[Instance, int] | None: ...
+    def get(self, kind: str, key: str) -> Stored | None: ...
 
-    def put(self, inst: Instance, revision: int) -> None: ...
+    def put(self, entry: Entry, revision: int, lease: int | None) -> None: ...
 
-    def delete(self, instance_id: str) -> None: ...
+    def delete(self, kind: str, key: str) -> None: ...
+
+    def lease_exists(self, lease_id: int) -> bool: ...
+
+    def grant(self, lease_id: int, ttl_s: float) -> None: ...
+
+    def revoke(self, lease_id: int) -> list[Entry]:
+        """Forget the lease; return the entries attached to it (they are deleted)."""
+        ...
 
 
 def apply_ops(tx: Tx, ops: Sequence[Op], revision: int) -> list[Event]:
-    """Run ``ops`` against ``tx`` after ``revision``; return the events. The caller owns
-    atomicity (rolls ``tx`` back if this raises)."""
+    """Run ``ops`` against ``tx`` at ``revision + 1``; return the events, all at that
+    revision. The caller owns atomicity (rolls ``tx`` back if this raises)."""
     events: list[Event] = []
+    at = revision + 1
+    deleted: set[tuple[str, str]] = set()
     for op in ops:
         if isinstance(op, Put):
+            entry = op.entry
             if op.if_revision is not None:  # a blind put needs no read
-                _check_precondition(op.instance.id, tx.get(op.instance.id), op.if_revision)
-            revision += 1
-            tx.put(op.instance, revision)
-            events.append(Event(revision=revision, type="put", instance=op.instance))
-        else:
-            current = tx.get(op.id)
+                _check_precondition(entry, tx.get(entry.KIND, entry.key), op.if_revision)
+            if op.lease is not None and not tx.lease_exists(op.lease):
+                raise NotFound(
+                    f"lease {op.lease} does not exist (it expired or was revoked)",
+                    field="lease",
+                )
+            tx.put(entry, at, op.lease)
+            deleted.discard((entry.KIND, entry.key))
+            events.append(Event(revision=at, type="put", entry=entry, index=len(events)))
+        elif isinstance(op, Delete):
+            current = tx.get(op.kind, op.id)
             if current is None:
-                raise NotFound(f"instance {op.id!r} is not registered", field="id")
-            _check_precondition(op.id, current, op.if_revision)
-            revision += 1
-            tx.delete(op.id)
-            events.append(Event(revision=revision, type="delete", instance=current[0]))
+                raise missing(op.kind, op.id)
+            _check_precondition(current[0], current, op.if_revision)
+            tx.delete(op.kind, op.id)
+            deleted.add((op.kind, op.id))
+            events.append(Event(revision=at, type="delete", entry=current[0], index=len(events)))
+        elif isinstance(op, Grant):
+            if tx.lease_exists(op.lease):
+                raise Conflict(f"lease {op.lease} exists already", field="lease")
+            tx.grant(op.lease, op.ttl_s)
+        else:
+            if not tx.lease_exists(op.lease):
+                raise NotFound(f"lease {op.lease} does not exist", field="lease")
+            for entry in tx.revoke(op.lease):
+                if (entry.KIND, entry.key) in deleted:
+                    continue
+                deleted.add((entry.KIND, entry.key))
+                events.append(Event(revision=at, type="delete", entry=entry, index=len(events)))
     return events
+
+
+def missing(kind: str, key: str) -> NotFound:
+    """The error for an entry that is not there."""
+    if kind == "instance":
+        return NotFound(f"instance {key!r} is not registered", field="id")
+    if kind == "node":
+        return NotFound(f"node {key!r} is not registered", field="id")
+    if kind == "service_config":
+        return NotFound(f"service {key!r} has no config", field="service")
+    return NotFound(f"{kind} {key!r} does not exist", field="id")
 
 
 def gone(since: int, floor: int) -> Gone:
@@ -149,15 +269,221 @@ def gone(since: int, floor: int) -> Gone:
     )
 
 
-def _check_precondition(iid: str, current: tuple[Instance, int] | None, want: int | None) -> None:
+def _check_precondition(entry: Entry, current: Stored | None, want: int | None) -> None:
     if want is None:
         return
     have = current[1] if current is not None else 0
     if have != want:
         raise Conflict(
-            f"instance {iid!r} is at revision {have}, not {want}: it changed meanwhile",
+            f"{entry.KIND} {entry.key!r} is at revision {have}, not {want}: it changed meanwhile",
             field="id",
         )
+
+
+def check_ttl(ttl_s: float) -> float:
+    """A lease TTL within bounds, or InvalidInput."""
+    if not MIN_LEASE_TTL_S <= ttl_s <= MAX_LEASE_TTL_S:
+        raise InvalidInput("ttl: a lease lives between 1ms and a year", field="ttl")
+    return ttl_s
+
+
+def new_lease_id(taken: Callable[[int], bool]) -> int:
+    """A fresh lease id below 2**53 (JavaScript reads it exactly), not ``taken``."""
+    while True:
+        lease_id = random.randrange(1, MAX_LEASE_ID)
+        if not taken(lease_id):
+            return lease_id
+
+
+def decode_record(kind: str, key: str, data: bytes) -> Entry | None:
+    """Read one stored record leniently; None (logged with its key) when it cannot be."""
+    type_ = ENTRY_TYPES.get(kind)
+    if type_ is None:
+        log.warning("skipping stored record %s/%s: unknown kind (a newer Waypost's?)", kind, key)
+        return None
+    try:
+        return decode_lenient(data, type_)
+    except WaypostError as exc:
+        log.error("skipping stored record %s/%s that cannot be read: %s", kind, key, exc)
+        return None
+
+
+def whole_revisions(events: list[Event], limit: int) -> list[Event]:
+    """Cut a page of events at ``limit`` without splitting a revision."""
+    if len(events) <= limit:
+        return events
+    cut = limit
+    last = events[limit - 1].revision
+    while cut < len(events) and events[cut].revision == last:
+        cut += 1
+    return events[:cut]
+
+
+# --- leases kept in memory, for the stores that expire their own ------------------------
+
+
+@dataclass(slots=True)
+class _Lease:
+    ttl_s: float
+    deadline: float
+    entries: set[tuple[str, str]] = field(default_factory=set)
+
+
+class LeaseClock:
+    """Leases by id with their deadlines, popped in time order; no I/O and no clock of its
+    own (``now`` is passed in). Entries attached to each lease are tracked here too."""
+
+    def __init__(self) -> None:
+        self._leases: dict[int, _Lease] = {}
+        self._heap: list[tuple[float, int]] = []
+
+    def __contains__(self, lease_id: object) -> bool:
+        return lease_id in self._leases
+
+    def __len__(self) -> int:
+        return len(self._leases)
+
+    def ids(self) -> list[int]:
+        return sorted(self._leases)
+
+    def add(self, lease_id: int, ttl_s: float, now: float) -> None:
+        self._leases[lease_id] = _Lease(ttl_s, now + ttl_s)
+        self._push(now + ttl_s, lease_id)
+
+    def remove(self, lease_id: int) -> set[tuple[str, str]]:
+        """Forget a lease; return the entries it held."""
+        lease = self._leases.pop(lease_id, None)
+        return lease.entries if lease is not None else set()
+
+    def renew(self, lease_id: int, now: float) -> float | None:
+        """Restart a lease's clock; its TTL, or None when it is not known."""
+        lease = self._leases.get(lease_id)
+        if lease is None:
+            return None
+        lease.deadline = now + lease.ttl_s
+        self._push(lease.deadline, lease_id)
+        return lease.ttl_s
+
+    def postpone(self, lease_id: int, when: float) -> None:
+        """Look at a lease again at ``when`` (after a failed revocation)."""
+        lease = self._leases.get(lease_id)
+        if lease is not None:
+            lease.deadline = when
+            self._push(when, lease_id)
+
+    def state(self, lease_id: int, now: float) -> tuple[float, float, set[tuple[str, str]]] | None:
+        lease = self._leases.get(lease_id)
+        if lease is None:
+            return None
+        return lease.ttl_s, max(0.0, lease.deadline - now), lease.entries
+
+    def attach(self, lease_id: int | None, ref: tuple[str, str]) -> None:
+        if lease_id is not None and lease_id in self._leases:
+            self._leases[lease_id].entries.add(ref)
+
+    def detach(self, lease_id: int | None, ref: tuple[str, str]) -> None:
+        if lease_id is not None and lease_id in self._leases:
+            self._leases[lease_id].entries.discard(ref)
+
+    def due(self, now: float) -> list[int]:
+        """Leases whose deadline has passed (they stay until removed)."""
+        out = []
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            when, lease_id = heapq.heappop(heap)
+            lease = self._leases.get(lease_id)
+            if lease is not None and lease.deadline == when:
+                out.append(lease_id)
+        return out
+
+    def next_deadline(self) -> float | None:
+        heap = self._heap
+        while heap:
+            when, lease_id = heap[0]
+            lease = self._leases.get(lease_id)
+            if lease is not None and lease.deadline == when:
+                return when
+            heapq.heappop(heap)
+        return None
+
+    def _push(self, when: float, lease_id: int) -> None:
+        heapq.heappush(self._heap, (when, lease_id))
+        # Keep-alive storms leave stale entries; rebuild when they dominate.
+        if len(self._heap) > 64 and len(self._heap) > 4 * len(self._leases):
+            self._heap = [(lease.deadline, i) for i, lease in self._leases.items()]
+            heapq.heapify(self._heap)
+
+
+class LeaseExpiry:
+    """The background task of a store that expires its own leases: it revokes each lease
+    at its deadline through the store's ``apply`` (so the deletions are ordinary events),
+    and survives any failure (logged, retried after a pause)."""
+
+    def __init__(
+        self,
+        leases: LeaseClock,
+        revoke: Callable[[int], Awaitable[object]],
+        clock: Clock,
+    ) -> None:
+        self._leases = leases
+        self._revoke = revoke
+        self._clock = clock
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="waypost-lease-expiry")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def poke(self) -> None:
+        """A lease was granted: its deadline may be the nearest."""
+        self._wake.set()
+
+    async def expire_due(self) -> list[int]:
+        """Revoke every lease past its deadline now; return their ids."""
+        now = self._clock()
+        done = []
+        for lease_id in self._leases.due(now):
+            try:
+                await self._revoke(lease_id)
+            except NotFound:
+                pass  # revoked meanwhile
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # nothing may stop expiry: try again shortly
+                log.warning("lease %d: expiry failed (%s); retrying", lease_id, exc)
+                self._leases.postpone(lease_id, now + LEASE_RETRY_S)
+                continue
+            done.append(lease_id)
+        return done
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.expire_due()
+                nearest = self._leases.next_deadline()
+                pause = LEASE_TICK_MAX_S
+                if nearest is not None:
+                    pause = min(pause, max(0.0, nearest - self._clock()))
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), pause)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("lease expiry failed; retrying")
+                await asyncio.sleep(LEASE_RETRY_S)
+
+
+def monotonic() -> float:
+    """The default clock of lease deadlines."""
+    return time.monotonic()
 
 
 _CLOSED: list[Event] = []
@@ -192,7 +518,8 @@ async def watch_with_backlog(
     """The watch every local store offers: the logged backlog, then live batches.
 
     Subscribing before reading the backlog means no event falls between the two; events
-    seen twice (in both) are dropped by revision.
+    seen twice (in both) are dropped by revision (a revision is never split between
+    batches, so whole revisions are dropped or kept).
     """
     q = feed.subscribe()
     try:

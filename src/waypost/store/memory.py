@@ -6,38 +6,80 @@ import collections
 import time
 from collections.abc import AsyncIterator, Sequence
 
-from waypost.errors import Unavailable
-from waypost.model import Event, Instance
+from waypost.errors import NotFound, Unavailable
+from waypost.model import Entry, Event
 from waypost.store.base import (
     CHANGES_PAGE,
     DEFAULT_EVENT_MAX,
     DEFAULT_EVENT_WINDOW_S,
     ChangeFeed,
+    Clock,
+    Grant,
+    LeaseClock,
+    LeaseExpiry,
+    LeaseState,
     Op,
+    Revoke,
+    Stored,
     StoreOps,
     apply_ops,
+    check_ttl,
     gone,
+    monotonic,
+    new_lease_id,
     watch_with_backlog,
+    whole_revisions,
 )
+
+Ref = tuple[str, str]
+_Row = tuple[Entry, int, int | None]
 
 
 class _DictTx:
     """Writes staged over the committed rows, applied only when the whole batch passes."""
 
-    def __init__(self, rows: dict[str, tuple[Instance, int]]) -> None:
+    def __init__(self, rows: dict[Ref, _Row], leases: LeaseClock) -> None:
         self._rows = rows
-        self.staged: dict[str, tuple[Instance, int] | None] = {}
+        self._leases = leases
+        self.staged: dict[Ref, _Row | None] = {}
+        self.granted: dict[int, float] = {}
+        self.revoked: set[int] = set()
 
-    def get(self, instance_id: str) -> tuple[Instance, int] | None:
-        if instance_id in self.staged:
-            return self.staged[instance_id]
-        return self._rows.get(instance_id)
+    def _row(self, ref: Ref) -> _Row | None:
+        if ref in self.staged:
+            return self.staged[ref]
+        return self._rows.get(ref)
 
-    def put(self, inst: Instance, revision: int) -> None:
-        self.staged[inst.id] = (inst, revision)
+    def get(self, kind: str, key: str) -> Stored | None:
+        row = self._row((kind, key))
+        return (row[0], row[1]) if row is not None else None
 
-    def delete(self, instance_id: str) -> None:
-        self.staged[instance_id] = None
+    def put(self, entry: Entry, revision: int, lease: int | None) -> None:
+        self.staged[(entry.KIND, entry.key)] = (entry, revision, lease)
+
+    def delete(self, kind: str, key: str) -> None:
+        self.staged[(kind, key)] = None
+
+    def lease_exists(self, lease_id: int) -> bool:
+        if lease_id in self.revoked:
+            return False
+        return lease_id in self.granted or lease_id in self._leases
+
+    def grant(self, lease_id: int, ttl_s: float) -> None:
+        self.granted[lease_id] = ttl_s
+
+    def revoke(self, lease_id: int) -> list[Entry]:
+        self.revoked.add(lease_id)
+        out = []
+        state = self._leases.state(lease_id, 0.0)
+        refs = set(state[2]) if state is not None else set()
+        refs |= {ref for ref, row in self.staged.items() if row is not None and row[2] == lease_id}
+        for ref in sorted(refs):
+            row = self._row(ref)
+            if row is not None and row[2] == lease_id:
+                out.append(row[0])
+                self.staged[ref] = None
+        return out
 
 
 class MemoryStore(StoreOps):
@@ -50,8 +92,9 @@ class MemoryStore(StoreOps):
         *,
         event_window_s: float = DEFAULT_EVENT_WINDOW_S,
         event_max: int = DEFAULT_EVENT_MAX,
+        clock: Clock = monotonic,
     ) -> None:
-        self._rows: dict[str, tuple[Instance, int]] = {}
+        self._rows: dict[Ref, _Row] = {}
         self._log: collections.deque[tuple[float, Event]] = collections.deque()
         self._revision = 0
         self._floor = 0  # events at or below this revision are pruned
@@ -59,6 +102,10 @@ class MemoryStore(StoreOps):
         self._max = event_max
         self._feed = ChangeFeed()
         self._open = False
+        self._clock = clock
+        self._leases = LeaseClock()
+        self._expiry = LeaseExpiry(self._leases, self.revoke, clock)
+        self.skipped_records = 0
 
     @property
     def compacted(self) -> int:
@@ -66,9 +113,11 @@ class MemoryStore(StoreOps):
 
     async def open(self) -> None:
         self._open = True
+        self._expiry.start()
 
     async def close(self) -> None:
         self._open = False
+        await self._expiry.stop()
         self._feed.close()
 
     def _check_open(self) -> None:
@@ -77,39 +126,95 @@ class MemoryStore(StoreOps):
 
     async def apply(self, ops: Sequence[Op]) -> int:
         self._check_open()
-        tx = _DictTx(self._rows)
+        tx = _DictTx(self._rows, self._leases)
         events = apply_ops(tx, ops, self._revision)
-        for iid, row in tx.staged.items():
+        now = self._clock()
+        for lease_id in tx.revoked:
+            self._leases.remove(lease_id)
+        for lease_id, ttl_s in tx.granted.items():
+            self._leases.add(lease_id, ttl_s, now)
+        for ref, row in tx.staged.items():
+            old = self._rows.get(ref)
+            if old is not None:
+                self._leases.detach(old[2], ref)
             if row is None:
-                self._rows.pop(iid, None)
+                self._rows.pop(ref, None)
             else:
-                self._rows[iid] = row
-        now = time.time()
+                self._rows[ref] = row
+                self._leases.attach(row[2], ref)
+        if tx.granted:
+            self._expiry.poke()
+        if not events:
+            return self._revision
+        wall = time.time()
         for ev in events:
-            self._log.append((now, ev))
-        if events:
-            self._revision = events[-1].revision
-        self._prune(now)
+            self._log.append((wall, ev))
+        self._revision = events[-1].revision
+        self._prune(wall)
         self._feed.publish(events)
         return self._revision
 
     def _prune(self, now: float) -> None:
-        while self._log and (len(self._log) > self._max or self._log[0][0] < now - self._window_s):
-            _, ev = self._log.popleft()
+        log = self._log
+        while log and (len(log) > self._max or log[0][0] < now - self._window_s):
+            _, ev = log.popleft()
             self._floor = ev.revision
+        # Never keep half a revision: what is left of the floor's revision goes too.
+        while log and log[0][1].revision <= self._floor:
+            log.popleft()
 
-    async def snapshot(self) -> tuple[int, list[tuple[Instance, int]]]:
+    async def snapshot(self) -> tuple[int, list[Stored]]:
         self._check_open()
-        return self._revision, list(self._rows.values())
+        return self._revision, [(e, r) for e, r, _ in self._rows.values()]
 
     async def changes(self, since: int, limit: int = CHANGES_PAGE) -> list[Event]:
         self._check_open()
         if since < self._floor:
             raise gone(since, self._floor)
-        return [ev for _, ev in self._log if ev.revision > since][:limit]
+        return whole_revisions([ev for _, ev in self._log if ev.revision > since], limit)
 
     def watch(self, since: int) -> AsyncIterator[list[Event]]:
         return watch_with_backlog(self, self._feed, since)
 
     async def ping(self) -> None:
         self._check_open()
+
+    # --- leases --------------------------------------------------------------------------
+
+    async def grant(self, ttl_s: float, *, lease_id: int | None = None) -> int:
+        lease_id = lease_id or new_lease_id(self._leases.__contains__)
+        await self.apply([Grant(lease=lease_id, ttl_s=check_ttl(ttl_s))])
+        return lease_id
+
+    async def keepalive(self, lease_id: int) -> float:
+        self._check_open()
+        ttl_s = self._leases.renew(lease_id, self._clock())
+        if ttl_s is None:
+            raise NotFound(f"lease {lease_id} does not exist", field="lease")
+        return ttl_s
+
+    async def revoke(self, lease_id: int) -> int:
+        return await self.apply([Revoke(lease=lease_id)])
+
+    async def lease(self, lease_id: int) -> LeaseState:
+        self._check_open()
+        state = self._leases.state(lease_id, self._clock())
+        if state is None:
+            raise NotFound(f"lease {lease_id} does not exist", field="lease")
+        ttl_s, remaining_s, refs = state
+        return LeaseState(id=lease_id, ttl_s=ttl_s, remaining_s=remaining_s, entries=sorted(refs))
+
+    async def leases(self) -> list[LeaseState]:
+        self._check_open()
+        now = self._clock()
+        out = []
+        for lease_id in self._leases.ids():
+            state = self._leases.state(lease_id, now)
+            if state is not None:
+                out.append(LeaseState(id=lease_id, ttl_s=state[0], remaining_s=state[1]))
+        return out
+
+    async def expire_due(self) -> list[int]:
+        """Revoke every lease past its deadline on the store's clock (a test's ManualClock
+        moves it); the store's own task does this at each deadline."""
+        return await self._expiry.expire_due()

@@ -3,15 +3,21 @@
 Durability: every batch is committed with ``synchronous=FULL`` (the WAL is fsynced)
 before its caller hears back, so an acknowledged write survives ``kill -9`` and power
 loss. Throughput: the writer thread drains every batch queued while it was busy into one
-transaction, each batch inside its own SAVEPOINT (so one batch's conflict does not undo
-another's), and so concurrent writers share one fsync. Reads run on the same thread; no
-SQLite call ever runs on the event loop.
+transaction, each batch that can fail inside its own SAVEPOINT (so one batch's conflict
+does not undo another's), and so concurrent writers share one fsync. Reads run on the
+same thread; no SQLite call ever runs on the event loop. Whatever goes wrong on that
+thread, every caller waiting on it gets an answer (an error, never silence).
+
+Leases are rows too (granted and revoked durably); their deadlines live in memory on a
+monotonic clock, so after a restart each lease gets a fresh TTL, as etcd gives them after
+a leader change.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import queue
 import sqlite3
 import threading
@@ -22,41 +28,70 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from waypost.errors import StoreError, Unavailable, WaypostError
-from waypost.model import Event, Instance
+from waypost.errors import NotFound, StoreError, Unavailable, WaypostError
+from waypost.model import SCHEMA_VERSION, Entry, Event
 from waypost.store.base import (
     CHANGES_PAGE,
     DEFAULT_EVENT_MAX,
     DEFAULT_EVENT_WINDOW_S,
     ChangeFeed,
-    Delete,
+    Clock,
+    Grant,
+    LeaseClock,
+    LeaseExpiry,
+    LeaseState,
     Op,
+    Put,
+    Revoke,
+    Stored,
     StoreOps,
     apply_ops,
+    check_ttl,
+    decode_record,
     gone,
+    monotonic,
+    new_lease_id,
     watch_with_backlog,
 )
 
 T = TypeVar("T")
+log = logging.getLogger("waypost.store.sqlite")
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS instances (
-    id       TEXT PRIMARY KEY,
+CREATE TABLE IF NOT EXISTS entries (
+    kind     TEXT NOT NULL,
+    key      TEXT NOT NULL,
     revision INTEGER NOT NULL,
-    data     BLOB NOT NULL
+    lease    INTEGER,
+    schema   INTEGER NOT NULL,
+    data     BLOB NOT NULL,
+    PRIMARY KEY (kind, key)
 );
+CREATE INDEX IF NOT EXISTS entries_by_lease ON entries(lease) WHERE lease IS NOT NULL;
 CREATE TABLE IF NOT EXISTS events (
-    revision INTEGER PRIMARY KEY,
+    revision INTEGER NOT NULL,
+    idx      INTEGER NOT NULL,
+    kind     TEXT NOT NULL,
+    key      TEXT NOT NULL,
     type     TEXT NOT NULL,
     ts       REAL NOT NULL,
-    data     BLOB NOT NULL
+    schema   INTEGER NOT NULL,
+    data     BLOB NOT NULL,
+    PRIMARY KEY (revision, idx)
+);
+CREATE INDEX IF NOT EXISTS events_by_time ON events(ts);
+CREATE TABLE IF NOT EXISTS leases (
+    id     INTEGER PRIMARY KEY,
+    ttl_ms INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 );
 """
-SCHEMA_VERSION = 1
+# 1: the foundation (instances only, one event per revision); 2: typed entries, events
+# with their place in a revision, leases.
+DB_VERSION = 2
 # Prune the event log at most this often; pruning is a cheap indexed range delete.
 PRUNE_EVERY_S = 1.0
 # Background checkpoint period, and the WAL size (pages of 4 KiB) at which a commit
@@ -67,7 +102,6 @@ BACKSTOP_CHECKPOINT_PAGES = 25_000
 MAX_GROUP = 512
 
 _encode = msgspec.json.Encoder().encode
-_decode_instance = msgspec.json.Decoder(Instance).decode
 
 
 class _Job:
@@ -90,27 +124,89 @@ _STOP = object()
 class _SqliteTx:
     def __init__(self, cur: sqlite3.Cursor) -> None:
         self._cur = cur
-        self.encoded: dict[int, bytes] = {}  # id(instance) -> JSON, reused for the event row
+        self.encoded: dict[int, bytes] = {}  # id(entry) -> JSON, reused for the event row
 
-    def get(self, instance_id: str) -> tuple[Instance, int] | None:
+    def get(self, kind: str, key: str) -> Stored | None:
         row = self._cur.execute(
-            "SELECT data, revision FROM instances WHERE id = ?", (instance_id,)
+            "SELECT data, revision FROM entries WHERE kind = ? AND key = ?", (kind, key)
         ).fetchone()
-        return (_decode_instance(row[0]), row[1]) if row else None
+        if row is None:
+            return None
+        entry = decode_record(kind, key, row[0])
+        return (entry, row[1]) if entry is not None else None
 
-    def put(self, inst: Instance, revision: int) -> None:
-        data = self.encoded[id(inst)] = _encode(inst)
+    def put(self, entry: Entry, revision: int, lease: int | None) -> None:
+        data = self.encoded[id(entry)] = _encode(entry)
         self._cur.execute(
-            "INSERT INTO instances(id, revision, data) VALUES (?, ?, ?) "
-            "ON CONFLICT(id) DO UPDATE SET revision = excluded.revision, data = excluded.data",
-            (inst.id, revision, data),
+            "INSERT INTO entries(kind, key, revision, lease, schema, data) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(kind, key) DO UPDATE SET "
+            "revision = excluded.revision, lease = excluded.lease, "
+            "schema = excluded.schema, data = excluded.data",
+            (entry.KIND, entry.key, revision, lease, SCHEMA_VERSION, data),
         )
 
-    def encode(self, inst: Instance) -> bytes:
-        return self.encoded.get(id(inst)) or _encode(inst)
+    def encode(self, entry: Entry) -> bytes:
+        return self.encoded.get(id(entry)) or _encode(entry)
 
-    def delete(self, instance_id: str) -> None:
-        self._cur.execute("DELETE FROM instances WHERE id = ?", (instance_id,))
+    def delete(self, kind: str, key: str) -> None:
+        self._cur.execute("DELETE FROM entries WHERE kind = ? AND key = ?", (kind, key))
+
+    def lease_exists(self, lease_id: int) -> bool:
+        row = self._cur.execute("SELECT 1 FROM leases WHERE id = ?", (lease_id,)).fetchone()
+        return row is not None
+
+    def grant(self, lease_id: int, ttl_s: float) -> None:
+        self._cur.execute(
+            "INSERT INTO leases(id, ttl_ms) VALUES (?, ?)", (lease_id, round(ttl_s * 1000))
+        )
+
+    def revoke(self, lease_id: int) -> list[Entry]:
+        rows = self._cur.execute(
+            "SELECT kind, key, data FROM entries WHERE lease = ? ORDER BY kind, key", (lease_id,)
+        ).fetchall()
+        self._cur.execute("DELETE FROM entries WHERE lease = ?", (lease_id,))
+        self._cur.execute("DELETE FROM leases WHERE id = ?", (lease_id,))
+        out = []
+        for kind, key, data in rows:
+            entry = decode_record(kind, key, data)
+            if entry is not None:
+                out.append(entry)
+        return out
+
+
+def _migrate(conn: sqlite3.Connection, version: int, path: Path) -> None:
+    """Bring an older database up to DB_VERSION in one transaction (nothing is lost)."""
+    if version == 1:
+        log.info("upgrading %s from layout 1 to %d", path, DB_VERSION)
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("ALTER TABLE events RENAME TO events_v1")
+        for statement in SCHEMA.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        for iid, revision, data in conn.execute("SELECT id, revision, data FROM instances"):
+            conn.execute(
+                "INSERT INTO entries(kind, key, revision, lease, schema, data) "
+                "VALUES ('instance', ?, ?, NULL, 1, ?)",
+                (iid, revision, data),
+            )
+        for revision, type_, ts, data in conn.execute(
+            "SELECT revision, type, ts, data FROM events_v1"
+        ):
+            try:
+                key = str(msgspec.json.decode(data).get("id", ""))
+            except (msgspec.DecodeError, AttributeError):
+                key = ""
+            conn.execute(
+                "INSERT INTO events(revision, idx, kind, key, type, ts, schema, data) "
+                "VALUES (?, 0, 'instance', ?, ?, ?, 1, ?)",
+                (revision, key, type_, ts, data),
+            )
+        conn.execute("DROP TABLE events_v1")
+        conn.execute("DROP TABLE instances")
+        conn.execute(f"PRAGMA user_version={DB_VERSION}")
+        conn.commit()
+        return
+    raise StoreError(f"{path} has layout version {version}; this Waypost reads {DB_VERSION}")
 
 
 class SqliteStore(StoreOps):
@@ -124,6 +220,7 @@ class SqliteStore(StoreOps):
         *,
         event_window_s: float = DEFAULT_EVENT_WINDOW_S,
         event_max: int = DEFAULT_EVENT_MAX,
+        clock: Clock = monotonic,
     ) -> None:
         self.path = Path(path)
         self._window_s = event_window_s
@@ -138,6 +235,10 @@ class SqliteStore(StoreOps):
         self._closed = True
         self._checkpointer: threading.Thread | None = None
         self._stop_checkpoints = threading.Event()
+        self._clock = clock
+        self._leases = LeaseClock()
+        self._expiry = LeaseExpiry(self._leases, self.revoke, clock)
+        self.skipped_records = 0
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -151,22 +252,27 @@ class SqliteStore(StoreOps):
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"cannot create {self.path.parent}: {exc.strerror}") from None
-        ready: asyncio.Future[None] = self._loop.create_future()
+        ready: asyncio.Future[list[tuple[int, int]]] = self._loop.create_future()
         self._thread = threading.Thread(
             target=self._run, args=(ready,), name="waypost-sqlite", daemon=True
         )
         self._thread.start()
-        await ready
+        leases = await ready
         self._closed = False
+        now = self._clock()
+        for lease_id, ttl_ms in leases:
+            self._leases.add(lease_id, ttl_ms / 1000, now)
         self._stop_checkpoints.clear()
         self._checkpointer = threading.Thread(
             target=self._checkpoints, name="waypost-sqlite-checkpoint", daemon=True
         )
         self._checkpointer.start()
+        self._expiry.start()
 
     async def close(self) -> None:
         if self._thread is None:
             return
+        await self._expiry.stop()
         self._closed = True
         self._stop_checkpoints.set()
         self._queue.put(_STOP)
@@ -190,32 +296,43 @@ class SqliteStore(StoreOps):
         # Checkpoints run on their own thread (``_checkpoints``) so that a commit never
         # pays for copying the WAL back; this automatic one is only a backstop.
         conn.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_CHECKPOINT_PAGES}")
-        conn.executescript(SCHEMA)
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version == 0:
-            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        elif version != SCHEMA_VERSION:
-            raise StoreError(
-                f"{self.path} has schema version {version}; this Waypost reads {SCHEMA_VERSION}"
-            )
+            conn.executescript(SCHEMA)
+            conn.execute(f"PRAGMA user_version={DB_VERSION}")
+        elif version != DB_VERSION:
+            _migrate(conn, version, self.path)
         return conn
 
-    def _run(self, ready: asyncio.Future[None]) -> None:
+    def _run(self, ready: asyncio.Future[list[tuple[int, int]]]) -> None:
         try:
             conn = self._connect()
             meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
             self._revision = int(meta.get("revision", 0))
             self._floor = int(meta.get("floor", 0))
+            leases = conn.execute("SELECT id, ttl_ms FROM leases").fetchall()
         except (sqlite3.Error, OSError, WaypostError) as exc:
             err = exc if isinstance(exc, WaypostError) else _store_error(exc, self.path)
-            self._call(ready.set_exception, err)
+            self._call(_settle, ready, err)
             return
-        self._call(ready.set_result, None)
+        self._call(_settle, ready, leases)
         try:
             self._serve(conn)
         finally:
             self._closed = True
-            conn.close()
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+            self._fail_pending(Unavailable("the SQLite store is closed"))
+
+    def _fail_pending(self, err: WaypostError) -> None:
+        """Answer every job still queued (the thread is ending): nobody waits forever."""
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(job, _Job):
+                self._resolve(job.fut, err)
 
     def _checkpoints(self) -> None:
         """Copy the WAL back into the database in the background (PASSIVE never blocks
@@ -255,14 +372,22 @@ class SqliteStore(StoreOps):
             writes = [j for j in jobs if isinstance(j, _Job) and j.ops is not None]
             reads = [j for j in jobs if isinstance(j, _Job) and j.fn is not None]
             if writes:
-                self._commit_group(conn, writes)
+                try:
+                    self._commit_group(conn, writes)
+                except Exception as exc:  # a bug, not a database error: answer, go on
+                    log.exception("SQLite commit group failed")
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.rollback()
+                    err = StoreError(f"SQLite store {self.path}: internal error ({exc})")
+                    for job in writes:
+                        self._resolve(job.fut, err)
             for job in reads:
                 assert job.fn is not None
                 try:
                     result = job.fn(conn)
                 except WaypostError as exc:
                     self._resolve(job.fut, exc)
-                except (sqlite3.Error, OSError) as exc:
+                except Exception as exc:
                     self._resolve(job.fut, _store_error(exc, self.path))
                 else:
                     self._resolve(job.fut, result)
@@ -277,10 +402,11 @@ class SqliteStore(StoreOps):
             cur.execute("BEGIN IMMEDIATE")
             for job in writes:
                 assert job.ops is not None
-                # Only deletes and conditional puts can fail; a batch of blind puts needs
-                # no savepoint (two statements saved per registration).
+                # Only blind puts cannot fail; a batch of them needs no savepoint (two
+                # statements saved per registration).
                 guarded = any(
-                    isinstance(op, Delete) or op.if_revision is not None for op in job.ops
+                    not isinstance(op, Put) or op.if_revision is not None or op.lease is not None
+                    for op in job.ops
                 )
                 if guarded:
                     cur.execute("SAVEPOINT batch")
@@ -289,13 +415,27 @@ class SqliteStore(StoreOps):
                     events = apply_ops(tx, job.ops, self._revision)
                     now = time.time()
                     cur.executemany(
-                        "INSERT INTO events(revision, type, ts, data) VALUES (?, ?, ?, ?)",
-                        [(ev.revision, ev.type, now, tx.encode(ev.instance)) for ev in events],
+                        "INSERT INTO events(revision, idx, kind, key, type, ts, schema, data) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        [
+                            (
+                                ev.revision,
+                                ev.index,
+                                ev.entry.KIND,
+                                ev.entry.key,
+                                ev.type,
+                                now,
+                                SCHEMA_VERSION,
+                                tx.encode(ev.entry),
+                            )
+                            for ev in events
+                        ],
                     )
                 except WaypostError as exc:
-                    if guarded:
-                        cur.execute("ROLLBACK TO batch")
-                        cur.execute("RELEASE batch")
+                    if not guarded:
+                        raise  # a blind put failed: the transaction is suspect, undo it all
+                    cur.execute("ROLLBACK TO batch")
+                    cur.execute("RELEASE batch")
                     outcomes.append((job, exc))
                     continue
                 if guarded:
@@ -307,25 +447,33 @@ class SqliteStore(StoreOps):
                 "INSERT OR REPLACE INTO meta(key, value) VALUES ('revision', ?)", (self._revision,)
             )
             conn.commit()
-        except (sqlite3.Error, OSError) as exc:
+        except BaseException as exc:
             with contextlib.suppress(sqlite3.Error):
                 conn.rollback()
             self._revision = start_revision
-            err = _store_error(exc, self.path)
+            if isinstance(exc, WaypostError):
+                err: WaypostError = exc
+            elif isinstance(exc, sqlite3.Error | OSError):
+                err = _store_error(exc, self.path)
+            else:
+                raise
             for job in writes:
                 self._resolve(job.fut, err)
             return
         committed: list[Event] = []
         settled: list[tuple[asyncio.Future[Any], object]] = []
+        lease_ops: list[Op] = []
         for job, outcome in outcomes:
             if isinstance(outcome, WaypostError):
                 settled.append((job.fut, outcome))
             else:
                 committed.extend(outcome)
+                assert job.ops is not None
+                lease_ops += [op for op in job.ops if isinstance(op, Grant | Revoke)]
                 settled.append((job.fut, outcome[-1].revision if outcome else self._revision))
         # One wake-up of the event loop per group, not one per batch: each
         # call_soon_threadsafe writes to the loop's self-pipe.
-        self._call(self._finish, settled, committed)
+        self._call(self._finish, settled, committed, lease_ops)
         self._maybe_prune(conn)
 
     def _maybe_prune(self, conn: sqlite3.Connection) -> None:
@@ -358,9 +506,19 @@ class SqliteStore(StoreOps):
             self._loop.call_soon_threadsafe(fn, *args)
 
     def _finish(
-        self, settled: list[tuple[asyncio.Future[Any], object]], committed: list[Event]
+        self,
+        settled: list[tuple[asyncio.Future[Any], object]],
+        committed: list[Event],
+        lease_ops: list[Op],
     ) -> None:
-        """On the loop: publish a committed group's events, then answer its writers."""
+        """On the loop: track the group's leases, publish its events, answer its writers."""
+        now = self._clock()
+        for op in lease_ops:
+            if isinstance(op, Grant):
+                self._leases.add(op.lease, op.ttl_s, now)
+                self._expiry.poke()
+            elif isinstance(op, Revoke):
+                self._leases.remove(op.lease)
         if committed:
             self._feed.publish(committed)
         for fut, result in settled:
@@ -388,10 +546,17 @@ class SqliteStore(StoreOps):
         result: T = await self._submit(None, fn)
         return result
 
-    async def snapshot(self) -> tuple[int, list[tuple[Instance, int]]]:
-        def read(conn: sqlite3.Connection) -> tuple[int, list[tuple[Instance, int]]]:
-            rows = conn.execute("SELECT data, revision FROM instances").fetchall()
-            return self._revision, [(_decode_instance(d), r) for d, r in rows]
+    async def snapshot(self) -> tuple[int, list[Stored]]:
+        def read(conn: sqlite3.Connection) -> tuple[int, list[Stored]]:
+            rows = conn.execute("SELECT kind, key, data, revision FROM entries").fetchall()
+            out: list[Stored] = []
+            for kind, key, data, revision in rows:
+                entry = decode_record(kind, key, data)
+                if entry is None:
+                    self.skipped_records += 1
+                else:
+                    out.append((entry, revision))
+            return self._revision, out
 
         return await self._read(read)
 
@@ -400,11 +565,22 @@ class SqliteStore(StoreOps):
             if since < self._floor:
                 raise gone(since, self._floor)
             rows = conn.execute(
-                "SELECT revision, type, data FROM events WHERE revision > ? "
-                "ORDER BY revision LIMIT ?",
+                "SELECT revision, idx, kind, key, type, data FROM events WHERE revision > ? "
+                "ORDER BY revision, idx LIMIT ?",
                 (since, limit),
             ).fetchall()
-            return [Event(revision=r, type=t, instance=_decode_instance(d)) for r, t, d in rows]
+            if len(rows) == limit:  # finish the last revision: never half of one
+                rows += conn.execute(
+                    "SELECT revision, idx, kind, key, type, data FROM events "
+                    "WHERE revision = ? AND idx > ? ORDER BY idx",
+                    (rows[-1][0], rows[-1][1]),
+                ).fetchall()
+            out = []
+            for revision, idx, kind, key, type_, data in rows:
+                entry = decode_record(kind, key, data)
+                if entry is not None:
+                    out.append(Event(revision=revision, type=type_, entry=entry, index=idx))
+            return out
 
         return await self._read(read)
 
@@ -421,6 +597,53 @@ class SqliteStore(StoreOps):
             await asyncio.wait_for(self._read(read), 5.0)
         except TimeoutError:
             raise StoreError("the SQLite store did not answer within 5 s") from None
+
+    # --- leases --------------------------------------------------------------------------
+
+    async def grant(self, ttl_s: float, *, lease_id: int | None = None) -> int:
+        lease_id = lease_id or new_lease_id(self._leases.__contains__)
+        await self.apply([Grant(lease=lease_id, ttl_s=check_ttl(ttl_s))])
+        return lease_id
+
+    async def keepalive(self, lease_id: int) -> float:
+        if self._closed:
+            raise Unavailable("the SQLite store is closed")
+        ttl_s = self._leases.renew(lease_id, self._clock())
+        if ttl_s is None:
+            raise NotFound(f"lease {lease_id} does not exist", field="lease")
+        return ttl_s
+
+    async def revoke(self, lease_id: int) -> int:
+        return await self.apply([Revoke(lease=lease_id)])
+
+    async def lease(self, lease_id: int) -> LeaseState:
+        state = self._leases.state(lease_id, self._clock())
+        if state is None:
+            raise NotFound(f"lease {lease_id} does not exist", field="lease")
+
+        def read(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+            rows = conn.execute(
+                "SELECT kind, key FROM entries WHERE lease = ? ORDER BY kind, key", (lease_id,)
+            ).fetchall()
+            return [(k, key) for k, key in rows]
+
+        refs = await self._read(read)
+        return LeaseState(id=lease_id, ttl_s=state[0], remaining_s=state[1], entries=refs)
+
+    async def leases(self) -> list[LeaseState]:
+        if self._closed:
+            raise Unavailable("the SQLite store is closed")
+        now = self._clock()
+        out = []
+        for lease_id in self._leases.ids():
+            state = self._leases.state(lease_id, now)
+            if state is not None:
+                out.append(LeaseState(id=lease_id, ttl_s=state[0], remaining_s=state[1]))
+        return out
+
+    async def expire_due(self) -> list[int]:
+        """Revoke every lease past its deadline on the store's clock now."""
+        return await self._expiry.expire_due()
 
 
 def _settle(fut: asyncio.Future[Any], result: object) -> None:

@@ -15,7 +15,7 @@ def inst(iid: str, service: str = "web", **f: Any) -> Instance:
 
 
 def put(c: Catalog, i: Instance) -> None:
-    c.apply([Event(revision=c.revision + 1, type="put", instance=i)])
+    c.apply([Event(revision=c.revision + 1, type="put", entry=i)])
 
 
 def test_an_answer_is_encoded_once_per_change_and_shared() -> None:

@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 from waypost.errors import Conflict, Gone, NotFound, Unavailable
-from waypost.model import Instance, convert_instance
+from waypost.model import Instance, Node, Route, ServiceConfig, convert_instance
 from waypost.store import Delete, MemoryStore, Put, SqliteStore, Store
+from waypost.testing import ManualClock
 
 StoreFactory = Callable[..., Store]
 
@@ -42,11 +43,14 @@ async def opened(store: Store) -> Store:
 def test_put_then_snapshot_has_it_with_its_revision(make_store: StoreFactory) -> None:
     async def go() -> None:
         s = await opened(make_store())
-        assert await s.apply([Put(instance=inst("a"))]) == 1
-        assert await s.apply([Put(instance=inst("b")), Put(instance=inst("c"))]) == 3
+        assert await s.apply([Put(entry=inst("a"))]) == 1
+        # A batch is one revision, as an etcd transaction is.
+        assert await s.apply([Put(entry=inst("b")), Put(entry=inst("c"))]) == 2
         rev, rows = await s.snapshot()
-        assert rev == 3
-        assert sorted((i.id, r) for i, r in rows) == [("a", 1), ("b", 2), ("c", 3)]
+        assert rev == 2
+        assert sorted((i.key, r) for i, r in rows) == [("a", 1), ("b", 2), ("c", 2)]
+        evs = await s.changes(1)
+        assert [(e.revision, e.index, e.entry.key) for e in evs] == [(2, 0, "b"), (2, 1, "c")]
         await s.close()
 
     run(go())
@@ -55,13 +59,13 @@ def test_put_then_snapshot_has_it_with_its_revision(make_store: StoreFactory) ->
 def test_a_failing_batch_changes_nothing(make_store: StoreFactory) -> None:
     async def go() -> None:
         s = await opened(make_store())
-        await s.apply([Put(instance=inst("a"))])
+        await s.apply([Put(entry=inst("a"))])
         with pytest.raises(NotFound):
-            await s.apply([Put(instance=inst("b")), Delete(id="missing")])
+            await s.apply([Put(entry=inst("b")), Delete(id="missing")])
         with pytest.raises(Conflict):
-            await s.apply([Delete(id="a"), Put(instance=inst("c"), if_revision=5)])
+            await s.apply([Delete(id="a"), Put(entry=inst("c"), if_revision=5)])
         rev, rows = await s.snapshot()
-        assert (rev, [i.id for i, _ in rows]) == (1, ["a"])
+        assert (rev, [i.key for i, _ in rows]) == (1, ["a"])
         assert [e.revision for e in await s.changes(0)] == [1]
         await s.close()
 
@@ -71,10 +75,10 @@ def test_a_failing_batch_changes_nothing(make_store: StoreFactory) -> None:
 def test_compare_and_swap_on_the_instance_revision(make_store: StoreFactory) -> None:
     async def go() -> None:
         s = await opened(make_store())
-        await s.apply([Put(instance=inst("a"), if_revision=0)])
+        await s.apply([Put(entry=inst("a"), if_revision=0)])
         with pytest.raises(Conflict):
-            await s.apply([Put(instance=inst("a"), if_revision=0)])  # exists already
-        await s.apply([Put(instance=inst("a", port=81), if_revision=1)])
+            await s.apply([Put(entry=inst("a"), if_revision=0)])  # exists already
+        await s.apply([Put(entry=inst("a", port=81), if_revision=1)])
         with pytest.raises(Conflict):
             await s.apply([Delete(id="a", if_revision=1)])
         await s.apply([Delete(id="a", if_revision=2)])
@@ -87,11 +91,11 @@ def test_compare_and_swap_on_the_instance_revision(make_store: StoreFactory) -> 
 def test_changes_are_every_event_after_a_revision_in_order(make_store: StoreFactory) -> None:
     async def go() -> None:
         s = await opened(make_store())
-        await s.apply([Put(instance=inst("a"))])
-        await s.apply([Put(instance=inst("b"))])
+        await s.apply([Put(entry=inst("a"))])
+        await s.apply([Put(entry=inst("b"))])
         await s.apply([Delete(id="a")])
         evs = await s.changes(1)
-        assert [(e.revision, e.type, e.instance.id) for e in evs] == [
+        assert [(e.revision, e.type, e.entry.key) for e in evs] == [
             (2, "put", "b"),
             (3, "delete", "a"),
         ]
@@ -105,11 +109,11 @@ def test_an_old_revision_is_gone_once_the_log_is_pruned(make_store: StoreFactory
     async def go() -> None:
         s = await opened(make_store(event_max=2))
         for n in range(5):
-            await s.apply([Put(instance=inst(f"i{n}"))])
+            await s.apply([Put(entry=inst(f"i{n}"))])
         # SQLite prunes at most once a second; force the next write to prune.
         if isinstance(s, SqliteStore):
             s._last_prune = 0.0
-            await s.apply([Put(instance=inst("i5"))])
+            await s.apply([Put(entry=inst("i5"))])
         with pytest.raises(Gone):
             await s.changes(0)
         latest = await s.changes(4 if isinstance(s, MemoryStore) else 5)
@@ -131,12 +135,12 @@ async def collect(it: AsyncIterator[list[Any]], n: int) -> list[int]:
 def test_watch_gives_the_backlog_then_live_events_exactly_once(make_store: StoreFactory) -> None:
     async def go() -> None:
         s = await opened(make_store())
-        await s.apply([Put(instance=inst("a"))])
-        await s.apply([Put(instance=inst("b"))])
+        await s.apply([Put(entry=inst("a"))])
+        await s.apply([Put(entry=inst("b"))])
         task = asyncio.create_task(collect(s.watch(1), 4))
         await asyncio.sleep(0)
         for n in range(3):
-            await s.apply([Put(instance=inst(f"c{n}"))])
+            await s.apply([Put(entry=inst(f"c{n}"))])
         assert await asyncio.wait_for(task, 5) == [2, 3, 4, 5]
         await s.close()
 
@@ -146,7 +150,7 @@ def test_watch_gives_the_backlog_then_live_events_exactly_once(make_store: Store
 def test_concurrent_writers_all_land_with_distinct_revisions(make_store: StoreFactory) -> None:
     async def go() -> None:
         s = await opened(make_store())
-        revs = await asyncio.gather(*(s.apply([Put(instance=inst(f"i{n}"))]) for n in range(200)))
+        revs = await asyncio.gather(*(s.apply([Put(entry=inst(f"i{n}"))]) for n in range(200)))
         assert sorted(revs) == list(range(1, 201))
         rev, rows = await s.snapshot()
         assert (rev, len(rows)) == (200, 200)
@@ -160,7 +164,7 @@ def test_a_closed_store_refuses_writes(make_store: StoreFactory) -> None:
         s = await opened(make_store())
         await s.close()
         with pytest.raises(Unavailable):
-            await s.apply([Put(instance=inst("a"))])
+            await s.apply([Put(entry=inst("a"))])
 
     run(go())
 
@@ -168,14 +172,14 @@ def test_a_closed_store_refuses_writes(make_store: StoreFactory) -> None:
 def test_sqlite_keeps_everything_across_reopen(tmp_path: Path) -> None:
     async def go() -> None:
         s = await opened(SqliteStore(tmp_path / "w.db"))
-        await s.apply([Put(instance=inst("a")), Put(instance=inst("b"))])
+        await s.apply([Put(entry=inst("a")), Put(entry=inst("b"))])
         await s.apply([Delete(id="a")])
         await s.close()
         s2 = await opened(SqliteStore(tmp_path / "w.db"))
         rev, rows = await s2.snapshot()
-        assert (rev, [i.id for i, _ in rows]) == (3, ["b"])
+        assert (rev, [i.key for i, _ in rows]) == (2, ["b"])
         assert [e.type for e in await s2.changes(0)] == ["put", "put", "delete"]
-        assert await s2.apply([Put(instance=inst("c"))]) == 4
+        assert await s2.apply([Put(entry=inst("c"))]) == 3
         await s2.close()
 
     run(go())
@@ -197,11 +201,258 @@ def test_single_operations_put_delete_and_list(make_store: StoreFactory) -> None
         s = await opened(make_store())
         assert await s.put(inst("b")) == 1
         assert await s.put(inst("a"), if_revision=0) == 2
-        assert [i.id for i in await s.list()] == ["a", "b"]
+        assert [i.key for i in await s.list()] == ["a", "b"]
         assert await s.delete("b", if_revision=1) == 3
         with pytest.raises(NotFound):
             await s.delete("b")
-        assert [i.id for i in await s.list()] == ["a"]
+        assert [i.key for i in await s.list()] == ["a"]
+        await s.close()
+
+    run(go())
+
+
+# --- typed entries ---------------------------------------------------------------------
+
+
+def test_entries_of_every_kind_share_one_revision_space(make_store: StoreFactory) -> None:
+    async def go() -> None:
+        s = await opened(make_store())
+        node = Node(id="n1", address="10.0.0.9")
+        cfg = ServiceConfig(service="web", meta={"owner": "team-a"})
+        route = Route(name="r1", service="web")
+        assert await s.apply([Put(entry=inst("web")), Put(entry=node)]) == 1
+        assert await s.apply([Put(entry=cfg), Put(entry=route)]) == 2
+        # The same key under two kinds is two entries.
+        assert await s.apply([Put(entry=Node(id="web"))]) == 3
+        rev, rows = await s.snapshot()
+        assert rev == 3
+        assert sorted((e.KIND, e.key, r) for e, r in rows) == [
+            ("instance", "web", 1),
+            ("node", "n1", 1),
+            ("node", "web", 3),
+            ("route", "r1", 2),
+            ("service_config", "web", 2),
+        ]
+        assert [e.key for e in await s.list("node")] == ["n1", "web"]
+        await s.delete("web", kind="node")
+        with pytest.raises(NotFound):
+            await s.delete("web", kind="node")
+        evs = await s.changes(2)
+        assert [(e.revision, e.kind, e.type, e.entry.key) for e in evs] == [
+            (3, "node", "put", "web"),
+            (4, "node", "delete", "web"),
+        ]
+        assert isinstance((await s.changes(0))[1].entry, Node)
+        await s.close()
+
+    run(go())
+
+
+def test_a_multi_event_revision_reaches_watchers_whole(make_store: StoreFactory) -> None:
+    async def go() -> None:
+        s = await opened(make_store())
+        got: list[list[tuple[int, int]]] = []
+
+        async def watch() -> None:
+            async for batch in s.watch(0):
+                got.append([(e.revision, e.index) for e in batch])
+                if sum(len(b) for b in got) >= 4:
+                    return
+
+        task = asyncio.create_task(watch())
+        await asyncio.sleep(0)
+        await s.apply([Put(entry=inst("a")), Put(entry=inst("b")), Put(entry=inst("c"))])
+        await s.apply([Delete(id="b")])
+        await asyncio.wait_for(task, 5)
+        flat = [p for b in got for p in b]
+        assert flat == [(1, 0), (1, 1), (1, 2), (2, 0)]
+        assert all(len({r for r, _ in b}) >= 1 for b in got)
+        # A page of changes never cuts a revision in half.
+        assert [(e.revision, e.index) for e in await s.changes(0, limit=2)] == [
+            (1, 0),
+            (1, 1),
+            (1, 2),
+        ]
+        await s.close()
+
+    run(go())
+
+
+# --- leases ----------------------------------------------------------------------------
+
+
+def test_a_lapsed_lease_deletes_what_it_holds_as_events(make_store: StoreFactory) -> None:
+    async def go() -> None:
+        clock = ManualClock()
+        s = await opened(make_store(clock=clock))
+        lease = await s.grant(10.0)
+        other = await s.grant(100.0)
+        await s.apply(
+            [
+                Put(entry=Node(id="n1", lease=lease), lease=lease),
+                Put(entry=inst("a"), lease=lease),
+                Put(entry=inst("b"), lease=lease),
+                Put(entry=inst("c"), lease=other),
+                Put(entry=inst("d")),
+            ]
+        )
+        state = await s.lease(lease)
+        assert (state.ttl_s, state.entries) == (
+            10.0,
+            [("instance", "a"), ("instance", "b"), ("node", "n1")],
+        )
+        clock.advance(9.0)
+        assert await s.keepalive(lease) == 10.0
+        clock.advance(9.0)
+        assert await s.expire_due() == []  # type: ignore[attr-defined]
+        clock.advance(1.5)
+        assert await s.expire_due() == [lease]  # type: ignore[attr-defined]
+        _, rows = await s.snapshot()
+        assert sorted(e.key for e, _ in rows) == ["c", "d"]
+        evs = await s.changes(1)
+        assert [(e.revision, e.type, e.kind, e.entry.key) for e in evs] == [
+            (2, "delete", "instance", "a"),
+            (2, "delete", "instance", "b"),
+            (2, "delete", "node", "n1"),
+        ]
+        with pytest.raises(NotFound):
+            await s.keepalive(lease)
+        with pytest.raises(NotFound):
+            await s.lease(lease)
+        await s.close()
+
+    run(go())
+
+
+def test_revoke_deletes_at_once_and_an_unknown_lease_is_refused(make_store: StoreFactory) -> None:
+    async def go() -> None:
+        s = await opened(make_store())
+        lease = await s.grant(60.0)
+        await s.apply([Put(entry=inst("a"), lease=lease), Put(entry=inst("b"))])
+        # Put again without the lease: it no longer rides on it (etcd's meaning).
+        await s.apply([Put(entry=inst("b"), lease=lease), Put(entry=inst("b"))])
+        rev = await s.revoke(lease)
+        assert [e.key for e in await s.list()] == ["b"]
+        assert [(e.type, e.entry.key) for e in await s.changes(rev - 1)] == [("delete", "a")]
+        with pytest.raises(NotFound):
+            await s.revoke(lease)
+        with pytest.raises(NotFound):
+            await s.apply([Put(entry=inst("x"), lease=lease)])
+        assert [e.key for e in await s.list()] == ["b"]
+        other = await s.grant(5.0)
+        with pytest.raises(Conflict):
+            await s.grant(5.0, lease_id=other)
+        assert [ls.id for ls in await s.leases()] == [other]
+        await s.close()
+
+    run(go())
+
+
+def test_leases_expire_on_their_own_in_real_time(make_store: StoreFactory) -> None:
+    async def go() -> None:
+        s = await opened(make_store())
+        lease = await s.grant(0.2)
+        await s.apply([Put(entry=inst("a"), lease=lease)])
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        while await s.list():
+            assert loop.time() - start < 5, "the lease never expired"
+            await asyncio.sleep(0.01)
+        assert loop.time() - start >= 0.15
+        await s.close()
+
+    run(go())
+
+
+def test_sqlite_leases_survive_a_restart_and_still_expire(tmp_path: Path) -> None:
+    async def go() -> None:
+        s = await opened(SqliteStore(tmp_path / "w.db"))
+        lease = await s.grant(0.3)
+        kept = await s.grant(3600.0)
+        await s.apply([Put(entry=inst("a"), lease=lease), Put(entry=inst("k"), lease=kept)])
+        await s.close()
+        s2 = await opened(SqliteStore(tmp_path / "w.db"))
+        assert sorted(ls.id for ls in await s2.leases()) == sorted([lease, kept])
+        assert [e.key for e in await s2.list()] == ["a", "k"]
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        while len(await s2.list()) > 1:
+            assert loop.time() - start < 5, "the lease never expired after the restart"
+            await asyncio.sleep(0.01)
+        assert [e.key for e in await s2.list()] == ["k"]
+        assert (await s2.lease(kept)).entries == [("instance", "k")]
+        await s2.close()
+
+    run(go())
+
+
+# --- reading what others wrote -----------------------------------------------------------
+
+
+def test_sqlite_reads_records_with_unknown_fields_and_skips_corrupt_ones(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import sqlite3
+
+    async def go() -> None:
+        s = await opened(SqliteStore(tmp_path / "w.db"))
+        await s.apply([Put(entry=inst("a")), Put(entry=inst("b")), Put(entry=inst("c"))])
+        await s.close()
+        db = sqlite3.connect(tmp_path / "w.db")
+        newer = b'{"id":"a","service":"web","address":"10.0.0.1","port":80,"zone":"x",'
+        newer += b'"checks":[{"name":"c","type":"tcp","extra":1}]}'
+        db.execute("UPDATE entries SET data = ?, schema = 9 WHERE key = 'a'", (newer,))
+        db.execute("UPDATE entries SET data = ? WHERE key = 'b'", (b'{"id": "b", "port": "x"',))
+        db.commit()
+        db.close()
+        s2 = await opened(SqliteStore(tmp_path / "w.db"))
+        rows = await s2.list()
+        assert [e.key for e in rows] == ["a", "c"]
+        a = rows[0]
+        assert isinstance(a, Instance)
+        assert a.checks[0].name == "c"
+        assert s2.skipped_records == 1
+        assert "instance/b" in caplog.text
+        await s2.close()
+
+    run(go())
+
+
+def test_sqlite_upgrades_a_foundation_database_keeping_everything(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.executescript(
+        """
+        CREATE TABLE instances (id TEXT PRIMARY KEY, revision INTEGER NOT NULL, data BLOB NOT NULL);
+        CREATE TABLE events (revision INTEGER PRIMARY KEY, type TEXT NOT NULL, ts REAL NOT NULL,
+                             data BLOB NOT NULL);
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+        PRAGMA user_version=1;
+        """
+    )
+    a = b'{"id":"a","service":"web","address":"10.0.0.1","port":80}'
+    b = b'{"id":"b","service":"web","address":"10.0.0.2","port":80}'
+    db.execute("INSERT INTO instances VALUES ('a', 1, ?)", (a,))
+    db.execute("INSERT INTO events VALUES (1, 'put', 1.0, ?)", (a,))
+    db.execute("INSERT INTO events VALUES (2, 'put', 2.0, ?)", (b,))
+    db.execute("INSERT INTO events VALUES (3, 'delete', 3.0, ?)", (b,))
+    db.execute("INSERT INTO meta VALUES ('revision', 3)")
+    db.commit()
+    db.close()
+
+    async def go() -> None:
+        s = await opened(SqliteStore(path))
+        rev, rows = await s.snapshot()
+        assert (rev, [(e.key, r) for e, r in rows]) == (3, [("a", 1)])
+        evs = await s.changes(0)
+        assert [(e.revision, e.type, e.entry.key) for e in evs] == [
+            (1, "put", "a"),
+            (2, "put", "b"),
+            (3, "delete", "b"),
+        ]
+        assert await s.put(inst("c")) == 4
         await s.close()
 
     run(go())

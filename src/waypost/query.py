@@ -1,4 +1,6 @@
-"""Reading a query string into a Query, an index and a wait: pure, no HTTP objects."""
+"""Queries over instances, shared by every reader: the server's catalog and API, DNS, the
+client's cache and the proxy all filter with ``matches`` and read query strings with
+``parse_query``, so they can never disagree. Pure: no I/O, no HTTP objects."""
 
 from __future__ import annotations
 
@@ -6,7 +8,8 @@ from collections.abc import Iterable
 
 from waypost.durations import parse_duration
 from waypost.errors import InvalidInput
-from waypost.model import Kind, Query, Status, parse_status
+from waypost.model import Instance, Kind, Query, Status, parse_status
+from waypost.versions import matches as version_matches
 from waypost.versions import parse_constraint
 
 # As Consul: a blocking query waits 5 minutes unless told, and never more than 10.
@@ -14,16 +17,32 @@ DEFAULT_WAIT_S = 300.0
 MAX_WAIT_S = 600.0
 
 _FILTERS = ("service", "version", "tag", "any_tag", "status", "node", "kind")
+# The ``status`` parameter: a comma list of status words (empty means any status).
+_WORDS = "passing|warning|critical|unknown|healthy|degraded|unhealthy"
+STATUS_LIST_PATTERN = rf"\A(?:(?:{_WORDS})(?:,(?:{_WORDS}))*)?\Z"
+# ``any_tag``: a comma list; empty items are ignored.
+INDEX_PATTERN = r"\A[0-9]{1,18}\Z"
 _CONTROL = ("index", "wait")
 
 
+def parse_index(value: str, field: str = "index") -> int:
+    """A revision as a query parameter: a whole number, at most 18 digits."""
+    if not value.isascii() or not value.isdigit() or len(value) > 18:
+        raise InvalidInput(f"{field}: {value!r} is not a whole number", field=field)
+    return int(value)
+
+
 def parse_query(
-    items: Iterable[tuple[str, str]], *, service: str | None = None
+    items: Iterable[tuple[str, str]],
+    *,
+    service: str | None = None,
+    max_wait_s: float = MAX_WAIT_S,
 ) -> tuple[Query, int | None, float]:
     """Turn ``(name, value)`` pairs into ``(query, index, wait_s)``; unknown names are 400.
 
     ``tag`` and ``any_tag`` repeat; ``status`` repeats or takes a comma list; filters on
-    meta are written ``meta.KEY=VALUE``.
+    meta are written ``meta.KEY=VALUE`` (or ``meta[KEY]=VALUE``, OpenAPI's deepObject).
+    Everything is read exactly as written: no trimming, no case folding.
     """
     tags: list[str] = []
     any_tags: list[str] = []
@@ -31,30 +50,24 @@ def parse_query(
     meta: list[tuple[str, str]] = []
     single: dict[str, str] = {}
     index: int | None = None
-    wait_s = DEFAULT_WAIT_S
+    wait_s = min(DEFAULT_WAIT_S, max_wait_s)
     for name, value in items:
         if name == "tag":
             tags.append(value)
         elif name == "any_tag":
             any_tags.extend(v for v in value.split(",") if v)
         elif name == "status":
-            statuses.extend(parse_status(v) for v in value.split(",") if v.strip())
-        elif name.startswith("meta."):
-            key = name[5:]
+            if value:
+                statuses.extend(parse_status(v) for v in value.split(","))
+        elif name.startswith("meta.") or (name.startswith("meta[") and name.endswith("]")):
+            key = name[5:] if name[4] == "." else name[5:-1]
             if not key:
                 raise InvalidInput("meta: write meta filters as meta.KEY=VALUE", field="meta")
             meta.append((key, value))
         elif name == "index":
-            try:
-                index = int(value)
-            except ValueError:
-                raise InvalidInput(
-                    f"index: {value!r} is not a whole number", field="index"
-                ) from None
-            if index < 0:
-                raise InvalidInput("index: must not be negative", field="index")
+            index = parse_index(value)
         elif name == "wait":
-            wait_s = min(parse_duration(value, field="wait"), MAX_WAIT_S)
+            wait_s = min(parse_duration(value, field="wait"), max_wait_s)
         elif name in _FILTERS:
             if name in single and single[name] != value:
                 raise InvalidInput(f"{name}: given twice with different values", field=name)
@@ -89,3 +102,25 @@ def parse_query(
         kind=kind,
     )
     return query, index, wait_s
+
+
+def matches(q: Query, inst: Instance) -> bool:
+    """Whether ``inst`` meets every criterion of ``q`` (the one definition of a match)."""
+    if q.id is not None and inst.id != q.id:
+        return False
+    if q.service is not None and inst.service != q.service:
+        return False
+    if q.kind is not None and inst.kind is not q.kind:
+        return False
+    if q.node is not None and inst.node != q.node:
+        return False
+    if q.status and inst.effective_status not in q.status:
+        return False
+    if q.tags and not all(t in inst.tags for t in q.tags):
+        return False
+    if q.any_tags and not any(t in inst.tags for t in q.any_tags):
+        return False
+    for key, value in q.meta:
+        if inst.meta.get(key) != value:
+            return False
+    return not (q.version is not None and not version_matches(inst.version, q.version))
