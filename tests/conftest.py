@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -29,6 +31,50 @@ def wait_until(cond: Callable[[], Any], timeout_s: float = 10.0, what: str = "co
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
         time.sleep(0.01)
+
+
+# A callback that holds the event loop longer than this fails its test (as
+# python-zeroconf's tests guard theirs): a blocked loop stalls every request, DNS included.
+LOOP_BLOCK_LIMIT_S = 0.1
+
+
+class _SlowCallbacks(logging.Handler):
+    """Collects asyncio's debug-mode reports of callbacks that held the loop too long."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.reports: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith("Executing ") and " took " in message:
+            self.reports.append(message)
+
+
+class _WatchedLoops(asyncio.DefaultEventLoopPolicy):
+    """Every loop a test makes runs in debug mode with the slow-callback limit set."""
+
+    def new_event_loop(self) -> asyncio.AbstractEventLoop:
+        loop = super().new_event_loop()
+        loop.set_debug(True)
+        loop.slow_callback_duration = LOOP_BLOCK_LIMIT_S
+        return loop
+
+
+@pytest.fixture(autouse=True)
+def no_blocked_event_loop() -> Iterator[None]:
+    """Fail a test whose event loop is blocked for more than 100 ms."""
+    handler = _SlowCallbacks()
+    logger = logging.getLogger("asyncio")
+    logger.addHandler(handler)
+    previous = asyncio.get_event_loop_policy()
+    asyncio.set_event_loop_policy(_WatchedLoops())
+    try:
+        yield
+    finally:
+        asyncio.set_event_loop_policy(previous)
+        logger.removeHandler(handler)
+    assert not handler.reports, "the event loop was blocked:\n" + "\n".join(handler.reports)
 
 
 @pytest.fixture(autouse=True)

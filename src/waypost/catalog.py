@@ -65,6 +65,7 @@ class Catalog:
         # revisions (lowest wakes first). A waiter that times out leaves its group at once.
         self._waiters: dict[int, set[asyncio.Future[bool]]] = {}
         self._targets: list[int] = []
+        self._in_targets: set[int] = set()
 
     # --- feeding -------------------------------------------------------------------------
 
@@ -224,7 +225,9 @@ class Catalog:
     def _notify(self) -> None:
         targets = self._targets
         while targets and targets[0] <= self.revision:
-            group = self._waiters.pop(heapq.heappop(targets), None)
+            target = heapq.heappop(targets)
+            self._in_targets.discard(target)
+            group = self._waiters.pop(target, None)
             for fut in group or ():
                 _settle(fut, True)
         for listener in tuple(self._listeners):
@@ -239,7 +242,9 @@ class Catalog:
         group = self._waiters.get(revision)
         if group is None:
             group = self._waiters[revision] = set()
-            heapq.heappush(self._targets, revision)
+            if revision not in self._in_targets:
+                self._in_targets.add(revision)
+                heapq.heappush(self._targets, revision)
         group.add(fut)
         # A timer, not asyncio.wait_for: that costs a task per call on the write path.
         timer = loop.call_later(timeout_s, _settle, fut, False)
@@ -257,6 +262,7 @@ class Catalog:
         # when they dominate, so an idle catalog's heap stays as small as its waiters.
         if len(self._targets) > 64 and len(self._targets) > 2 * len(self._waiters):
             self._targets = list(self._waiters)
+            self._in_targets = set(self._targets)
             heapq.heapify(self._targets)
 
     @property

@@ -143,17 +143,19 @@ class SseParser:
 
 # --- positions in Waypost's event stream -------------------------------------------------
 #
-# Several events may share a revision. The last (or only) event of revision R carries the
-# id "R"; the ones before it "R.i" (i its place in the revision, from 0). Resuming from
-# "R" gives every event of later revisions; from "R.i", the rest of R first.
+# Several events may share a revision. The only event of revision R carries the id "R"
+# (as every event did before revisions held several); the events of a revision of
+# several carry "R.i" (i their place in it, from 0), and an id-only frame "R" follows the
+# last. Resuming from "R" gives every event of later revisions; from "R.i", the rest of R
+# first.
 
 WHOLE = -1
 """The index of a position that is past every event of its revision."""
 
 
-def event_id(revision: int, index: int, last_of_revision: bool) -> str:
-    """The SSE id of an event."""
-    return str(revision) if last_of_revision else f"{revision}.{index}"
+def event_id(revision: int, index: int, single: bool) -> str:
+    """The SSE id of an event (``single``: the only event of its revision)."""
+    return str(revision) if single else f"{revision}.{index}"
 
 
 def parse_event_id(text: str) -> tuple[int, int] | None:

@@ -474,14 +474,14 @@ class FrameCache:
     def __init__(self) -> None:
         self._frames: dict[tuple[int, int, bool], bytes] = {}
 
-    def frame(self, ev: Event, last_of_revision: bool) -> bytes:
-        key = (ev.revision, ev.index, last_of_revision)
+    def frame(self, ev: Event, single: bool) -> bytes:
+        key = (ev.revision, ev.index, single)
         got = self._frames.get(key)
         if got is None:
             # Instance events keep the names they always had (put, delete); the other
             # kinds are named kind.type, which clients that know only instances ignore.
             name = ev.type if ev.kind == "instance" else f"{ev.kind}.{ev.type}"
-            eid = sse_frames.event_id(ev.revision, ev.index, last_of_revision)
+            eid = sse_frames.event_id(ev.revision, ev.index, single)
             got = sse_frames.frame(_encode(ev.entry), event=name, id=eid)
             if len(self._frames) >= self.LIMIT:
                 self._frames.clear()
@@ -560,8 +560,12 @@ def _render(
         if not _after(ev, sent) or not _wanted(ev, kinds, service):
             continue
         last = n + 1 == len(backlog) or backlog[n + 1].revision != ev.revision
-        parts.append(frames.frame(ev, last))
-        sent = (ev.revision, sse_frames.WHOLE if last else ev.index)
+        single = last and ev.index == 0
+        parts.append(frames.frame(ev, single))
+        sent = (ev.revision, sse_frames.WHOLE if single else ev.index)
+        if last and not single:  # the revision is complete: say so (resume from "R")
+            parts.append(sse_frames.id_only(ev.revision))
+            sent = (ev.revision, sse_frames.WHOLE)
     if upto > sent[0] or (upto == sent[0] and sent[1] != sse_frames.WHOLE):
         parts.append(sse_frames.id_only(upto))
         sent = (upto, sse_frames.WHOLE)

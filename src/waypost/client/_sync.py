@@ -301,13 +301,17 @@ class Client:
         service: str | None = None,
         *,
         index: int | None = None,
+        after: Event | None = None,
         kinds: Sequence[str] = ("instance",),
     ) -> Iterator[Event]:
         """Every change after ``index`` (default: now), in order, exactly once, across
         reconnects and server restarts; of instances unless ``kinds`` names others
-        (``node``, ``service_config``, ``route``). Raises Gone when ``index`` is older
-        than the log."""
+        (``node``, ``service_config``, ``route``). ``after=event`` resumes right after an
+        event a watch gave (also inside a revision of several). Raises Gone when ``index``
+        is older than the log."""
         state = WatchState(service, index, kinds)
+        if after is not None:
+            state.position = (after.revision, after.index)
         while True:
             for url in self._servers.order():
                 try:
