@@ -32,6 +32,7 @@ DURATION_PATTERN = (
 # Spellings of zero, refused where a duration must be longer than zero.
 ZERO_DURATION_PATTERN = rf"\A(?:[0.]+{_UNITS}?)+\Z"
 _DURATION_RE = re.compile(DURATION_PATTERN)
+MAX_DURATION_CHARS = 32
 _PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ns|us|µs|ms|s|m|h)")
 # Four parts of 99999.999h is under 46 years; nothing the pattern admits is longer.
 MAX_DURATION_S = 50 * 366 * 24 * 3600.0
@@ -42,7 +43,7 @@ def parse_duration(text: str, *, field: str = "duration") -> float:
     """Parse ``text`` into seconds; raise InvalidInput naming ``field`` when malformed."""
     if not text:
         raise InvalidInput(f"{field}: empty duration", field=field)
-    if _DURATION_RE.match(text) is None:
+    if len(text) > MAX_DURATION_CHARS or _DURATION_RE.match(text) is None:
         raise InvalidInput(
             f"{field}: {text!r} is not a duration (use forms like 500ms, 10s, 1m30s, 2h)",
             field=field,

@@ -585,19 +585,35 @@ def translate_validation_error(exc: msgspec.ValidationError | msgspec.DecodeErro
     return InvalidInput(f"{fld}: {_plain(problem)}", field=fld)
 
 
-def _known_fields(value: object, info: mi.Type) -> object:
-    """``value`` with every object key the type does not know dropped, recursively."""
+def _normalised(value: object, info: mi.Type, *, drop_unknown: bool) -> object:
+    """``value`` as the type reads it: integral floats (``139.0``, ``1e2``, which JSON
+    Schema counts as integers) made ints where an int is expected, and, with
+    ``drop_unknown``, every object key the type does not know dropped; recursively."""
+    while isinstance(info, mi.Metadata):
+        info = info.type
+    if isinstance(info, mi.IntType) and isinstance(value, float) and value.is_integer():
+        return int(value)
     if isinstance(info, mi.StructType) and isinstance(value, dict):
         fields = {f.encode_name: f.type for f in info.fields}
-        return {k: _known_fields(v, fields[k]) for k, v in value.items() if k in fields}
+        return {
+            k: _normalised(v, fields[k], drop_unknown=drop_unknown) if k in fields else v
+            for k, v in value.items()
+            if k in fields or not drop_unknown
+        }
     if isinstance(info, mi.ListType | mi.VarTupleType | mi.SetType) and isinstance(value, list):
-        return [_known_fields(v, info.item_type) for v in value]
+        return [_normalised(v, info.item_type, drop_unknown=drop_unknown) for v in value]
     if isinstance(info, mi.DictType) and isinstance(value, dict):
-        return {k: _known_fields(v, info.value_type) for k, v in value.items()}
-    if isinstance(info, mi.UnionType) and isinstance(value, dict):
+        return {
+            k: _normalised(v, info.value_type, drop_unknown=drop_unknown) for k, v in value.items()
+        }
+    if isinstance(info, mi.UnionType):
         for option in info.types:
-            if isinstance(option, mi.StructType | mi.DictType):
-                return _known_fields(value, option)
+            while isinstance(option, mi.Metadata):
+                option = option.type
+            if isinstance(option, mi.IntType) and isinstance(value, float):
+                return _normalised(value, option, drop_unknown=drop_unknown)
+            if isinstance(option, mi.StructType | mi.DictType) and isinstance(value, dict):
+                return _normalised(value, option, drop_unknown=drop_unknown)
     return value
 
 
@@ -619,18 +635,29 @@ def decode_lenient(data: bytes | str, type_: type[T]) -> T:
         if "unknown field" not in str(exc):
             raise translate_validation_error(exc) from None
     try:
-        known = _known_fields(msgspec.json.decode(data), _type_info(type_))  # type: ignore[arg-type]
+        raw = msgspec.json.decode(data)
+        known = _normalised(raw, _type_info(type_), drop_unknown=True)  # type: ignore[arg-type]
         return msgspec.convert(known, type_)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise translate_validation_error(exc) from None
 
 
 def decode(data: bytes | str, type_: type[T]) -> T:
-    """Decode JSON into ``type_``, raising InvalidInput with the failing field named."""
+    """Decode JSON into ``type_`` exactly (unknown fields refused), raising InvalidInput
+    with the failing field named. An integral float where an int is expected (``80.0``)
+    is an integer, as JSON Schema reads it."""
     try:
         return msgspec.json.decode(data, type=type_)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        raise translate_validation_error(exc) from None
+        if "got `float`" not in str(exc):
+            raise translate_validation_error(exc) from None
+        first = exc
+    try:
+        raw = msgspec.json.decode(data)
+        fixed = _normalised(raw, _type_info(type_), drop_unknown=False)  # type: ignore[arg-type]
+        return msgspec.convert(fixed, type_)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        raise translate_validation_error(first) from None
 
 
 def decode_instance(data: bytes | str) -> Instance:

@@ -4,11 +4,20 @@ client's cache and the proxy all filter with ``matches`` and read query strings 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 from waypost.durations import parse_duration
 from waypost.errors import InvalidInput
-from waypost.model import Instance, Kind, Query, Status, parse_status
+from waypost.model import (
+    MAX_META_KEY_LEN,
+    META_KEY_PATTERN,
+    Instance,
+    Kind,
+    Query,
+    Status,
+    parse_status,
+)
 from waypost.versions import matches as version_matches
 from waypost.versions import parse_constraint
 
@@ -23,6 +32,7 @@ STATUS_LIST_PATTERN = rf"\A(?:(?:{_WORDS})(?:,(?:{_WORDS}))*)?\Z"
 # ``any_tag``: a comma list; empty items are ignored.
 INDEX_PATTERN = r"\A[0-9]{1,18}\Z"
 _CONTROL = ("index", "wait")
+_META_KEY_RE = re.compile(META_KEY_PATTERN.replace("+", f"{{1,{MAX_META_KEY_LEN}}}"))
 
 
 def parse_index(value: str, field: str = "index") -> int:
@@ -60,9 +70,17 @@ def parse_query(
             if value:
                 statuses.extend(parse_status(v) for v in value.split(","))
         elif name.startswith("meta.") or (name.startswith("meta[") and name.endswith("]")):
+            # A key no instance could have (meta keys use letters, digits and _ . - /),
+            # a nested one (meta[a][b]) or one given twice is no filter at all.
             key = name[5:] if name[4] == "." else name[5:-1]
-            if not key:
-                raise InvalidInput("meta: write meta filters as meta.KEY=VALUE", field="meta")
+            if _META_KEY_RE.match(key) is None:
+                raise InvalidInput(
+                    f"{name}: meta keys use letters, digits and _ . - / only "
+                    "(write meta filters as meta.KEY=VALUE)",
+                    field="meta",
+                )
+            if any(k == key for k, _ in meta):
+                raise InvalidInput(f"{name}: given twice", field="meta")
             meta.append((key, value))
         elif name == "index":
             index = parse_index(value)

@@ -30,7 +30,7 @@ import msgspec
 
 from waypost.catalog import Catalog
 from waypost.durations import parse_duration
-from waypost.errors import Conflict, Gone, InvalidInput, NotFound, WaypostError
+from waypost.errors import Conflict, Gone, NotFound, WaypostError
 from waypost.health.ttl import TtlTimers
 from waypost.model import (
     MAX_LEASE_ID,
@@ -265,13 +265,12 @@ class Registry:
         """Apply registrations and deregistrations all or nothing, at one revision."""
         ids = [i.id for i in register]
         if len(set(ids)) != len(ids):
-            raise InvalidInput("register: an instance id appears twice", field="register")
+            raise Conflict("register: an instance id appears twice", field="register")
         if set(ids) & set(deregister):
-            raise InvalidInput(
+            raise Conflict(
                 "batch: the same id is both registered and deregistered", field="deregister"
             )
-        if len(set(deregister)) != len(deregister):
-            raise InvalidInput("deregister: an instance id appears twice", field="deregister")
+        deregister = list(dict.fromkeys(deregister))  # once is enough
         if not register and not deregister:
             return self.catalog.revision
         prepared = [self.prepare(i) for i in register]
@@ -329,7 +328,7 @@ class Registry:
         if inst is None:
             raise missing("instance", instance_id)
         if not inst.ttl:
-            raise InvalidInput(
+            raise Conflict(
                 f"instance {instance_id!r} has no ttl; only TTL instances take heartbeats",
                 field="ttl",
             )

@@ -258,6 +258,6 @@ def test_heartbeats_keep_a_ttl_instance_passing(http: httpx.Client) -> None:
 def test_heartbeat_without_ttl_is_refused(http: httpx.Client) -> None:
     http.put("/api/v1/instances/w", json=instance("w"))
     r = http.put("/api/v1/instances/w/heartbeat")
-    assert r.status_code == 400
+    assert r.status_code == 409
     assert "no ttl" in r.json()["message"]
     assert http.put("/api/v1/instances/none/heartbeat").status_code == 404

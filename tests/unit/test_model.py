@@ -125,3 +125,52 @@ def test_names_are_accepted_only_when_dns_safe(name: str) -> None:
 def test_instances_encode_and_decode_unchanged() -> None:
     inst = decode_instance(body(tags=["a", "b"], meta={"zone": "eu"}, version="1.0.0-rc.1"))
     assert msgspec.json.decode(msgspec.json.encode(inst), type=Instance) == inst
+
+
+@given(st.ip_addresses())
+def test_every_ip_address_is_an_address_in_any_spelling(ip: object) -> None:
+    import ipaddress
+
+    from waypost.model import is_address
+
+    assert isinstance(ip, ipaddress.IPv4Address | ipaddress.IPv6Address)
+    assert is_address(str(ip))
+    if isinstance(ip, ipaddress.IPv6Address):
+        assert is_address(ip.exploded)
+        assert is_address(ip.exploded.upper())
+
+
+@given(st.text(alphabet="0123456789abcdef:.ABCDEFx-", max_size=45))
+def test_an_address_is_an_ip_literal_or_a_host_name_never_anything_else(text: str) -> None:
+    import ipaddress
+
+    from waypost.model import is_address, is_hostname
+
+    try:
+        ipaddress.ip_address(text)
+        literal = True
+    except ValueError:
+        literal = False
+    if "%" in text:
+        literal = False
+    assert is_address(text) == (literal or is_hostname(text))
+
+
+@pytest.mark.parametrize(
+    ("name", "ok"),
+    [
+        ("db.internal", True),
+        ("host-1", True),
+        ("web.local.", True),
+        ("10.0.0.999", False),
+        ("1.2.3", False),
+        ("-a.b", False),
+        ("a..b", False),
+        ("a" * 64, False),
+        ("x.1com", True),
+    ],
+)
+def test_host_names_follow_rfc_1123(name: str, ok: bool) -> None:
+    from waypost.model import is_hostname
+
+    assert is_hostname(name) is ok

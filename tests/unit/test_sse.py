@@ -48,3 +48,33 @@ def test_frames_survive_any_split_into_chunks(
     assert [(m.data, m.event, m.id) for m in got] == [
         (d, e, str(i)) for i, (d, e) in enumerate(events, 1)
     ]
+
+
+@given(
+    st.integers(min_value=0, max_value=10**18 - 1),
+    st.integers(min_value=0, max_value=10**9 - 1),
+    st.booleans(),
+)
+def test_event_ids_round_trip(revision: int, index: int, single: bool) -> None:
+    from waypost.sse import WHOLE, event_id, parse_event_id
+
+    text = event_id(revision, index, single)
+    assert parse_event_id(text) == (revision, WHOLE if single else index)
+
+
+@given(st.text(max_size=24))
+def test_an_event_id_is_read_exactly_or_not_at_all(text: str) -> None:
+    import re
+
+    from waypost.sse import parse_event_id
+
+    exact = re.fullmatch(r"[0-9]{1,18}(\.[0-9]{1,9})?", text, flags=re.ASCII)
+    assert (parse_event_id(text) is not None) == (exact is not None)
+
+
+@given(st.lists(st.binary(max_size=30), max_size=20))
+def test_the_parser_takes_any_bytes_without_crashing(chunks: list[bytes]) -> None:
+    p = SseParser()
+    for chunk in chunks:
+        for msg in p.feed(chunk):
+            assert isinstance(msg.data, str)

@@ -17,6 +17,8 @@ from waypost.durations import DURATION_PATTERN
 from waypost.model import (
     LABEL_PATTERN,
     MAX_LEASE_ID,
+    MAX_META_KEY_LEN,
+    META_KEY_PATTERN,
     Batch,
     BatchResult,
     ErrorBody,
@@ -126,7 +128,14 @@ _FILTER_PARAMS: list[dict[str, Any]] = [
         "in": "query",
         "style": "deepObject",
         "explode": True,
-        "schema": {"type": "object", "additionalProperties": {"type": "string"}},
+        "schema": {
+            "type": "object",
+            "propertyNames": {
+                "pattern": ecma_pattern(META_KEY_PATTERN),
+                "maxLength": MAX_META_KEY_LEN,
+            },
+            "additionalProperties": {"type": "string"},
+        },
         "description": "Written meta.KEY=VALUE (or meta[KEY]=VALUE); every pair must match",
     },
 ]
