@@ -481,6 +481,58 @@ class LeaseExpiry:
                 await asyncio.sleep(LEASE_RETRY_S)
 
 
+class LocalLeases:
+    """The lease operations of a store that keeps lease deadlines itself (memory, SQLite):
+    grants and revocations go through its ``apply``; keep-alives only move a deadline."""
+
+    _leases: LeaseClock
+    _clock: Clock
+    _expiry: LeaseExpiry
+
+    def _check_open(self) -> None:
+        raise NotImplementedError
+
+    async def apply(self, ops: Sequence[Op]) -> int:
+        raise NotImplementedError
+
+    async def grant(self, ttl_s: float, *, lease_id: int | None = None) -> int:
+        lease_id = lease_id or new_lease_id(self._leases.__contains__)
+        await self.apply([Grant(lease=lease_id, ttl_s=check_ttl(ttl_s))])
+        return lease_id
+
+    async def keepalive(self, lease_id: int) -> float:
+        self._check_open()
+        ttl_s = self._leases.renew(lease_id, self._clock())
+        if ttl_s is None:
+            raise NotFound(f"lease {lease_id} does not exist", field="lease")
+        return ttl_s
+
+    async def revoke(self, lease_id: int) -> int:
+        return await self.apply([Revoke(lease=lease_id)])
+
+    def _lease_state(self, lease_id: int) -> tuple[float, float, set[tuple[str, str]]]:
+        self._check_open()
+        state = self._leases.state(lease_id, self._clock())
+        if state is None:
+            raise NotFound(f"lease {lease_id} does not exist", field="lease")
+        return state
+
+    async def leases(self) -> list[LeaseState]:
+        self._check_open()
+        now = self._clock()
+        out = []
+        for lease_id in self._leases.ids():
+            state = self._leases.state(lease_id, now)
+            if state is not None:
+                out.append(LeaseState(id=lease_id, ttl_s=state[0], remaining_s=state[1]))
+        return out
+
+    async def expire_due(self) -> list[int]:
+        """Revoke every lease past its deadline on the store's clock now (a test's
+        ManualClock moves it); the store's own task does this at each deadline."""
+        return await self._expiry.expire_due()
+
+
 def monotonic() -> float:
     """The default clock of lease deadlines."""
     return time.monotonic()

@@ -6,7 +6,7 @@ import collections
 import time
 from collections.abc import AsyncIterator, Sequence
 
-from waypost.errors import NotFound, Unavailable
+from waypost.errors import Unavailable
 from waypost.model import Entry, Event
 from waypost.store.base import (
     CHANGES_PAGE,
@@ -14,19 +14,16 @@ from waypost.store.base import (
     DEFAULT_EVENT_WINDOW_S,
     ChangeFeed,
     Clock,
-    Grant,
     LeaseClock,
     LeaseExpiry,
     LeaseState,
+    LocalLeases,
     Op,
-    Revoke,
     Stored,
     StoreOps,
     apply_ops,
-    check_ttl,
     gone,
     monotonic,
-    new_lease_id,
     watch_with_backlog,
     whole_revisions,
 )
@@ -82,7 +79,7 @@ class _DictTx:
         return out
 
 
-class MemoryStore(StoreOps):
+class MemoryStore(LocalLeases, StoreOps):
     """Store in process memory; for tests and throw-away dev servers."""
 
     kind = "memory"
@@ -179,42 +176,8 @@ class MemoryStore(StoreOps):
     async def ping(self) -> None:
         self._check_open()
 
-    # --- leases --------------------------------------------------------------------------
-
-    async def grant(self, ttl_s: float, *, lease_id: int | None = None) -> int:
-        lease_id = lease_id or new_lease_id(self._leases.__contains__)
-        await self.apply([Grant(lease=lease_id, ttl_s=check_ttl(ttl_s))])
-        return lease_id
-
-    async def keepalive(self, lease_id: int) -> float:
-        self._check_open()
-        ttl_s = self._leases.renew(lease_id, self._clock())
-        if ttl_s is None:
-            raise NotFound(f"lease {lease_id} does not exist", field="lease")
-        return ttl_s
-
-    async def revoke(self, lease_id: int) -> int:
-        return await self.apply([Revoke(lease=lease_id)])
+    # --- leases (the rest in LocalLeases) -----------------------------------------------
 
     async def lease(self, lease_id: int) -> LeaseState:
-        self._check_open()
-        state = self._leases.state(lease_id, self._clock())
-        if state is None:
-            raise NotFound(f"lease {lease_id} does not exist", field="lease")
-        ttl_s, remaining_s, refs = state
+        ttl_s, remaining_s, refs = self._lease_state(lease_id)
         return LeaseState(id=lease_id, ttl_s=ttl_s, remaining_s=remaining_s, entries=sorted(refs))
-
-    async def leases(self) -> list[LeaseState]:
-        self._check_open()
-        now = self._clock()
-        out = []
-        for lease_id in self._leases.ids():
-            state = self._leases.state(lease_id, now)
-            if state is not None:
-                out.append(LeaseState(id=lease_id, ttl_s=state[0], remaining_s=state[1]))
-        return out
-
-    async def expire_due(self) -> list[int]:
-        """Revoke every lease past its deadline on the store's clock (a test's ManualClock
-        moves it); the store's own task does this at each deadline."""
-        return await self._expiry.expire_due()

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from waypost.errors import NotFound, StoreError, Unavailable, WaypostError
+from waypost.errors import StoreError, Unavailable, WaypostError
 from waypost.model import SCHEMA_VERSION, Entry, Event
 from waypost.store.base import (
     CHANGES_PAGE,
@@ -40,17 +40,16 @@ from waypost.store.base import (
     LeaseClock,
     LeaseExpiry,
     LeaseState,
+    LocalLeases,
     Op,
     Put,
     Revoke,
     Stored,
     StoreOps,
     apply_ops,
-    check_ttl,
     decode_record,
     gone,
     monotonic,
-    new_lease_id,
     watch_with_backlog,
 )
 
@@ -209,7 +208,7 @@ def _migrate(conn: sqlite3.Connection, version: int, path: Path) -> None:
     raise StoreError(f"{path} has layout version {version}; this Waypost reads {DB_VERSION}")
 
 
-class SqliteStore(StoreOps):
+class SqliteStore(LocalLeases, StoreOps):
     """Store in one SQLite file; the default for a single server."""
 
     kind = "sqlite"
@@ -532,8 +531,7 @@ class SqliteStore(StoreOps):
     def _submit(
         self, job_ops: Sequence[Op] | None, fn: Callable[[sqlite3.Connection], T] | None
     ) -> asyncio.Future[Any]:
-        if self._closed:  # also set when the writer thread ends, whatever the reason
-            raise Unavailable("the SQLite store is closed")
+        self._check_open()  # closed is also set when the writer thread ends, for any reason
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue.put(_Job(fut, ops=job_ops, fn=fn))
         return fut
@@ -598,28 +596,14 @@ class SqliteStore(StoreOps):
         except TimeoutError:
             raise StoreError("the SQLite store did not answer within 5 s") from None
 
-    # --- leases --------------------------------------------------------------------------
+    # --- leases (the rest in LocalLeases) -----------------------------------------------
 
-    async def grant(self, ttl_s: float, *, lease_id: int | None = None) -> int:
-        lease_id = lease_id or new_lease_id(self._leases.__contains__)
-        await self.apply([Grant(lease=lease_id, ttl_s=check_ttl(ttl_s))])
-        return lease_id
-
-    async def keepalive(self, lease_id: int) -> float:
+    def _check_open(self) -> None:
         if self._closed:
             raise Unavailable("the SQLite store is closed")
-        ttl_s = self._leases.renew(lease_id, self._clock())
-        if ttl_s is None:
-            raise NotFound(f"lease {lease_id} does not exist", field="lease")
-        return ttl_s
-
-    async def revoke(self, lease_id: int) -> int:
-        return await self.apply([Revoke(lease=lease_id)])
 
     async def lease(self, lease_id: int) -> LeaseState:
-        state = self._leases.state(lease_id, self._clock())
-        if state is None:
-            raise NotFound(f"lease {lease_id} does not exist", field="lease")
+        ttl_s, remaining_s, _ = self._lease_state(lease_id)
 
         def read(conn: sqlite3.Connection) -> list[tuple[str, str]]:
             rows = conn.execute(
@@ -628,22 +612,7 @@ class SqliteStore(StoreOps):
             return [(k, key) for k, key in rows]
 
         refs = await self._read(read)
-        return LeaseState(id=lease_id, ttl_s=state[0], remaining_s=state[1], entries=refs)
-
-    async def leases(self) -> list[LeaseState]:
-        if self._closed:
-            raise Unavailable("the SQLite store is closed")
-        now = self._clock()
-        out = []
-        for lease_id in self._leases.ids():
-            state = self._leases.state(lease_id, now)
-            if state is not None:
-                out.append(LeaseState(id=lease_id, ttl_s=state[0], remaining_s=state[1]))
-        return out
-
-    async def expire_due(self) -> list[int]:
-        """Revoke every lease past its deadline on the store's clock now."""
-        return await self._expiry.expire_due()
+        return LeaseState(id=lease_id, ttl_s=ttl_s, remaining_s=remaining_s, entries=refs)
 
 
 def _settle(fut: asyncio.Future[Any], result: object) -> None:
