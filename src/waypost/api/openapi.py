@@ -17,8 +17,6 @@ from waypost.durations import DURATION_PATTERN
 from waypost.model import (
     LABEL_PATTERN,
     MAX_LEASE_ID,
-    MAX_META_KEY_LEN,
-    META_KEY_PATTERN,
     Batch,
     BatchResult,
     ErrorBody,
@@ -94,21 +92,20 @@ _FILTER_PARAMS: list[dict[str, Any]] = [
         "schema": {"type": "string", "pattern": ecma_pattern(CONSTRAINT_PATTERN)},
         "description": "Version constraint such as `>=1.2,<2` or `^1.2`",
     },
+    # Repeatable (tag=a&tag=b); declared as strings, since a query string carries text
+    # only and schema-typed arrays invite fuzzers to send values that no wire can tell
+    # apart from text (false, 5).
     {
         "name": "tag",
         "in": "query",
-        "schema": {"type": "array", "items": {"type": "string"}},
-        "style": "form",
-        "explode": True,
-        "description": "Every one of these tags",
+        "schema": {"type": "string"},
+        "description": "Has this tag; repeat the parameter for every one of several",
     },
     {
         "name": "any_tag",
         "in": "query",
-        "schema": {"type": "array", "items": {"type": "string"}},
-        "style": "form",
-        "explode": True,
-        "description": "At least one of these tags (each may be a comma list)",
+        "schema": {"type": "string"},
+        "description": "Has at least one of these tags: a comma list, or repeat the parameter",
     },
     {
         "name": "status",
@@ -123,22 +120,13 @@ _FILTER_PARAMS: list[dict[str, Any]] = [
         "in": "query",
         "schema": {"type": "string", "enum": ["service", "network", "actor"]},
     },
-    {
-        "name": "meta",
-        "in": "query",
-        "style": "deepObject",
-        "explode": True,
-        "schema": {
-            "type": "object",
-            "propertyNames": {
-                "pattern": ecma_pattern(META_KEY_PATTERN),
-                "maxLength": MAX_META_KEY_LEN,
-            },
-            "additionalProperties": {"type": "string"},
-        },
-        "description": "Written meta.KEY=VALUE (or meta[KEY]=VALUE); every pair must match",
-    },
 ]
+# Meta filters are parameters named by a pattern (meta.KEY=VALUE, or meta[KEY]=VALUE),
+# which OpenAPI cannot declare; the operations say so in their description.
+_META_FILTERS = (
+    " Filter on meta with `meta.KEY=VALUE` (or `meta[KEY]=VALUE`), repeated for several keys;"
+    " a key uses letters, digits and `_ . - /` (else 400), and each key at most once."
+)
 _BLOCKING_PARAMS: list[dict[str, Any]] = [
     {
         "name": "index",
@@ -185,8 +173,11 @@ def _op(
     body: str | None = None,
     params: list[dict[str, Any]] | None = None,
     errors: tuple[int, ...] = _WRITE_ERRORS,
+    description: str | None = None,
 ) -> dict[str, Any]:
     op: dict[str, Any] = {"summary": summary, "responses": {**responses, **_errors(*errors)}}
+    if description is not None:
+        op["description"] = description
     if body is not None:
         op["requestBody"] = {"required": True, "content": _json_content(_ref(body))}
     if params:
@@ -268,6 +259,7 @@ def openapi_spec(version: str) -> dict[str, Any]:
                     *_BLOCKING_PARAMS,
                 ],
                 errors=reads,
+                description=_META_FILTERS.strip(),
             ),
         },
         "/api/v1/services": {
@@ -284,6 +276,7 @@ def openapi_spec(version: str) -> dict[str, Any]:
                 {"200": _ok(instances, blocking=True)},
                 params=[_path("name"), *_FILTER_PARAMS, *_BLOCKING_PARAMS],
                 errors=reads,
+                description=_META_FILTERS.strip(),
             ),
         },
         "/api/v1/services/{name}/config": {
