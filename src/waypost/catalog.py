@@ -47,7 +47,8 @@ class Catalog:
     def __init__(self, *, recent_events: int = DEFAULT_RECENT_EVENTS) -> None:
         self.revision = 0
         self._by_id: dict[str, Instance] = {}
-        self._mod: dict[tuple[str, str], int] = {}
+        self._mod: dict[str, int] = {}  # instance id -> mod revision (the hot path)
+        self._other_mod: dict[tuple[str, str], int] = {}
         self._others: dict[str, dict[str, Entry]] = {k: {} for k in KINDS if k != "instance"}
         self._by_service: dict[str, dict[str, Instance]] = {}
         self._by_tag: dict[str, set[str]] = {}
@@ -56,8 +57,7 @@ class Catalog:
         self._empty_services: collections.OrderedDict[str, int] = collections.OrderedDict()
         self._kind_rev: dict[str, int] = dict.fromkeys(KINDS, 0)
         self._sorted: dict[str, list[Instance]] = {}
-        self._recent: collections.deque[Event] = collections.deque()
-        self._recent_max = recent_events
+        self._recent: collections.deque[Event] = collections.deque(maxlen=recent_events)
         # Every event after this revision is in ``_recent``.
         self._recent_floor = 0
         self._listeners: list[Listener] = []
@@ -76,7 +76,7 @@ class Catalog:
         every kind that changed, takes ``revision`` as its own, so blocking queries wake
         and no cached answer outlives what it showed."""
         rows = list(entries)
-        old = self._mod
+        old = {("instance", k): v for k, v in self._mod.items()} | self._other_mod
         new = {(e.KIND, e.key): mod for e, mod in rows}
         old_instances = dict(self._by_id)
         changed_kinds = {k for (k, key), mod in old.items() if new.get((k, key)) != mod}
@@ -87,6 +87,7 @@ class Catalog:
                 touched.add(old_instances[key].service)
         self._by_id = {}
         self._mod = {}
+        self._other_mod = {}
         self._others = {k: {} for k in KINDS if k != "instance"}
         self._by_service.clear()
         self._by_tag.clear()
@@ -104,7 +105,7 @@ class Catalog:
                     touched.add(entry.service)
             else:
                 self._others[entry.KIND][entry.key] = entry
-                self._mod[(entry.KIND, entry.key)] = mod
+                self._other_mod[(entry.KIND, entry.key)] = mod
         bump = max(revision, self.revision)
         for service in touched:
             self._bump_service(service, bump)
@@ -124,6 +125,8 @@ class Catalog:
         skipped. ``revision`` moves the catalog past revisions with no event of ours."""
         start = self.revision
         applied = False
+        recent = self._recent
+        full = recent.maxlen
         for ev in events:
             if ev.revision <= start:
                 continue
@@ -132,7 +135,8 @@ class Catalog:
                 old = self._by_id.get(entry.id)
                 if old is not None:
                     self._unindex(old)
-                    self._bump_service(old.service, ev.revision)
+                    if old.service != entry.service:
+                        self._bump_service(old.service, ev.revision)
                 if ev.type == "put":
                     self._index(entry, ev.revision)
                 self._bump_service(entry.service, ev.revision)
@@ -140,13 +144,17 @@ class Catalog:
                 bucket = self._others[entry.KIND]
                 if ev.type == "put":
                     bucket[entry.key] = entry
-                    self._mod[(entry.KIND, entry.key)] = ev.revision
+                    self._other_mod[(entry.KIND, entry.key)] = ev.revision
                 else:
                     bucket.pop(entry.key, None)
-                    self._mod.pop((entry.KIND, entry.key), None)
+                    self._other_mod.pop((entry.KIND, entry.key), None)
             self._kind_rev[entry.KIND] = ev.revision
             self.revision = ev.revision
-            self._remember(ev)
+            if len(recent) == full:
+                # The oldest event leaves the ring: events after its revision are all still
+                # here, what is left of its own revision is not, so the floor is there.
+                self._recent_floor = recent[0].revision
+            recent.append(ev)
             applied = True
         if revision is not None and revision > self.revision:
             # Revisions with no event of ours (etcd): the ring stays complete.
@@ -155,21 +163,12 @@ class Catalog:
         if applied:
             self._notify()
 
-    def _remember(self, ev: Event) -> None:
-        recent = self._recent
-        recent.append(ev)
-        if len(recent) > self._recent_max:
-            dropped = recent.popleft()
-            # Events after the dropped one's revision are all still here; what is left of
-            # its own revision is not complete, so the floor is that revision.
-            self._recent_floor = dropped.revision
-
     def _bump_service(self, service: str, revision: int) -> None:
-        self._empty_services.pop(service, None)
         if service in self._by_service:
-            self._service_rev[service] = revision
+            self._service_rev[service] = revision  # (a live service is never among the empty)
             return
         # No instances left: keep the revision among the bounded empty ones.
+        self._empty_services.pop(service, None)
         self._service_rev.pop(service, None)
         self._empty_services[service] = revision
         if len(self._empty_services) > MAX_EMPTY_SERVICES:
@@ -177,7 +176,7 @@ class Catalog:
 
     def _index(self, inst: Instance, mod: int) -> None:
         self._by_id[inst.id] = inst
-        self._mod[("instance", inst.id)] = mod
+        self._mod[inst.id] = mod
         if inst.service not in self._by_service:
             self._by_service[inst.service] = {}
             gone = self._empty_services.pop(inst.service, None)
@@ -192,7 +191,7 @@ class Catalog:
 
     def _unindex(self, inst: Instance) -> None:
         del self._by_id[inst.id]
-        self._mod.pop(("instance", inst.id), None)
+        self._mod.pop(inst.id, None)
         members = self._by_service.get(inst.service)
         if members is not None:
             members.pop(inst.id, None)
@@ -289,7 +288,9 @@ class Catalog:
 
     def mod_revision(self, instance_id: str, kind: str = "instance") -> int:
         """The revision of the last change to this entry (0 when unknown)."""
-        return self._mod.get((kind, instance_id), 0)
+        if kind == "instance":
+            return self._mod.get(instance_id, 0)
+        return self._other_mod.get((kind, instance_id), 0)
 
     def service_revision(self, service: str) -> int:
         """The revision of the last change to any instance of ``service`` (0 if never)."""

@@ -60,7 +60,7 @@ def parse_query(
     meta: list[tuple[str, str]] = []
     single: dict[str, str] = {}
     index: int | None = None
-    wait_s = min(DEFAULT_WAIT_S, max_wait_s)
+    wait_s = DEFAULT_WAIT_S if max_wait_s >= DEFAULT_WAIT_S else max_wait_s
     for name, value in items:
         if name == "tag":
             tags.append(value)

@@ -241,8 +241,17 @@ class Registry:
                 ops.append(Grant(lease=lease_id, ttl_s=ttl_lease_s(inst)))
         return ops
 
+    async def register(self, inst: Instance) -> int:
+        """Register or replace one instance; return its revision."""
+        inst = self.prepare(inst)
+        if inst.ttl is None:  # the common case, kept short: no TTL lease to look after
+            return await self._commit([Put(entry=inst, lease=inst.lease)])
+        return await self._put_instances([inst])
+
     async def _put_instances(self, insts: Sequence[Instance], extra: Sequence[Op] = ()) -> int:
         puts: list[Op] = [Put(entry=i, lease=self.lease_of(i)) for i in insts]
+        if not any(i.ttl and i.lease is None for i in insts):  # no TTL lease to look after
+            return await self._commit([*puts, *extra])
         for attempt in range(2):
             ops = [*await self._lease_ops(insts), *puts, *extra]
             try:
@@ -252,10 +261,6 @@ class Registry:
                 if attempt or exc.field != "lease":
                     raise
         raise AssertionError("unreachable")
-
-    async def register(self, inst: Instance) -> int:
-        """Register or replace one instance; return its revision."""
-        return await self._put_instances([self.prepare(inst)])
 
     async def deregister(self, instance_id: str) -> int:
         """Remove one instance; NotFound when it is not registered."""

@@ -128,7 +128,9 @@ def test_the_event_log_time_column_is_indexed(tmp_path: Path) -> None:
 
     asyncio.run(go())
     db = sqlite3.connect(tmp_path / "w.db")
-    plan = db.execute("EXPLAIN QUERY PLAN SELECT MAX(revision) FROM events WHERE ts < 5").fetchall()
+    from waypost.store.sqlite import NEWEST_BEFORE_SQL
+
+    plan = db.execute("EXPLAIN QUERY PLAN " + NEWEST_BEFORE_SQL, (5.0,)).fetchall()
     db.close()
     assert any("USING INDEX" in row[-1] or "USING COVERING INDEX" in row[-1] for row in plan), plan
 

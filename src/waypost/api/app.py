@@ -31,6 +31,7 @@ from waypost.errors import (
     WaypostError,
 )
 from waypost.model import (
+    LABEL_RE,
     MAX_LEASE_ID,
     Batch,
     BatchResult,
@@ -190,7 +191,9 @@ def _write(entry_id: str, index: int) -> web.Response:
 
 
 async def put_instance(request: web.Request) -> web.Response:
-    iid = _path_label(request, "id")
+    iid = request.match_info["id"]
+    if LABEL_RE.match(iid) is None:  # inline: this is the hottest write route
+        _path_label(request, "id")
     inst = _instance_from(await _body(request), iid)
     return _write(iid, await _registry(request).register(inst))
 
@@ -365,7 +368,8 @@ async def _answer(request: web.Request, key: Key, index: int | None, wait_s: flo
     if index is None:
         ans: Answer = request.app[CACHE].get(key)
     else:
-        ans = await request.app[BLOCKING].wait(key, index, wait_s)
+        app = request.app
+        ans = await app[BLOCKING].wait(key, index, min(wait_s, app[MAX_WAIT]))
     return web.Response(body=ans.body, headers=ans.headers(), content_type=JSON)
 
 
@@ -381,16 +385,15 @@ async def get_instance(request: web.Request) -> web.Response:
 
 
 async def list_instances(request: web.Request) -> web.Response:
-    query, index, wait_s = parse_query(request.query.items(), max_wait_s=request.app[MAX_WAIT])
+    query, index, wait_s = parse_query(request.query.items())
     return await _answer(request, ("instances", query), index, wait_s)
 
 
 async def service_instances(request: web.Request) -> web.Response:
-    query, index, wait_s = parse_query(
-        request.query.items(),
-        service=_path_label(request, "name", "service"),
-        max_wait_s=request.app[MAX_WAIT],
-    )
+    name = request.match_info["name"]
+    if LABEL_RE.match(name) is None:  # inline: this is the hottest read route
+        _path_label(request, "name", "service")
+    query, index, wait_s = parse_query(request.query.items(), service=name)
     return await _answer(request, ("instances", query), index, wait_s)
 
 
@@ -421,7 +424,7 @@ def _blocking_params(request: web.Request) -> tuple[int | None, float]:
     for name in request.query:
         if name not in ("index", "wait"):
             raise InvalidInput(f"{name}: unknown query parameter (known: index, wait)", field=name)
-    _, index, wait_s = parse_query(request.query.items(), max_wait_s=request.app[MAX_WAIT])
+    _, index, wait_s = parse_query(request.query.items())
     return index, wait_s
 
 

@@ -224,7 +224,8 @@ def apply_ops(tx: Tx, ops: Sequence[Op], revision: int) -> list[Event]:
                     field="lease",
                 )
             tx.put(entry, at, op.lease)
-            deleted.discard((entry.KIND, entry.key))
+            if deleted:
+                deleted.discard((entry.KIND, entry.key))
             events.append(Event(revision=at, type="put", entry=entry, index=len(events)))
         elif isinstance(op, Delete):
             current = tx.get(op.kind, op.id)
