@@ -143,12 +143,12 @@ def test_the_sqlite_writer_answers_every_caller_whatever_fails(
     async def go() -> None:
         s = SqliteStore(tmp_path / "w.db")
         await s.open()
-        real = sqlite_store.apply_ops
+        real = sqlite_store._encode
 
         def broken(*args: Any) -> Any:
             raise RuntimeError("a bug, not a database error")
 
-        monkeypatch.setattr(sqlite_store, "apply_ops", broken)
+        monkeypatch.setattr(sqlite_store, "_encode", broken)
         results = await asyncio.wait_for(
             asyncio.gather(
                 *(s.apply([Put(entry=inst(f"w{n}"))]) for n in range(20)), return_exceptions=True
@@ -156,7 +156,7 @@ def test_the_sqlite_writer_answers_every_caller_whatever_fails(
             5,
         )
         assert all(isinstance(r, StoreError) for r in results), results
-        monkeypatch.setattr(sqlite_store, "apply_ops", real)
+        monkeypatch.setattr(sqlite_store, "_encode", real)
         assert await s.apply([Put(entry=inst("ok"))]) == 1  # the thread lives on
         assert [e.key for e in await s.list()] == ["ok"]
         await s.close()

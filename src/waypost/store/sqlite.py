@@ -413,15 +413,24 @@ class SqliteStore(LocalLeases, StoreOps):
     def _commit_group(self, conn: sqlite3.Connection, writes: list[_Job]) -> None:
         start_revision = self._revision
         outcomes: list[tuple[_Job, list[Event] | WaypostError]] = []
+        lease_ops: list[Op] = []
         cur = conn.cursor()
+        now = time.time()
         try:
             cur.execute("BEGIN IMMEDIATE")
             for job in writes:
-                assert job.ops is not None
+                ops = job.ops
+                assert ops is not None
+                if len(ops) == 1:
+                    op = ops[0]
+                    if type(op) is Put and op.if_revision is None and op.lease is None:
+                        # A registration: one blind put, nothing to check, no savepoint.
+                        outcomes.append((job, self._blind_put(cur, op.entry, now)))
+                        continue
                 # Only blind puts cannot fail; a batch of them needs no savepoint (two
                 # statements saved per registration).
                 guarded = False
-                for op in job.ops:
+                for op in ops:
                     if type(op) is not Put or op.if_revision is not None or op.lease is not None:
                         guarded = True
                         break
@@ -429,8 +438,7 @@ class SqliteStore(LocalLeases, StoreOps):
                     cur.execute("SAVEPOINT batch")
                 try:
                     tx = _SqliteTx(cur)
-                    events = apply_ops(tx, job.ops, self._revision)
-                    now = time.time()
+                    events = apply_ops(tx, ops, self._revision)
                     cur.executemany(
                         "INSERT INTO events(pos, kind, key, type, ts, schema, data) "
                         "VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -456,6 +464,7 @@ class SqliteStore(LocalLeases, StoreOps):
                     continue
                 if guarded:
                     cur.execute("RELEASE batch")
+                    lease_ops += [op for op in ops if type(op) is Grant or type(op) is Revoke]
                 if events:
                     self._revision = events[-1].revision
                 outcomes.append((job, events))
@@ -478,19 +487,44 @@ class SqliteStore(LocalLeases, StoreOps):
             return
         committed: list[Event] = []
         settled: list[tuple[asyncio.Future[Any], object]] = []
-        lease_ops: list[Op] = []
+        failed = {id(job) for job, outcome in outcomes if isinstance(outcome, WaypostError)}
+        if failed:  # a failed job's grants and revocations never happened
+            lease_ops = [
+                op
+                for job, _ in outcomes
+                if id(job) not in failed
+                for op in job.ops or ()
+                if type(op) is Grant or type(op) is Revoke
+            ]
         for job, outcome in outcomes:
             if isinstance(outcome, WaypostError):
                 settled.append((job.fut, outcome))
             else:
                 committed.extend(outcome)
-                assert job.ops is not None
-                lease_ops += [op for op in job.ops if isinstance(op, Grant | Revoke)]
                 settled.append((job.fut, outcome[-1].revision if outcome else self._revision))
         # One wake-up of the event loop per group, not one per batch: each
         # call_soon_threadsafe writes to the loop's self-pipe.
         self._call(self._finish, settled, committed, lease_ops)
         self._maybe_prune(conn)
+
+    def _blind_put(self, cur: sqlite3.Cursor, entry: Entry, now: float) -> list[Event]:
+        """The one statement pair of a registration (what ``apply_ops`` would do for one
+        blind put, without its machinery: this is the hottest write)."""
+        revision = self._revision + 1
+        data = _encode(entry)
+        kind, key = entry.KIND, entry.key
+        cur.execute(
+            "INSERT OR REPLACE INTO entries(kind, key, revision, lease, schema, data) "
+            "VALUES (?, ?, ?, NULL, ?, ?)",
+            (kind, key, revision, SCHEMA_VERSION, data),
+        )
+        cur.execute(
+            "INSERT INTO events(pos, kind, key, type, ts, schema, data) "
+            "VALUES (?, ?, ?, 'put', ?, ?, ?)",
+            (revision << POS_BITS, kind, key, now, SCHEMA_VERSION, data),
+        )
+        self._revision = revision
+        return [Event(revision=revision, type="put", entry=entry)]
 
     def _maybe_prune(self, conn: sqlite3.Connection) -> None:
         now = time.time()
