@@ -263,40 +263,33 @@ async def delete_node(request: web.Request) -> web.Response:
     return _write(node_id, await _registry(request).deregister_node(node_id))
 
 
-async def put_config(request: web.Request) -> web.Response:
-    name = _path_label(request, "name", "service")
-    cfg = decode(await _body(request), ServiceConfig)
-    _keyed(cfg.service, name, "service")
-    cfg = msgspec.structs.replace(cfg, service=name)
-    return _write(name, await _registry(request).put_entry(cfg))
+# Service configs and routes: entries kept by the key their path names (the service for a
+# config, the name for a route), read, written and deleted alike.
+_KEYED: dict[str, tuple[type[ServiceConfig] | type[Route], str]] = {
+    "service_config": (ServiceConfig, "service"),
+    "route": (Route, "name"),
+}
 
 
-async def get_config(request: web.Request) -> web.Response:
-    name = _path_label(request, "name", "service")
-    return _entry_answer(request, "service_config", name)
+def _keyed_handlers(kind: str) -> tuple[Handler, Handler, Handler]:
+    """PUT, GET and DELETE of one keyed entry kind."""
+    type_, field = _KEYED[kind]
 
+    async def put(request: web.Request) -> web.Response:
+        key = _path_label(request, "name", field)
+        entry = decode(await _body(request), type_)
+        _keyed(entry.key, key, field)
+        entry = msgspec.structs.replace(entry, **{field: key})
+        return _write(key, await _registry(request).put_entry(entry))
 
-async def delete_config(request: web.Request) -> web.Response:
-    name = _path_label(request, "name", "service")
-    return _write(name, await _registry(request).delete_entry("service_config", name))
+    async def get(request: web.Request) -> web.Response:
+        return _entry_answer(request, kind, _path_label(request, "name", field))
 
+    async def delete(request: web.Request) -> web.Response:
+        key = _path_label(request, "name", field)
+        return _write(key, await _registry(request).delete_entry(kind, key))
 
-async def put_route(request: web.Request) -> web.Response:
-    name = _path_label(request, "name", "name")
-    route = decode(await _body(request), Route)
-    _keyed(route.name, name, "name")
-    route = msgspec.structs.replace(route, name=name)
-    return _write(name, await _registry(request).put_entry(route))
-
-
-async def get_route(request: web.Request) -> web.Response:
-    name = _path_label(request, "name", "name")
-    return _entry_answer(request, "route", name)
-
-
-async def delete_route(request: web.Request) -> web.Response:
-    name = _path_label(request, "name", "name")
-    return _write(name, await _registry(request).delete_entry("route", name))
+    return put, get, delete
 
 
 def _entry_answer(request: web.Request, kind: str, key: str) -> web.Response:
@@ -690,6 +683,7 @@ def build_app(
     r.add_post("/api/v1/batch", post_batch)
     r.add_get("/api/v1/services", list_services)
     r.add_get("/api/v1/services/{name}", service_instances)
+    put_config, get_config, delete_config = _keyed_handlers("service_config")
     r.add_get("/api/v1/services/{name}/config", get_config)
     r.add_put("/api/v1/services/{name}/config", put_config)
     r.add_delete("/api/v1/services/{name}/config", delete_config)
@@ -698,6 +692,7 @@ def build_app(
     r.add_get("/api/v1/nodes/{id}", get_node)
     r.add_delete("/api/v1/nodes/{id}", delete_node)
     r.add_get("/api/v1/routes", list_routes)
+    put_route, get_route, delete_route = _keyed_handlers("route")
     r.add_put("/api/v1/routes/{name}", put_route)
     r.add_get("/api/v1/routes/{name}", get_route)
     r.add_delete("/api/v1/routes/{name}", delete_route)
