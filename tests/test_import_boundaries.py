@@ -22,6 +22,7 @@ LAYERS = {
     "health": 3,
     "settings": 3,
     "registry": 4,
+    "checking": 4,
     "api": 5,
     "dns": 5,
     "client": 5,

@@ -16,10 +16,10 @@ from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import msgspec
 import msgspec.inspect as mi
-from msgspec import Meta, Struct, field
+from msgspec import UNSET, Meta, Struct, UnsetType, field
 
 from waypost.durations import DURATION_PATTERN, ZERO_DURATION_PATTERN, parse_duration
-from waypost.errors import InvalidInput
+from waypost.errors import Conflict, InvalidInput
 from waypost.versions import SEMVER_PATTERN
 
 # Patterns are anchored with \A and \Z: Python's "$" also matches before a trailing
@@ -184,19 +184,145 @@ class NodeStatus(enum.Enum):
     FAILED = "failed"
 
 
-CheckType = Literal["http", "https", "tcp", "command", "ttl", "grpc"]
+HttpMethod = Literal["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
+
+
+CheckKind = Literal["http", "https", "tcp", "command", "ttl", "grpc"]
+CHECK_KINDS: tuple[CheckKind, ...] = ("http", "https", "tcp", "command", "ttl", "grpc")
+# The check name the registry gives the state "this instance's node has failed" (as
+# Consul's serfHealth): no check of an instance may take it.
+NODE_CHECK = "node"
+_PORT = r"(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})"
+_HOST_IN_URL = rf"(?:{_IPV4}|\[{_IPV6}\]|{_HOSTNAME})"
+HOST_PORT_PATTERN = rf"\A{_HOST_IN_URL}:{_PORT}\Z"
+_URL_TAIL = r"(?:[/?][^\x00-\x20\x7f]*)?"
+HTTP_URL_PATTERN = rf"\Ahttps?://{_HOST_IN_URL}(?::{_PORT})?{_URL_TAIL}\Z"
+HTTPS_URL_PATTERN = rf"\Ahttps://{_HOST_IN_URL}(?::{_PORT})?{_URL_TAIL}\Z"
+CHECK_NAME_PATTERN = r"\A[^\x00-\x1f\x7f]+\Z"
+
+HostPort = Annotated[
+    str,
+    Meta(
+        max_length=MAX_HOSTNAME_LEN + 8,
+        pattern=HOST_PORT_PATTERN,
+        description="HOST:PORT ([IPv6]:PORT for IPv6 literals)",
+    ),
+]
+HttpUrl = Annotated[
+    str,
+    Meta(max_length=2048, pattern=HTTP_URL_PATTERN, description="An http:// or https:// URL"),
+]
+HttpsUrl = Annotated[
+    str, Meta(max_length=2048, pattern=HTTPS_URL_PATTERN, description="An https:// URL")
+]
+CheckName = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=128,
+        pattern=CHECK_NAME_PATTERN,
+        description="Unique within the instance; 'node' is the registry's own.",
+        extra_json_schema={"not": {"const": NODE_CHECK}},
+    ),
+]
+Argv = Annotated[
+    tuple[Annotated[str, Meta(min_length=1, max_length=4096, pattern=r"\A[^\x00]+\Z")], ...],
+    Meta(min_length=1, max_length=64, description="The program and its arguments (no shell)."),
+]
+Threshold = Annotated[int, Meta(ge=1, le=100)]
+
+
+def _positive(struct: Struct, *names: str) -> None:
+    """Durations that must be longer than zero (the schema says so with ``not``); a
+    ValueError here is a validation error naming the struct's place in the body."""
+    for name in names:
+        value = getattr(struct, name)
+        if isinstance(value, str) and parse_duration(value) <= 0:
+            raise ValueError(f"{name}: must be longer than zero")
+
+
+class FlapPolicy(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, gc=False):
+    """Flap damping: ``changes`` status changes within ``window`` hold a check critical
+    (reported as flapping) until it has been stable for a whole window."""
+
+    changes: Annotated[int, Meta(ge=2, le=100)] = 5
+    window: PositiveDuration = "5m"
+
+    def __post_init__(self) -> None:
+        _positive(self, "window")
 
 
 class Check(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, gc=False):
-    """A health check definition attached to an instance (run by the node agent)."""
+    """A health check: exactly one of ``http``, ``https``, ``tcp``, ``command``, ``ttl``,
+    ``grpc`` says what to run; the rest says how often and how to judge it.
 
-    name: Annotated[str, Meta(min_length=1, max_length=128)]
-    type: CheckType
-    target: Annotated[str, Meta(max_length=2048)] = ""
+    The same shape everywhere: registration bodies, CLI definition files and agent
+    definition files."""
+
+    http: HttpUrl | UnsetType = UNSET
+    https: HttpsUrl | UnsetType = UNSET
+    tcp: HostPort | UnsetType = UNSET
+    command: Argv | UnsetType = UNSET
+    ttl: PositiveDuration | UnsetType = UNSET
+    grpc: HostPort | UnsetType = UNSET
+    # Left out, the name is the kind ("http"), numbered when the kind repeats ("http-2").
+    name: CheckName | UnsetType = UNSET
     interval: PositiveDuration = "30s"
     timeout: PositiveDuration = "5s"
-    healthy_threshold: Annotated[int, Meta(ge=1, le=100)] = 2
-    unhealthy_threshold: Annotated[int, Meta(ge=1, le=100)] = 3
+    healthy_threshold: Threshold = 2
+    unhealthy_threshold: Threshold = 3
+    initial_status: Literal["passing", "warning", "critical"] = "critical"
+    deregister_critical_after: Duration | UnsetType = UNSET
+    grace: Duration = "0s"
+    flap: FlapPolicy | UnsetType = UNSET
+    # http/https
+    method: HttpMethod = "GET"
+    headers: Annotated[
+        dict[
+            Annotated[str, Meta(pattern=r"\A[A-Za-z0-9!#$%&'*+.^_`|~-]+\Z", max_length=128)],
+            MetaValue,
+        ],
+        Meta(max_length=32),
+    ] = field(default_factory=dict)
+    body: Annotated[str, Meta(max_length=65536)] = ""
+    tls_verify: bool = True
+    ca_file: Annotated[str, Meta(min_length=1, max_length=4096)] | UnsetType = UNSET
+    # grpc: the service asked about (empty: the server as a whole)
+    grpc_service: Annotated[str, Meta(max_length=256)] = ""
+
+    def __post_init__(self) -> None:
+        _positive(self, "interval", "timeout", "ttl")
+
+    @property
+    def kind(self) -> CheckKind:
+        """Which of the kinds this check is (the one field given)."""
+        for kind in CHECK_KINDS:
+            if getattr(self, kind) is not UNSET:
+                return kind
+        raise InvalidInput("check: give one of http, https, tcp, command, ttl, grpc")
+
+    @property
+    def target(self) -> str:
+        """What the check runs against, as text (the URL, HOST:PORT, argv or TTL)."""
+        value = getattr(self, self.kind)
+        return " ".join(value) if isinstance(value, tuple) else str(value)
+
+
+class CheckState(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, gc=False):
+    """The last known result of one check of an instance, as stored with the instance.
+
+    Written when its status changes (with the output that changed it); counts and
+    ``last_run`` are as of that write (a server shows its own checks live)."""
+
+    name: Annotated[str, Meta(min_length=1, max_length=128)]
+    kind: Annotated[str, Meta(max_length=16)] = ""
+    status: Status = Status.CRITICAL
+    output: Annotated[str, Meta(max_length=MAX_OUTPUT_LEN)] = ""
+    flapping: bool = False
+    successes: Annotated[int, Meta(ge=0)] = 0
+    failures: Annotated[int, Meta(ge=0)] = 0
+    last_run: float | None = None
+    changed_at: float = 0.0
 
 
 # --- entries: what the store holds, each kind under one revision space -------------------
@@ -226,6 +352,11 @@ class Instance(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, gc
     domain: DomainName | None = None
     kind: Kind = Kind.SERVICE
     checks: Annotated[tuple[Check, ...], Meta(max_length=32)] = ()
+    # The last known result of each check (and of the node, once it fails); the status
+    # is the worst of them. Server-owned, except from the agent that owns the instance.
+    health: Annotated[tuple[CheckState, ...], Meta(max_length=33)] = ()
+    # Registered by the agent of ``node``, which runs its checks (the server does not).
+    agent: bool = False
     ttl: PositiveDuration | None = None
     deregister_after: Duration = DEFAULT_DEREGISTER_AFTER
     # A lease (POST /api/v1/leases) the instance lives on: when it lapses, the instance
@@ -275,6 +406,51 @@ class Node(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, gc=Fal
         return self.id
 
 
+class ServiceCheck(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, gc=False):
+    """A check template for a whole service: ``tcp`` (connect to the instance's port),
+    ``http``/``https`` (GET ``path`` on it) or ``grpc``; timings as a check's."""
+
+    type: Literal["tcp", "http", "https", "grpc"] = "tcp"
+    path: Annotated[str, Meta(max_length=1024, pattern=r"\A/[^\x00-\x20\x7f]*\Z")] = "/health"
+    interval: PositiveDuration = "30s"
+    timeout: PositiveDuration = "5s"
+    healthy_threshold: Threshold = 2
+    unhealthy_threshold: Threshold = 3
+    initial_status: Literal["passing", "warning", "critical"] = "critical"
+    deregister_critical_after: Duration | UnsetType = UNSET
+    grace: Duration = "0s"
+    flap: FlapPolicy | UnsetType = UNSET
+    tls_verify: bool = True
+    grpc_service: Annotated[str, Meta(max_length=256)] = ""
+
+    def __post_init__(self) -> None:
+        _positive(self, "interval", "timeout")
+
+    def for_instance(self, address: str, port: int) -> Check:
+        """The check this template gives an instance at ``address:port``."""
+        host = f"[{address}]" if ":" in address else address
+        where = f"{host}:{port}"
+        common: dict[str, Any] = {
+            "interval": self.interval,
+            "timeout": self.timeout,
+            "healthy_threshold": self.healthy_threshold,
+            "unhealthy_threshold": self.unhealthy_threshold,
+            "initial_status": self.initial_status,
+            "deregister_critical_after": self.deregister_critical_after,
+            "grace": self.grace,
+            "flap": self.flap,
+            "name": f"service:{self.type}",
+        }
+        if self.type == "tcp":
+            return Check(tcp=where, **common)
+        if self.type == "grpc":
+            return Check(grpc=where, grpc_service=self.grpc_service, **common)
+        url = f"{self.type}://{where}{self.path}"
+        if self.type == "https":
+            return Check(https=url, tls_verify=self.tls_verify, **common)
+        return Check(http=url, **common)
+
+
 class ServiceConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, gc=False):
     """Policy for every instance of one service (``/api/v1/services/{name}/config``).
 
@@ -284,6 +460,9 @@ class ServiceConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     KIND: ClassVar[str] = "service_config"
 
     service: OptionalLabel = ""
+    # The check every instance of the service with no checks of its own gets, against
+    # the instance's own address and port.
+    check: ServiceCheck | None = None
     meta: MetaMap = field(default_factory=dict)
     updated_at: float = 0.0
 
@@ -291,9 +470,6 @@ class ServiceConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     def key(self) -> str:
         """The config's key within its kind: the service name."""
         return self.service
-
-
-HttpMethod = Literal["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
 
 
 class RouteMatch(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, gc=False):
@@ -386,6 +562,34 @@ class ServiceSummary(Struct, frozen=True, kw_only=True):
 
 
 # --- request and answer bodies of the HTTP API -------------------------------------------
+
+
+class HealthReport(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Body of ``PUT /api/v1/instances/{id}/health``: the agent that owns an instance
+    reports the states of its checks (only when one changed)."""
+
+    health: Annotated[tuple[CheckState, ...], Meta(max_length=33)]
+
+
+class CheckRow(Struct, frozen=True, kw_only=True):
+    """One check of one instance, as ``GET /api/v1/checks`` lists it. ``runs_on`` says
+    who runs it: the server (live counts) or the node's agent (as of its last report)."""
+
+    instance: str
+    service: str
+    node: str | None
+    name: str
+    kind: str
+    target: str
+    interval: str
+    status: Status
+    output: str
+    flapping: bool
+    successes: int
+    failures: int
+    last_run: float | None
+    changed_at: float
+    runs_on: Literal["server", "agent", "registry"]
 
 
 class StatusUpdate(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -496,7 +700,9 @@ def is_address(text: str) -> bool:
 
 
 def validate_instance(inst: Instance) -> Instance:
-    """Check the rules the schema cannot express; return the instance or raise InvalidInput.
+    """Check the rules the schema cannot express; return the instance (checks named,
+    a ``ttl`` check folded into ``ttl``) or raise InvalidInput (Conflict for two checks
+    of one name).
 
     The schema says everything else (patterns, bounds); what remains is that an id is
     given, which the schema leaves to the path of ``PUT /instances/{id}``."""
@@ -504,13 +710,72 @@ def validate_instance(inst: Instance) -> Instance:
         raise InvalidInput("id: required (a DNS-safe label)", field="id")
     if inst.ttl is not None and parse_duration(inst.ttl, field="ttl") <= 0:
         raise InvalidInput("ttl: must be longer than zero", field="ttl")
-    for i, check in enumerate(inst.checks):
+    if not inst.checks:
+        return inst
+    checks = name_checks(inst.checks)
+    ttl = inst.ttl
+    for i, check in enumerate(checks):
         for name in ("interval", "timeout"):
             if parse_duration(getattr(check, name)) <= 0:
                 raise InvalidInput(
                     f"checks[{i}].{name}: must be longer than zero", field=f"checks[{i}].{name}"
                 )
-    return inst
+        if isinstance(check.ttl, str):
+            if parse_duration(check.ttl) <= 0:
+                raise InvalidInput(
+                    f"checks[{i}].ttl: must be longer than zero", field=f"checks[{i}].ttl"
+                )
+            if ttl is not None and ttl != inst.ttl:
+                raise Conflict(f"checks[{i}]: an instance has one ttl check", field="checks")
+            if inst.ttl is not None and inst.ttl != check.ttl:
+                raise Conflict(
+                    f"checks[{i}].ttl: {check.ttl} differs from the instance's ttl {inst.ttl}",
+                    field="checks",
+                )
+            ttl = check.ttl
+    changes: dict[str, Any] = {"checks": checks}
+    if ttl != inst.ttl:
+        changes["ttl"] = ttl
+    return msgspec.structs.replace(inst, **changes)
+
+
+def name_checks(checks: tuple[Check, ...]) -> tuple[Check, ...]:
+    """Give unnamed checks their kind as name (numbered when a kind repeats); Conflict
+    when two checks share a name."""
+    seen: set[str] = set()
+    out = []
+    counts: dict[str, int] = {}
+    for i, check in enumerate(checks):
+        try:
+            kind = check.kind
+        except InvalidInput:
+            raise InvalidInput(
+                f"checks[{i}]: give one of http, https, tcp, command, ttl, grpc",
+                field=f"checks[{i}]",
+            ) from None
+        given = [k for k in CHECK_KINDS if getattr(check, k) is not UNSET]
+        if len(given) > 1:
+            raise InvalidInput(
+                f"checks[{i}]: give only one of {', '.join(given)}", field=f"checks[{i}]"
+            )
+        if isinstance(check.name, str):
+            name = check.name
+        else:
+            counts[kind] = counts.get(kind, 0) + 1
+            name = kind if counts[kind] == 1 else f"{kind}-{counts[kind]}"
+            while name in seen or any(c.name == name for c in checks):
+                counts[kind] += 1
+                name = f"{kind}-{counts[kind]}"
+            check = msgspec.structs.replace(check, name=name)
+        if name in seen:
+            raise Conflict(f"checks[{i}].name: {name!r} names two checks", field="checks")
+        if name == NODE_CHECK:
+            raise InvalidInput(
+                f"checks[{i}].name: {NODE_CHECK!r} is the registry's own", field="checks"
+            )
+        seen.add(name)
+        out.append(check)
+    return tuple(out)
 
 
 # --- decoding with field-named errors ----------------------------------------------------

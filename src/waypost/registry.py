@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import msgspec
@@ -31,13 +32,19 @@ import msgspec
 from waypost.catalog import Catalog
 from waypost.durations import parse_duration
 from waypost.errors import Conflict, Gone, NotFound, WaypostError
+from waypost.health.machine import worst
 from waypost.health.ttl import TtlTimers
 from waypost.model import (
     MAX_LEASE_ID,
+    MAX_OUTPUT_LEN,
+    NODE_CHECK,
+    Check,
+    CheckState,
     Entry,
     Event,
     Instance,
     Node,
+    NodeStatus,
     Route,
     ServiceConfig,
     Status,
@@ -90,6 +97,73 @@ def ttl_lease_s(inst: Instance) -> float:
     return min(total, MAX_LEASE_TTL_S)
 
 
+def removal_lease_id(inst: Instance, delay: str) -> int:
+    """The lease a critical instance's removal rides on (``deregister_critical_after``,
+    or a failed node's ``deregister_after``): derived, so every server uses the same."""
+    digest = hashlib.blake2b(f"critical\0{inst.id}\0{delay}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % MAX_LEASE_ID + 1
+
+
+def ttl_name(inst: Instance) -> str:
+    """The name of an instance's TTL state: its ttl check's name, else ``ttl``."""
+    for check in inst.checks:
+        if check.kind == "ttl" and isinstance(check.name, str):
+            return check.name
+    return "ttl"
+
+
+def node_failed(inst: Instance) -> bool:
+    """Whether the registry holds ``inst`` critical because its node failed."""
+    return any(s.name == NODE_CHECK and s.status is Status.CRITICAL for s in inst.health)
+
+
+def removal_delay(inst: Instance, checks: Sequence[Check]) -> str | None:
+    """How long ``inst`` may stay critical before it is removed, if it is to be: the
+    shortest ``deregister_critical_after`` of its checks; for a failed node's instance
+    with none, its ``deregister_after``."""
+    if inst.status is not Status.CRITICAL:
+        return None
+    # Only checks that have failed count: not one that has not run yet, nor one whose
+    # failures its grace ignores (a slow starter is not removed while it starts).
+    failed = {s.name for s in inst.health if s.status is Status.CRITICAL and s.failures > 0}
+    delays = [
+        c.deregister_critical_after
+        for c in checks
+        if isinstance(c.deregister_critical_after, str)
+        and (c.name if isinstance(c.name, str) else c.kind) in failed
+    ]
+    if not delays and node_failed(inst):
+        delays = [inst.deregister_after]
+    if not delays:
+        return None
+    return min(delays, key=parse_duration)
+
+
+def composed(inst: Instance, health: tuple[CheckState, ...], now: float) -> Instance:
+    """``inst`` with ``health`` and the status it makes: the worst of its states, the
+    output naming the checks that made it."""
+    status = worst([s.status for s in health])
+    output = "; ".join(f"{s.name}: {s.output}" for s in health if s.status is status)
+    return msgspec.structs.replace(
+        inst,
+        health=health,
+        status=status,
+        output=output[:MAX_OUTPUT_LEN],
+        updated_at=now,
+        last_check=now,
+    )
+
+
+def _initial(check: Check, now: float) -> CheckState:
+    return CheckState(
+        name=str(check.name) if isinstance(check.name, str) else check.kind,
+        kind=check.kind,
+        status=Status(check.initial_status) if check.kind != "ttl" else Status.PASSING,
+        output="not run yet" if check.kind != "ttl" else "registered; awaiting heartbeats",
+        changed_at=now,
+    )
+
+
 class Registry:
     """Owns the store, feeds the catalog from it, and performs every write."""
 
@@ -110,6 +184,10 @@ class Registry:
         self._monotonic = monotonic or (clock if clock is not time.time else time.monotonic)
         self._timers = TtlTimers()
         self._turns: dict[str, _Turn] = {}
+        # Nodes whose entry was deleted (their agent's lease lapsed) with instances left.
+        self._failed_nodes: dict[str, Node] = {}
+        self.listeners: list[Callable[[Sequence[Event] | None], None]] = []
+        """Called with each batch the catalog applied (None after a re-list)."""
         self._tasks: list[asyncio.Task[None]] = []
         self.started_at = clock()
         self.problem: str | None = None
@@ -141,7 +219,19 @@ class Registry:
         for entry, _ in rows:
             if isinstance(entry, Instance):
                 self._schedule(entry, now, fresh=True)
+        # Agent-owned instances whose node is gone (lapsed while no server ran).
+        for node_id in {i.node for i in self.catalog.all() if i.agent and i.node}:
+            if node_id is not None and self.catalog.entry("node", node_id) is None:
+                self._failed_nodes[node_id] = Node(id=node_id)
+        self._tell(None)
         return revision
+
+    def _tell(self, batch: Sequence[Event] | None) -> None:
+        for listener in self.listeners:
+            try:
+                listener(batch)
+            except Exception:
+                log.exception("a catalog listener failed")
 
     async def _pump(self, revision: int) -> None:
         """Apply the store's changes to the catalog, forever. Whatever fails (the store,
@@ -160,6 +250,7 @@ class Registry:
                 async for batch in self.store.watch(position):
                     self.catalog.apply(batch)
                     self._track(batch)
+                    self._tell(batch)
                     position = batch[-1].revision
                 continue  # the watch ended (the store closed it): watch again
             except asyncio.CancelledError:
@@ -182,6 +273,12 @@ class Registry:
         now = self._monotonic()
         for ev in batch:
             entry = ev.entry
+            if isinstance(entry, Node):
+                if ev.type == "delete" and entry.status is not NodeStatus.FAILED:
+                    self._failed_nodes[entry.id] = entry
+                else:
+                    self._failed_nodes.pop(entry.id, None)
+                continue
             if not isinstance(entry, Instance):
                 continue
             if ev.type == "delete":
@@ -204,53 +301,108 @@ class Registry:
         await self.catalog.wait_for_revision(revision, APPLY_TIMEOUT_S)
         return revision
 
+    def checks_of(self, inst: Instance) -> tuple[Check, ...]:
+        """The checks an instance runs: its own, or its service config's template
+        against its address and port."""
+        if inst.checks:
+            return inst.checks
+        config = self.catalog.entry("service_config", inst.service)
+        if isinstance(config, ServiceConfig) and config.check is not None:
+            return (config.check.for_instance(inst.address, inst.port),)
+        return ()
+
     def prepare(self, inst: Instance) -> Instance:
-        """Fill in what the server owns: node, timestamps; keep registered_at on replace."""
+        """Fill in what the server owns: node, timestamps (registered_at kept on replace)
+        and, unless an agent reports them, the health of the instance's checks: a check
+        new or changed starts at its initial status, one unchanged keeps its state."""
         now = self._clock()
         old = self.catalog.get(inst.id)
-        return msgspec.structs.replace(
+        inst = msgspec.structs.replace(
             inst,
             node=inst.node or self.node_name,
             registered_at=old.registered_at if old is not None else now,
             updated_at=now,
             last_check=now,
         )
+        if inst.agent:
+            return composed(inst, inst.health, now) if inst.health else inst
+        checks = self.checks_of(inst)
+        if not inst.checks:
+            # No checks of its own: the status is as given (a template's check reports
+            # once it has run), unless the old record has the template's state.
+            if checks and old is not None and old.health and self.checks_of(old) == checks:
+                return composed(inst, old.health, now)
+            return msgspec.structs.replace(inst, health=())
+        kept = {}
+        if old is not None:
+            old_checks = {c.name: c for c in old.checks}
+            for state in old.health:
+                if state.name == NODE_CHECK:
+                    continue
+                kept[state.name] = (old_checks.get(state.name), state)
+        health = []
+        for check in checks:
+            name = str(check.name) if isinstance(check.name, str) else check.kind
+            was = kept.get(name)
+            if was is not None and was[0] == check:
+                health.append(was[1])
+            else:
+                health.append(_initial(check, now))
+        if inst.ttl and all(h.name != ttl_name(inst) for h in health):
+            health.append(_initial(Check(ttl=inst.ttl, name=ttl_name(inst)), now))
+        return composed(inst, tuple(health), now)
 
-    @staticmethod
-    def lease_of(inst: Instance) -> int | None:
-        """The lease an instance lives on: its own, or its TTL lease."""
+    def lease_of(self, inst: Instance) -> int | None:
+        """The lease an instance lives on: its own, its TTL lease, or, while critical,
+        the lease its removal rides on."""
         if inst.lease is not None:
             return inst.lease
-        return ttl_lease_id(inst) if inst.ttl else None
+        if inst.ttl:
+            return ttl_lease_id(inst)
+        delay = removal_delay(inst, self.checks_of(inst))
+        return removal_lease_id(inst, delay) if delay is not None else None
 
-    async def _lease_ops(self, insts: Sequence[Instance]) -> list[Op]:
-        """Grants for the TTL leases these instances need and that do not exist yet
-        (those that do are renewed: a re-registration restarts the clock)."""
+    def _derived(self, inst: Instance) -> tuple[int, float] | None:
+        """The derived lease (TTL or removal) ``inst`` needs, and its TTL; None if none."""
+        if inst.lease is not None:
+            return None
+        if inst.ttl:
+            return ttl_lease_id(inst), ttl_lease_s(inst)
+        delay = removal_delay(inst, self.checks_of(inst))
+        if delay is None:
+            return None
+        return removal_lease_id(inst, delay), min(
+            max(parse_duration(delay), 0.001), MAX_LEASE_TTL_S
+        )
+
+    async def _lease_ops(self, insts: Iterable[Instance]) -> list[Op]:
+        """Grants for the derived leases these instances need and that do not exist yet;
+        those that do are renewed (a registration, or going critical, starts the clock)."""
         ops: list[Op] = []
         seen: set[int] = set()
         for inst in insts:
-            if inst.lease is not None or not inst.ttl:
+            derived = self._derived(inst)
+            if derived is None or derived[0] in seen:
                 continue
-            lease_id = ttl_lease_id(inst)
-            if lease_id in seen:
-                continue
+            lease_id, ttl_s = derived
             seen.add(lease_id)
             try:
                 await self.store.keepalive(lease_id)
             except NotFound:
-                ops.append(Grant(lease=lease_id, ttl_s=ttl_lease_s(inst)))
+                ops.append(Grant(lease=lease_id, ttl_s=ttl_s))
         return ops
 
     async def register(self, inst: Instance) -> int:
         """Register or replace one instance; return its revision."""
         inst = self.prepare(inst)
-        if inst.ttl is None:  # the common case, kept short: no TTL lease to look after
+        if inst.ttl is None and inst.status is not Status.CRITICAL:
+            # The common case, kept short: no derived lease to look after.
             return await self._commit([Put(entry=inst, lease=inst.lease)])
         return await self._put_instances([inst])
 
     async def _put_instances(self, insts: Sequence[Instance], extra: Sequence[Op] = ()) -> int:
         puts: list[Op] = [Put(entry=i, lease=self.lease_of(i)) for i in insts]
-        if not any(i.ttl and i.lease is None for i in insts):  # no TTL lease to look after
+        if not any(self._derived(i) for i in insts):  # no derived lease to look after
             return await self._commit([*puts, *extra])
         for attempt in range(2):
             ops = [*await self._lease_ops(insts), *puts, *extra]
@@ -309,20 +461,26 @@ class Registry:
             new = change(current)
             if new is None:
                 return self.catalog.mod_revision(instance_id)
-            op = Put(
-                entry=new,
-                if_revision=self.catalog.mod_revision(instance_id),
-                lease=self.lease_of(new),
-            )
+            lease = self.lease_of(new)
+            op = Put(entry=new, if_revision=self.catalog.mod_revision(instance_id), lease=lease)
+            ops: list[Op] = [op]
+            if (
+                lease is not None
+                and new.lease is None
+                and not new.ttl
+                and lease != self.lease_of(current)
+            ):
+                # Just went critical: its removal clock starts now.
+                ops = [*await self._lease_ops([new]), op]
             try:
-                return await self._commit([op])
+                return await self._commit(ops)
             except Conflict:
                 # Our catalog is behind the store: wait for the next change and retry.
                 await self.catalog.wait_for_revision(self.catalog.revision + 1, 0.5)
             except NotFound as exc:
                 if exc.field != "lease" or new.lease is not None:
                     raise
-                # The TTL lease lapsed behind our back (a paused server): grant it anew.
+                # A derived lease lapsed behind our back (a paused server): grant it anew.
                 with contextlib.suppress(Conflict):
                     await self.store.apply(await self._lease_ops([new]))
         raise Conflict(f"instance {instance_id!r} kept changing; try again", field="id")
@@ -347,9 +505,11 @@ class Registry:
                 lease_lost = True
 
         def renew(cur: Instance) -> Instance | None:
+            now = self._clock()
+            if cur.health:
+                return self._with_ttl_state(cur, Status.PASSING, "heartbeat received", now)
             if cur.status is Status.PASSING and not cur.output and not lease_lost:
                 return None
-            now = self._clock()
             return msgspec.structs.replace(
                 cur, status=Status.PASSING, output="", updated_at=now, last_check=now
             )
@@ -359,6 +519,45 @@ class Registry:
             with contextlib.suppress(Conflict):
                 await self.store.apply(await self._lease_ops([inst]))
         return await self._update(instance_id, renew)
+
+    def _with_ttl_state(
+        self, cur: Instance, status: Status, output: str, now: float
+    ) -> Instance | None:
+        """``cur`` with its TTL state set (None when that changes nothing)."""
+        name = ttl_name(cur)
+        old = next((s for s in cur.health if s.name == name), None)
+        if old is not None and old.status is status:
+            return None
+        state = CheckState(name=name, kind="ttl", status=status, output=output, changed_at=now)
+        health = tuple(state if s.name == name else s for s in cur.health)
+        if old is None:
+            health = (*health, state)
+        return composed(cur, health, now)
+
+    async def report_health(
+        self, instance_id: str, states: Sequence[CheckState], *, agent: bool = False
+    ) -> int:
+        """Store the states of an instance's checks (those it still has); its status
+        becomes the worst of them. From the agent that owns it, a report also says its
+        node is alive again."""
+        given = {s.name: s for s in states}
+
+        def change(cur: Instance) -> Instance | None:
+            names = [c.name if isinstance(c.name, str) else c.kind for c in self.checks_of(cur)]
+            if cur.ttl and ttl_name(cur) not in names:
+                names.append(ttl_name(cur))
+            current = {s.name: s for s in cur.health}
+            if not agent and NODE_CHECK in current:
+                names.append(NODE_CHECK)  # a failed node's instance stays failed
+            health = tuple(
+                given.get(n) or current.get(n) or CheckState(name=n, output="not run yet")
+                for n in names
+            )
+            if health == cur.health:
+                return None
+            return composed(cur, health, self._clock())
+
+        return await self._update(instance_id, change)
 
     async def set_status(self, instance_id: str, status: Status, output: str) -> int:
         """Set an instance's status and output (as a check result would)."""
@@ -441,10 +640,63 @@ class Registry:
             await asyncio.sleep(TTL_TICK_S)
             try:
                 await self.expire(self._monotonic())
+                if self._failed_nodes:
+                    await self.fail_nodes()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("TTL sweep failed; it runs again on the next tick")
+
+    async def fail_nodes(self) -> None:
+        """Nodes whose entry went away (their agent's lease lapsed): mark the instances
+        their agents owned critical, each to be removed after its ``deregister_critical_after``
+        (or ``deregister_after``), and keep a ``failed`` node entry until then."""
+        for node_id, last in list(self._failed_nodes.items()):
+            if self.catalog.entry("node", node_id) is not None:  # its agent came back
+                self._failed_nodes.pop(node_id, None)
+                continue
+            owned = [i for i in self.catalog.all() if i.agent and i.node == node_id]
+            output = f"node {node_id} failed: its agent stopped renewing its lease"
+            longest = 0.0
+            for inst in owned:
+                try:
+                    await self._update(inst.id, functools.partial(self._node_down, output=output))
+                except (NotFound, Conflict):
+                    continue
+                now_inst = self.catalog.get(inst.id)
+                derived = self._derived(now_inst) if now_inst is not None else None
+                if derived is not None:
+                    longest = max(longest, derived[1])
+            self._failed_nodes.pop(node_id, None)
+            if not owned:
+                continue
+            log.warning("%s; %d instances now critical", output, len(owned))
+            if longest <= 0:
+                continue
+            await self._put_failed_node(last, longest)
+
+    def _node_down(self, cur: Instance, *, output: str) -> Instance | None:
+        if node_failed(cur):
+            return None
+        now = self._clock()
+        state = CheckState(
+            name=NODE_CHECK, kind="node", status=Status.CRITICAL, output=output, changed_at=now
+        )
+        health = (*(s for s in cur.health if s.name != NODE_CHECK), state)
+        return composed(cur, health, now)
+
+    async def _put_failed_node(self, last: Node, ttl_s: float) -> None:
+        """A ``failed`` entry for a node, on a lease of its instances' longest removal delay."""
+        now = self._clock()
+        node = msgspec.structs.replace(
+            last, status=NodeStatus.FAILED, lease=None, updated_at=now, registered=True
+        )
+        try:
+            lease_id = await self.store.grant(ttl_s)
+            node = msgspec.structs.replace(node, lease=lease_id)
+            await self._commit([Put(entry=node, if_revision=0, lease=lease_id)])
+        except Conflict:
+            pass  # its agent registered it again meanwhile (or another server did this)
 
     async def expire(self, now: float) -> None:
         """Mark TTL instances whose heartbeat window closed critical (their lease removes
@@ -471,6 +723,9 @@ class Registry:
             if cur.status is Status.CRITICAL or (due is not None and due > self._monotonic()):
                 return None  # a heartbeat came in meanwhile
             now = self._clock()
+            if cur.health:
+                output = f"TTL expired: no heartbeat within {ttl}"
+                return self._with_ttl_state(cur, Status.CRITICAL, output, now)
             return msgspec.structs.replace(
                 cur,
                 status=Status.CRITICAL,

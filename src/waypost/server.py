@@ -14,6 +14,7 @@ from aiohttp import web
 
 from waypost.api.app import build_app
 from waypost.catalog import Catalog
+from waypost.checking import CheckHost
 from waypost.registry import Registry
 from waypost.settings import Settings
 from waypost.store import Store, open_store
@@ -33,6 +34,8 @@ class WaypostServer:
         )
         self.catalog = Catalog()
         self.registry = Registry(self.store, self.catalog, node_name=settings.node)
+        # Checks of instances registered through the API (agents check their own).
+        self.checks = CheckHost(self.registry)
         self._runner: web.AppRunner | None = None
         self.url = ""
 
@@ -45,6 +48,7 @@ class WaypostServer:
                 token=self.settings.token,
                 config=self.settings.redacted(),
                 max_wait_s=self.settings.max_wait_s(),
+                checks=self.checks,
             )
             # handler_cancellation: a client that hangs up frees its parked blocking
             # query or event stream at once, not when its wait runs out.
@@ -69,6 +73,7 @@ class WaypostServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        await self.checks.close()
         await self.registry.stop()
         await self.store.close()
 

@@ -20,6 +20,7 @@ from waypost import sse as sse_frames
 from waypost._version import __version__
 from waypost.api.blocking import Answer, AnswerCache, BlockingQueries, Key
 from waypost.api.openapi import openapi_spec
+from waypost.checking import CheckHost
 from waypost.durations import format_duration, parse_duration
 from waypost.errors import (
     Conflict,
@@ -37,6 +38,7 @@ from waypost.model import (
     BatchResult,
     EntryRef,
     Event,
+    HealthReport,
     Instance,
     Lease,
     LeaseGrant,
@@ -77,6 +79,7 @@ CONFIG = web.AppKey("config", dict[str, str])
 STATS = web.AppKey("stats", dict[str, int])
 STREAMS = web.AppKey("streams", set[asyncio.Task[object]])
 MAX_WAIT = web.AppKey("max_wait", float)
+CHECKS = web.AppKey("checks", CheckHost)
 
 
 def _json(body: bytes, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -221,15 +224,72 @@ async def put_maintenance(request: web.Request) -> web.Response:
     return _write(iid, await _registry(request).set_maintenance(iid, upd.enable, upd.reason))
 
 
+async def put_health(request: web.Request) -> web.Response:
+    iid = _path_label(request, "id")
+    report = decode(await _body(request), HealthReport)
+    return _write(iid, await _registry(request).report_health(iid, report.health, agent=True))
+
+
+def _checks(request: web.Request) -> CheckHost:
+    host = request.app.get(CHECKS)
+    if host is None:
+        raise Conflict("this server runs no checks", field="id")
+    return host
+
+
+async def run_instance_checks(request: web.Request) -> web.Response:
+    iid = _path_label(request, "id")
+    _no_params(request)
+    inst = await _checks(request).run_now(iid)
+    return _json(
+        _encode(inst), headers={"X-Waypost-Index": str(_registry(request).catalog.revision)}
+    )
+
+
+def _service_node_params(request: web.Request) -> tuple[str | None, str | None]:
+    for name in request.query:
+        if name not in ("service", "node"):
+            raise InvalidInput(
+                f"{name}: unknown query parameter (known: service, node)", field=name
+            )
+    found: dict[str, str | None] = {"service": None, "node": None}
+    for name in found:
+        values = request.query.getall(name, [])
+        if len(values) > 1:
+            raise InvalidInput(f"{name}: given more than once", field=name)
+        if values:
+            if not is_label(values[0]):
+                raise InvalidInput(f"{name}: must be a DNS-safe label", field=name)
+            found[name] = values[0]
+    return found["service"], found["node"]
+
+
+async def run_checks(request: web.Request) -> web.Response:
+    service, node = _service_node_params(request)
+    done = await _checks(request).run_matching(service, node)
+    return _json(
+        _encode(done), headers={"X-Waypost-Index": str(_registry(request).catalog.revision)}
+    )
+
+
+async def list_checks(request: web.Request) -> web.Response:
+    service, node = _service_node_params(request)
+    rows = _checks(request).rows(service, node)
+    return _json(
+        _encode(rows), headers={"X-Waypost-Index": str(_registry(request).catalog.revision)}
+    )
+
+
 async def post_batch(request: web.Request) -> web.Response:
     batch = decode(await _body(request), Batch)
+    register = []
     for i, inst in enumerate(batch.register):
         try:
-            validate_instance(inst)
-        except InvalidInput as exc:
+            register.append(validate_instance(inst))
+        except WaypostError as exc:
             field = f"register[{i}].{exc.field}" if exc.field else f"register[{i}]"
-            raise InvalidInput(f"register[{i}].{exc.message}", field=field) from None
-    index = await _registry(request).batch(batch.register, batch.deregister)
+            raise type(exc)(f"register[{i}].{exc.message}", field=field) from None
+    index = await _registry(request).batch(register, batch.deregister)
     result = BatchResult(
         index=index,
         registered=[i.id for i in batch.register],
@@ -655,6 +715,7 @@ def build_app(
     token: str = "",
     config: dict[str, str] | None = None,
     max_wait_s: float = MAX_WAIT_S,
+    checks: CheckHost | None = None,
 ) -> web.Application:
     """The aiohttp application serving one registry; ``config`` is shown by /status
     (already redacted); blocking queries wait at most ``max_wait_s``."""
@@ -669,6 +730,8 @@ def build_app(
     app[STATS] = {"event_streams": 0}
     app[OPENAPI] = _encode(openapi_spec(__version__))
     app[MAX_WAIT] = max_wait_s
+    if checks is not None:
+        app[CHECKS] = checks
     streams: set[asyncio.Task[object]] = set()
     app[STREAMS] = streams
     app.on_shutdown.append(_release_long_requests)
@@ -679,6 +742,10 @@ def build_app(
     r.add_put("/api/v1/instances/{id}/heartbeat", heartbeat)
     r.add_put("/api/v1/instances/{id}/status", put_status)
     r.add_put("/api/v1/instances/{id}/maintenance", put_maintenance)
+    r.add_put("/api/v1/instances/{id}/health", put_health)
+    r.add_post("/api/v1/instances/{id}/check", run_instance_checks)
+    r.add_post("/api/v1/check", run_checks)
+    r.add_get("/api/v1/checks", list_checks)
     r.add_get("/api/v1/instances", list_instances)
     r.add_post("/api/v1/batch", post_batch)
     r.add_get("/api/v1/services", list_services)

@@ -15,11 +15,14 @@ import msgspec
 
 from waypost.durations import DURATION_PATTERN
 from waypost.model import (
+    CHECK_KINDS,
     LABEL_PATTERN,
     MAX_LEASE_ID,
     Batch,
     BatchResult,
+    CheckRow,
     ErrorBody,
+    HealthReport,
     Instance,
     Lease,
     LeaseGrant,
@@ -143,6 +146,12 @@ _BLOCKING_PARAMS: list[dict[str, Any]] = [
 ]
 
 
+_CHECK_PARAMS: list[dict[str, Any]] = [
+    {"name": "service", "in": "query", "schema": _LABEL, "description": "Of this service"},
+    {"name": "node", "in": "query", "schema": _LABEL, "description": "On this node"},
+]
+
+
 def _path(name: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"name": name, "in": "path", "required": True, "schema": schema or _LABEL}
 
@@ -202,10 +211,14 @@ def _components() -> dict[str, Any]:
             ErrorBody,
             LeaseGrant,
             Lease,
+            HealthReport,
+            CheckRow,
         ],
         ref_template=_REF,
     )
     components = _ecma(components)
+    # Exactly one kind names what a check runs.
+    components["Check"]["oneOf"] = [{"required": [kind]} for kind in CHECK_KINDS]
     # A batch has no path to name an instance: there every registration names its id.
     named = copy.deepcopy(components["Instance"])
     named["properties"]["id"] = dict(_LABEL, minLength=1)
@@ -241,6 +254,38 @@ def openapi_spec(version: str) -> dict[str, Any]:
         "/api/v1/instances/{id}/maintenance": {
             "parameters": [_path("id")],
             "put": _op("Enter or leave maintenance", write, body="MaintenanceUpdate"),
+        },
+        "/api/v1/instances/{id}/health": {
+            "parameters": [_path("id")],
+            "put": _op(
+                "Report the states of an instance's checks (its agent does)",
+                write,
+                body="HealthReport",
+            ),
+        },
+        "/api/v1/instances/{id}/check": {
+            "parameters": [_path("id")],
+            "post": _op(
+                "Run an instance's checks now; the instance as they leave it",
+                {"200": _ok(_ref("Instance"))},
+                errors=(400, 401, 404, 409, 503),
+            ),
+        },
+        "/api/v1/check": {
+            "post": _op(
+                "Run now the checks this server runs, of a service and/or a node",
+                {"200": _ok(instances)},
+                params=_CHECK_PARAMS,
+                errors=(400, 401, 409, 503),
+            ),
+        },
+        "/api/v1/checks": {
+            "get": _op(
+                "Every check of the matching instances, with status, output and counts",
+                {"200": _ok({"type": "array", "items": _ref("CheckRow")})},
+                params=_CHECK_PARAMS,
+                errors=(400, 409, 503),
+            ),
         },
         "/api/v1/batch": {
             "post": _op(

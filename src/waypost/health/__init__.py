@@ -1,3 +1,3 @@
-"""Health: TTL timers now; check kinds (HTTP, TCP, command, gRPC) and their scheduler later."""
+"""Health: check kinds (HTTP, TCP, command, gRPC, TTL), one status machine, one scheduler."""
 
 from __future__ import annotations

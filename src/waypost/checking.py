@@ -1,0 +1,149 @@
+"""The server's own check runner: the checks of instances registered through the API.
+
+Instances an agent registered (``agent``) are checked by that agent only; every other
+instance with checks of its own, or of its service config's template, is checked here.
+The host follows the catalog (every applied batch, and every re-list), so what runs is
+always what is registered; results go back through ``Registry.report_health``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Literal
+
+from waypost.errors import Conflict, NotFound
+from waypost.health.scheduler import Scheduler
+from waypost.model import CheckRow, CheckState, Event, Instance, ServiceConfig
+from waypost.registry import Registry, node_failed
+from waypost.store.base import missing
+
+log = logging.getLogger("waypost.checks")
+
+
+class CheckHost:
+    """Keeps a scheduler in step with the catalog; ``close`` stops every check."""
+
+    def __init__(self, registry: Registry, *, parallelism: int = 1024) -> None:
+        self.registry = registry
+        self.scheduler = Scheduler(self._report, parallelism=parallelism)
+        registry.listeners.append(self._on_batch)
+
+    async def _report(self, instance_id: str, states: tuple[CheckState, ...]) -> None:
+        try:
+            await self.registry.report_health(instance_id, states)
+        except NotFound:
+            self.scheduler.remove_instance(instance_id)  # deregistered meanwhile
+
+    def _on_batch(self, batch: Sequence[Event] | None) -> None:
+        catalog = self.registry.catalog
+        if batch is None:
+            wanted = set()
+            for inst in catalog.all():
+                if self.consider(inst):
+                    wanted.add(inst.id)
+            for iid in self.scheduler.instances():
+                if iid not in wanted:
+                    self.scheduler.remove_instance(iid)
+            return
+        for ev in batch:
+            entry = ev.entry
+            if isinstance(entry, Instance):
+                if ev.type == "delete":
+                    self.scheduler.remove_instance(entry.id)
+                else:
+                    self.consider(entry)
+            elif isinstance(entry, ServiceConfig):
+                for inst in catalog.service_instances(entry.service):
+                    self.consider(inst)
+
+    def consider(self, inst: Instance) -> bool:
+        """Check ``inst`` here if it should be; True when it is."""
+        if inst.agent or node_failed(inst):
+            self.scheduler.remove_instance(inst.id)
+            return False
+        checks = [c for c in self.registry.checks_of(inst) if c.kind != "ttl"]
+        if not checks:
+            self.scheduler.remove_instance(inst.id)
+            return False
+        self.scheduler.set_instance(inst.id, checks, inst.health)
+        return True
+
+    async def run_now(self, instance_id: str) -> Instance:
+        """Run an instance's checks now; the instance as they left it."""
+        inst = self.registry.catalog.get(instance_id)
+        if inst is None:
+            raise missing("instance", instance_id)
+        if inst.agent:
+            raise Conflict(
+                f"instance {instance_id!r} is checked by the agent of node {inst.node!r}",
+                field="id",
+            )
+        if instance_id not in self.scheduler:
+            raise Conflict(f"instance {instance_id!r} has no checks to run", field="id")
+        await self.scheduler.run_now(instance_id)
+        return self.registry.catalog.get(instance_id) or inst
+
+    async def run_matching(self, service: str | None, node: str | None) -> list[Instance]:
+        """Run the checks of every instance this server checks of a service and/or node."""
+        out = []
+        for inst in self.registry.catalog.all():
+            if service is not None and inst.service != service:
+                continue
+            if node is not None and inst.node != node:
+                continue
+            if inst.id in self.scheduler:
+                out.append(await self.run_now(inst.id))
+        return out
+
+    def rows(self, service: str | None = None, node: str | None = None) -> list[CheckRow]:
+        """Every check of the matching instances: live for those run here, stored
+        otherwise."""
+        out = []
+        for inst in self.registry.catalog.all():
+            if service is not None and inst.service != service:
+                continue
+            if node is not None and inst.node != node:
+                continue
+            live = {s.name: s for s in self.scheduler.states(inst.id)}
+            checks = {
+                str(c.name) if isinstance(c.name, str) else c.kind: c
+                for c in self.registry.checks_of(inst)
+            }
+            runs_on: Literal["server", "agent", "registry"]
+            for stored in inst.health:
+                state = live.get(stored.name, stored)
+                check = checks.get(stored.name)
+                if state.name in live:
+                    runs_on = "server"
+                elif inst.agent and check is not None:
+                    runs_on = "agent"
+                else:
+                    runs_on = "registry"  # TTL and node states: the registry keeps them
+                out.append(
+                    CheckRow(
+                        instance=inst.id,
+                        service=inst.service,
+                        node=inst.node,
+                        name=state.name,
+                        kind=state.kind or (check.kind if check else ""),
+                        target=check.target if check is not None else "",
+                        interval=check.interval
+                        if check is not None and check.kind != "ttl"
+                        else (str(check.ttl) if check is not None else ""),
+                        status=state.status,
+                        output=state.output,
+                        flapping=state.flapping,
+                        successes=state.successes,
+                        failures=state.failures,
+                        last_run=state.last_run,
+                        changed_at=state.changed_at,
+                        runs_on=runs_on,
+                    )
+                )
+        return out
+
+    async def close(self) -> None:
+        if self._on_batch in self.registry.listeners:
+            self.registry.listeners.remove(self._on_batch)
+        await self.scheduler.close()
