@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, ParamSpec, TypeVar
@@ -20,7 +21,8 @@ from rich.table import Table
 
 from waypost._version import __version__
 from waypost.client import Client
-from waypost.errors import InvalidInput, WaypostError
+from waypost.durations import parse_duration
+from waypost.errors import InvalidInput, Unavailable, WaypostError
 from waypost.model import Instance, convert_instance
 
 app = typer.Typer(
@@ -324,6 +326,193 @@ def status(server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOpt = 
             out.print(f"{key:<20} {value}")
     for key, value in st.config.items():
         out.print(f"{'config.' + key:<20} {value}")
+
+
+def _age(ts: float | None) -> str:
+    if not ts:
+        return "-"
+    ago = max(time.time() - ts, 0.0)
+    return f"{ago:.1f}s ago" if ago < 60 else f"{ago / 60:.0f}m ago"
+
+
+@app.command()
+@_friendly
+def checks(
+    name: Annotated[
+        str | None, typer.Argument(metavar="SERVICE", help="Only this service.")
+    ] = None,
+    node: Annotated[str | None, typer.Option(help="Only instances on this node.")] = None,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List every check: status, last output, last run and consecutive counts."""
+    with _client(server, token) as c:
+        rows = c.checks(name, node)
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table(
+        "INSTANCE", "CHECK", "KIND", "STATUS", "OK", "FAIL", "LAST RUN", "RUNS ON", "OUTPUT"
+    )
+    for r in rows:
+        shown = r.status.value + (" (flapping)" if r.flapping else "")
+        table.add_row(
+            r.instance,
+            r.name,
+            r.kind,
+            shown,
+            str(r.successes),
+            str(r.failures),
+            _age(r.last_run),
+            r.runs_on,
+            r.output[:80],
+        )
+    out.print(table)
+
+
+@app.command()
+@_friendly
+def nodes(server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOpt = False) -> None:
+    """List nodes: registered by agents (with status) and named by instances."""
+    with _client(server, token) as c:
+        rows = c.nodes()
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table("NODE", "ADDRESS", "STATUS", "INSTANCES", "REGISTERED", "LEASE")
+    for n in rows:
+        table.add_row(
+            n.id,
+            n.address or "",
+            n.status.value,
+            str(n.instances),
+            "yes" if n.registered else "no",
+            str(n.lease or ""),
+        )
+    out.print(table)
+
+
+# --- the node agent -----------------------------------------------------------------------
+
+agent_app = typer.Typer(
+    help="Run the node agent (or: waypost agent status).",
+    invoke_without_command=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(agent_app, name="agent")
+
+
+@agent_app.callback()
+@_friendly
+def agent(
+    ctx: typer.Context,
+    server: ServerOpt = None,
+    node: Annotated[str | None, typer.Option(help="This node's name (a DNS-safe label).")] = None,
+    config_dir: Annotated[
+        Path | None, typer.Option(help="Directory of service definitions (YAML, JSON, TOML).")
+    ] = None,
+    data_dir: Annotated[Path, typer.Option(help="Where the agent keeps its state.")] = Path(
+        ".waypost-agent"
+    ),
+    node_ttl: Annotated[str, typer.Option(help="The node lease's TTL.")] = "30s",
+    sync_interval: Annotated[str, typer.Option(help="How often anti-entropy runs.")] = "60s",
+    drain: Annotated[str, typer.Option(help="Wait in maintenance before deregistering.")] = "5s",
+    address: Annotated[
+        str, typer.Option(help="This node's address (the default of its services).")
+    ] = "127.0.0.1",
+    http: Annotated[
+        str, typer.Option(help="HOST:PORT of the agent's /status (port 0: any).")
+    ] = "127.0.0.1:0",
+    meta: Annotated[list[str] | None, typer.Option(help="Node meta KEY=VALUE (repeat).")] = None,
+    token: TokenOpt = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
+) -> None:
+    """Register this node's services from definition files, run their checks, keep the
+    node alive, repair what the registry lost; SIGTERM drains."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from waypost.agent.agent import AgentSettings
+    from waypost.model import is_address, is_label
+
+    urls = [u for s in (server or []) for u in s.split(",") if u]
+    if not urls:
+        raise InvalidInput("--server: give the registry's URL (URL[,URL...])", field="server")
+    if node is None or not is_label(node):
+        raise InvalidInput("--node: give this node's name (a DNS-safe label)", field="node")
+    if config_dir is None:
+        raise InvalidInput("--config-dir: give the directory of service definitions")
+    if not config_dir.is_dir():
+        raise InvalidInput(f"--config-dir: {config_dir} is not a directory", field="config_dir")
+    if not is_address(address):
+        raise InvalidInput(f"--address: {address!r} is not an address", field="address")
+    for flag, value in (("node-ttl", node_ttl), ("sync-interval", sync_interval), ("drain", drain)):
+        try:
+            parse_duration(value, field=flag)
+        except InvalidInput as exc:
+            raise InvalidInput(f"--{exc.message}", field=flag) from None
+    settings = AgentSettings(
+        servers=urls,
+        node=node,
+        config_dir=str(config_dir),
+        data_dir=str(data_dir),
+        node_ttl=node_ttl,
+        sync_interval=sync_interval,
+        drain=drain,
+        address=address,
+        http=http,
+        token=token or "",
+        meta=_parse_meta(meta),
+    )
+    _run_agent(settings, log_level)
+
+
+def _run_agent(settings: Any, log_level: str) -> None:
+    import asyncio
+    import logging
+
+    from waypost.agent.agent import run_agent
+
+    logging.basicConfig(
+        level=log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover
+        code = asyncio.run(run_agent(settings))
+    else:
+        code = uvloop.run(run_agent(settings))
+    raise typer.Exit(code)
+
+
+@agent_app.command("status")
+@_friendly
+def agent_status(
+    data_dir: Annotated[Path, typer.Option(help="The agent's data directory.")] = Path(
+        ".waypost-agent"
+    ),
+    url: Annotated[str | None, typer.Option(help="The agent's status URL instead.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show a running agent's sync state, last error, definitions and checks."""
+    import httpx
+
+    from waypost.agent.agent import read_status, status_lines
+
+    base = url or read_status(data_dir)
+    try:
+        resp = httpx.get(f"{base.rstrip('/')}/status", timeout=5)
+    except httpx.HTTPError as exc:
+        raise Unavailable(f"agent at {base} did not answer: {exc}") from None
+    data = resp.json()
+    if as_json:
+        _print_json(data)
+        return
+    for line in status_lines(data):
+        out.print(line)
 
 
 @app.command()

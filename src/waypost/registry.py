@@ -125,14 +125,16 @@ def removal_delay(inst: Instance, checks: Sequence[Check]) -> str | None:
         return None
     # Only checks that have failed count: not one that has not run yet, nor one whose
     # failures its grace ignores (a slow starter is not removed while it starts).
+    # A failed node's instances: every check counts as failed.
+    down = node_failed(inst)
     failed = {s.name for s in inst.health if s.status is Status.CRITICAL and s.failures > 0}
     delays = [
         c.deregister_critical_after
         for c in checks
         if isinstance(c.deregister_critical_after, str)
-        and (c.name if isinstance(c.name, str) else c.kind) in failed
+        and (down or (c.name if isinstance(c.name, str) else c.kind) in failed)
     ]
-    if not delays and node_failed(inst):
+    if not delays and down:
         delays = [inst.deregister_after]
     if not delays:
         return None

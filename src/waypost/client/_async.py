@@ -15,6 +15,8 @@ from waypost.durations import parse_duration
 from waypost.errors import Unavailable, WaypostError
 from waypost.model import (
     BatchResult,
+    CheckRow,
+    CheckState,
     Event,
     Instance,
     Kind,
@@ -176,6 +178,26 @@ class AsyncClient:
         body, _ = await self._call(_core.maintenance_request(instance_id, enable, reason))
         return _core.decode_as(body, WriteResult)
 
+    async def report_health(self, instance_id: str, states: Sequence[CheckState]) -> WriteResult:
+        """Report the states of an instance's checks (what an agent does on a change)."""
+        body, _ = await self._call(_core.health_request(instance_id, states))
+        return _core.decode_as(body, WriteResult)
+
+    async def checks(self, service: str | None = None, node: str | None = None) -> list[CheckRow]:
+        """Every check of the instances of a service and/or node, with its state."""
+        body, _ = await self._call(_core.checks_request(service, node))
+        return _core.decode_as(body, list[CheckRow])
+
+    async def run_checks(
+        self, instance_id: str | None = None, *, service: str | None = None, node: str | None = None
+    ) -> list[Instance]:
+        """Run checks the server runs now: one instance's, or a service's and/or node's."""
+        if instance_id is not None:
+            body, _ = await self._call(_core.run_instance_checks_request(instance_id))
+            return [_core.decode_as(body, Instance)]
+        body, _ = await self._call(_core.run_checks_request(service, node))
+        return _core.decode_as(body, list[Instance])
+
     async def batch(
         self,
         register: Iterable[Instance | Mapping[str, Any]] = (),
@@ -250,6 +272,15 @@ class AsyncClient:
         kept._revoke = revoke
         kept._task = asyncio.create_task(beat(), name=f"waypost-lease-{granted.id}")
         return kept
+
+    async def grant_lease(self, ttl: float | str) -> int:
+        """Grant a lease (kept alive by the caller with ``keepalive_lease``); its id."""
+        body, _ = await self._call(_core.lease_grant_request(ttl))
+        return _core.decode_as(body, LeaseInfo).id
+
+    async def keepalive_lease(self, lease_id: int) -> None:
+        """Restart a lease's clock; NotFound once it has lapsed."""
+        await self._call(_core.lease_request("PUT", lease_id, "/keepalive"))
 
     async def revoke_lease(self, lease_id: int) -> WriteResult:
         """End a lease now: every entry on it is deleted."""

@@ -20,7 +20,9 @@ from waypost.errors import Gone, InvalidInput, Unavailable, WaypostError, from_d
 from waypost.model import (
     ENTRY_TYPES,
     Batch,
+    CheckState,
     Event,
+    HealthReport,
     Instance,
     Kind,
     LeaseGrant,
@@ -155,6 +157,32 @@ def status_request(instance_id: str, status: Status | str, output: str) -> Reque
 def maintenance_request(instance_id: str, enable: bool, reason: str) -> Request:
     body = _encode(MaintenanceUpdate(enable=enable, reason=reason))
     return Request("PUT", f"/api/v1/instances/{_iid(instance_id)}/maintenance", [], body)
+
+
+def health_request(instance_id: str, states: Sequence[CheckState]) -> Request:
+    body = _encode(HealthReport(health=tuple(states)))
+    return Request("PUT", f"/api/v1/instances/{_iid(instance_id)}/health", [], body)
+
+
+def _where(service: str | None, node: str | None) -> list[tuple[str, str]]:
+    params = []
+    if service is not None:
+        params.append(("service", service))
+    if node is not None:
+        params.append(("node", node))
+    return params
+
+
+def checks_request(service: str | None, node: str | None) -> Request:
+    return Request("GET", "/api/v1/checks", _where(service, node))
+
+
+def run_checks_request(service: str | None, node: str | None) -> Request:
+    return Request("POST", "/api/v1/check", _where(service, node))
+
+
+def run_instance_checks_request(instance_id: str) -> Request:
+    return Request("POST", f"/api/v1/instances/{_iid(instance_id)}/check", [])
 
 
 def batch_request(register: Sequence[Instance], deregister: Sequence[str]) -> Request:

@@ -16,6 +16,8 @@ from waypost.durations import parse_duration
 from waypost.errors import Unavailable, WaypostError
 from waypost.model import (
     BatchResult,
+    CheckRow,
+    CheckState,
     Event,
     Instance,
     Kind,
@@ -152,6 +154,26 @@ class Client:
         """Set an instance's status and output."""
         resp = self._call(_core.status_request(instance_id, status, output))
         return _core.decode_as(resp.content, WriteResult)
+
+    def report_health(self, instance_id: str, states: Sequence[CheckState]) -> WriteResult:
+        """Report the states of an instance's checks (what an agent does on a change)."""
+        resp = self._call(_core.health_request(instance_id, states))
+        return _core.decode_as(resp.content, WriteResult)
+
+    def checks(self, service: str | None = None, node: str | None = None) -> list[CheckRow]:
+        """Every check of the instances of a service and/or node, with its state."""
+        resp = self._call(_core.checks_request(service, node))
+        return _core.decode_as(resp.content, list[CheckRow])
+
+    def run_checks(
+        self, instance_id: str | None = None, *, service: str | None = None, node: str | None = None
+    ) -> list[Instance]:
+        """Run checks the server runs now: one instance's, or a service's and/or node's."""
+        if instance_id is not None:
+            resp = self._call(_core.run_instance_checks_request(instance_id))
+            return [_core.decode_as(resp.content, Instance)]
+        resp = self._call(_core.run_checks_request(service, node))
+        return _core.decode_as(resp.content, list[Instance])
 
     def maintenance(self, instance_id: str, enable: bool = True, reason: str = "") -> WriteResult:
         """Put an instance in (or, with ``enable=False``, out of) maintenance."""

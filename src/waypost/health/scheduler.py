@@ -18,7 +18,7 @@ import asyncio
 import logging
 import random
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -84,6 +84,7 @@ class Scheduler:
         self._tasks: set[asyncio.Task[None]] = set()
         self._running = 0
         self._drift: deque[float] = deque(maxlen=DRIFT_SAMPLES)
+        self._grpc_refs: Counter[str] = Counter()
         self.context = CheckContext()
         self.runs = 0
         self.report_errors = 0
@@ -125,11 +126,22 @@ class Scheduler:
                 due=now + random.uniform(0, min(interval, self._spread)),
             )
             jobs[name] = job
+            if isinstance(check.grpc, str):
+                self._grpc_refs[check.grpc] += 1
             self._arm(job)
         for job in old.values():
             self._cancel(job)
         if jobs:
             self._jobs[instance_id] = jobs
+
+    def adopt(self, instance_id: str, states: Sequence[CheckState]) -> None:
+        """Carry on from stored states for checks of ``instance_id`` that have not run
+        yet (an agent restarted: its services keep their statuses)."""
+        stored = {s.name: s for s in states}
+        for name, job in self._jobs.get(instance_id, {}).items():
+            state = stored.get(name)
+            if state is not None and not job.machine.ran and state.kind == job.machine.check.kind:
+                job.machine = CheckMachine.resumed(job.machine.check, state, self._clock())
 
     def remove_instance(self, instance_id: str) -> None:
         for job in self._jobs.pop(instance_id, {}).values():
@@ -167,6 +179,18 @@ class Scheduler:
         if job.handle is not None:
             job.handle.cancel()
             job.handle = None
+        target = job.machine.check.grpc
+        if isinstance(target, str):
+            self._grpc_refs[target] -= 1
+            if self._grpc_refs[target] <= 0:
+                # No check asks this target any more: its channel goes (targets churn
+                # over months; channels must not pile up).
+                del self._grpc_refs[target]
+                channel = self.context.grpc_channels.pop(target, None)
+                if channel is not None:
+                    task = asyncio.create_task(channel.close(), name="close grpc channel")
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
 
     def _fire(self, job: _Job) -> None:
         job.handle = None
