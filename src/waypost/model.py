@@ -736,6 +736,10 @@ def validate_instance(inst: Instance) -> Instance:
     changes: dict[str, Any] = {"checks": checks}
     if ttl != inst.ttl:
         changes["ttl"] = ttl
+        # A ttl check's deregister_critical_after is the instance's deregister_after.
+        for check in checks:
+            if isinstance(check.ttl, str) and isinstance(check.deregister_critical_after, str):
+                changes["deregister_after"] = check.deregister_critical_after
     return msgspec.structs.replace(inst, **changes)
 
 

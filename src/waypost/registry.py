@@ -545,6 +545,12 @@ class Registry:
         given = {s.name: s for s in states}
 
         def change(cur: Instance) -> Instance | None:
+            if agent and not cur.agent:
+                raise Conflict(
+                    f"instance {instance_id!r} is checked by the server, not an agent; "
+                    "set a status with PUT /api/v1/instances/{id}/status",
+                    field="id",
+                )
             names = [c.name if isinstance(c.name, str) else c.kind for c in self.checks_of(cur)]
             if cur.ttl and ttl_name(cur) not in names:
                 names.append(ttl_name(cur))

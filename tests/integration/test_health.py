@@ -354,3 +354,32 @@ def test_checks_listing(http: httpx.Client, target: HttpTarget) -> None:
     assert row["successes"] >= 1
     assert http.get("/api/v1/checks?service=nope").json() == []
     assert http.get("/api/v1/checks?bogus=1").status_code == 400
+
+
+def test_ttl_check_beside_an_http_check(http: httpx.Client, target: HttpTarget) -> None:
+    checks = [
+        {"ttl": "1s", "deregister_critical_after": "30s", "name": "beat"},
+        {"http": f"http://127.0.0.1:{target.port}/", **FAST},
+    ]
+    register(http, "web-1", checks)
+    inst = get(http, "web-1")
+    assert inst["ttl"] == "1s"
+    assert inst["deregister_after"] == "30s"
+    wait_status(http, "web-1", "passing")
+    # No heartbeat: the TTL state makes it critical though its HTTP check passes, and
+    # further HTTP results do not undo that.
+    wait_status(http, "web-1", "critical")
+    states = {h["name"]: h["status"] for h in get(http, "web-1")["health"]}
+    assert states == {"beat": "critical", "http": "passing"}
+    assert get(http, "web-1")["output"].startswith("beat: TTL expired")
+    assert http.put("/api/v1/instances/web-1/heartbeat").status_code == 200
+    assert status_of(http, "web-1") == "passing"
+
+
+def test_only_an_agent_reports_health(http: httpx.Client, target: HttpTarget) -> None:
+    register(http, "web-1", [{"http": f"http://127.0.0.1:{target.port}/", **FAST}])
+    report = {"health": [{"name": "http", "kind": "http", "status": "passing"}]}
+    r = http.put("/api/v1/instances/web-1/health", json=report)
+    assert r.status_code == 409
+    assert "checked by the server" in r.json()["message"]
+    assert http.put("/api/v1/instances/nobody/health", json=report).status_code == 404

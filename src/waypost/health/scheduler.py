@@ -44,6 +44,8 @@ RUNNERS: dict[str, Runner] = {
 # The first run of a check comes within this (or its interval, if shorter) of its
 # registration, spread at random.
 FIRST_RUN_SPREAD_S = 1.0
+# Shorter intervals are run at this one: a typo of 1ms must not make a busy loop.
+MIN_INTERVAL_S = 0.1
 # Start delays kept for the drift figure (``drift_p99_ms``).
 DRIFT_SAMPLES = 10_000
 
@@ -117,7 +119,7 @@ class Scheduler:
                 machine = CheckMachine.resumed(check, state, now)
             else:
                 machine = CheckMachine.fresh(check, now, self._wall())
-            interval = parse_duration(check.interval)
+            interval = max(parse_duration(check.interval), MIN_INTERVAL_S)
             job = _Job(
                 instance=instance_id,
                 machine=machine,
