@@ -58,3 +58,23 @@ def test_api_curl_examples_run(server: ServerProcess, n: int) -> None:
     assert done.returncode == (28 if streaming else 0), done.stderr
     if streaming:
         assert "event: put" in done.stdout
+
+
+HEALTH_BLOCKS = SH_BLOCK.findall((DOCS / "health-checks.md").read_text())
+
+
+@pytest.mark.parametrize("n", range(len(HEALTH_BLOCKS)))
+def test_health_check_examples_run(server: ServerProcess, n: int) -> None:
+    """In order, against one server: each example runs on what the ones before left."""
+    import subprocess
+
+    host = server.url.removeprefix("http://")
+    for script in HEALTH_BLOCKS[: n + 1]:
+        script = script.replace("localhost:8500", host).replace(
+            'port": 8500', f'port": {server.port}'
+        )
+        script = script.replace("curl ", "curl -sS -f --max-time 5 ")
+        done = subprocess.run(
+            ["bash", "-e", "-c", script], capture_output=True, text=True, timeout=30
+        )
+        assert done.returncode == 0, (script, done.stdout, done.stderr)
