@@ -34,6 +34,7 @@ bench: $(STAMP)
 	bash scripts/system-deps.sh bench
 	$(BIN)/python bench/registry.py
 	$(BIN)/python bench/watch.py
+	$(BIN)/python bench/checks.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build src/*.egg-info

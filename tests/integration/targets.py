@@ -37,9 +37,10 @@ class HttpTarget:
             protocol_version = "HTTP/1.1"
 
             def do_GET(self) -> None:
-                with target.seen:
+                with target.seen:  # the answer is decided as the request is counted
                     target.requests += 1
                     n = target.requests
+                    code, body = target.code, target.body
                     target.seen.notify_all()
                 if target.hold_at == n:
                     target.held.set()
@@ -47,10 +48,10 @@ class HttpTarget:
                 if target.hang:
                     target._closed.wait(30)
                     return
-                self.send_response(target.code)
-                self.send_header("Content-Length", str(len(target.body)))
+                self.send_response(code)
+                self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(target.body)
+                self.wfile.write(body)
 
             do_POST = do_GET
 

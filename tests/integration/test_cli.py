@@ -143,3 +143,37 @@ def test_dev_serves_on_sqlite_in_dot_waypost(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.communicate(timeout=10)
+
+
+def test_checks_and_nodes(server: ServerProcess, tmp_path: Path) -> None:
+    from tests.conftest import wait_until
+
+    defs = tmp_path / "web.yaml"
+    defs.write_text(
+        "id: web-1\nservice: web\naddress: 127.0.0.1\nport: 8080\nnode: n1\n"
+        "checks:\n"
+        f"  - http: {server.url}/health\n    interval: 200ms\n    name: api\n"
+        "  - tcp: 127.0.0.1:1\n    interval: 200ms\n    unhealthy_threshold: 1\n"
+    )
+    r = cli("register", "-f", str(defs), "--server", server.url)
+    assert r.returncode == 0, r.stderr
+
+    def rows() -> list[dict[str, object]]:
+        r = cli("checks", "web", "--server", server.url, "--json")
+        assert r.returncode == 0, r.stderr
+        return list(json.loads(r.stdout))
+
+    wait_until(lambda: all(row["last_run"] for row in rows()), 15, "both checks to run")
+    by_name = {row["name"]: row for row in rows()}
+    assert by_name["api"]["status"] == "passing"
+    assert by_name["tcp"]["status"] == "critical"
+    assert by_name["tcp"]["failures"] == 1
+    table = cli("checks", "--node", "n1", "--server", server.url)
+    assert table.returncode == 0
+    assert "api" in table.stdout
+    assert "critical" in table.stdout
+    assert cli("checks", "--node", "n_1", "--server", server.url).returncode != 0
+    r = cli("nodes", "--server", server.url, "--json")
+    assert r.returncode == 0, r.stderr
+    assert [(n["id"], n["registered"]) for n in json.loads(r.stdout)] == [("n1", False)]
+    assert "n1" in cli("nodes", "--server", server.url).stdout
