@@ -106,7 +106,9 @@ def naive_run(target: str, n: int, seconds: float) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--counts", type=int, nargs="+", default=[1000, 2000, 3000, 4000, 5000, 6000])
+    parser.add_argument(
+        "--counts", type=int, nargs="+", default=[1000, 2000, 3000, 4000, 5000, 6000]
+    )
     parser.add_argument("--seconds", type=float, default=15.0)
     args = parser.parse_args()
     raise_fd_limit()

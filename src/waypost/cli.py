@@ -352,9 +352,10 @@ def checks(
     if as_json:
         _print_json(rows)
         return
-    table = Table(
-        "INSTANCE", "CHECK", "KIND", "STATUS", "OK", "FAIL", "LAST RUN", "RUNS ON", "OUTPUT"
-    )
+    table = Table()
+    for column in ("INSTANCE", "CHECK", "KIND", "STATUS", "OK", "FAIL", "LAST RUN", "RUNS ON"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("OUTPUT", overflow="fold", min_width=12)
     for r in rows:
         shown = r.status.value + (" (flapping)" if r.flapping else "")
         table.add_row(

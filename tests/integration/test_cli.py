@@ -167,7 +167,7 @@ def test_checks_and_nodes(server: ServerProcess, tmp_path: Path) -> None:
     by_name = {row["name"]: row for row in rows()}
     assert by_name["api"]["status"] == "passing"
     assert by_name["tcp"]["status"] == "critical"
-    assert by_name["tcp"]["failures"] == 1
+    assert by_name["tcp"]["failures"] >= 1  # live: the server runs it
     table = cli("checks", "--node", "n1", "--server", server.url)
     assert table.returncode == 0
     assert "api" in table.stdout
