@@ -111,7 +111,14 @@ class CheckHost:
                 for c in self.registry.checks_of(inst)
             }
             runs_on: Literal["server", "agent", "registry"]
-            for stored in inst.health:
+            # Every check (one not run yet too), then the registry's own states.
+            stored_by_name = {s.name: s for s in inst.health}
+            states = [
+                stored_by_name.get(name) or CheckState(name=name, kind=c.kind, output="not run yet")
+                for name, c in checks.items()
+            ]
+            states += [s for s in inst.health if s.name not in checks]
+            for stored in states:
                 state = live.get(stored.name, stored)
                 check = checks.get(stored.name)
                 if state.name in live:

@@ -93,9 +93,17 @@ def _serve(flags: dict[str, Any], config: Path | None) -> None:
 def dev(
     http: Annotated[str, typer.Option(help="HOST:PORT of the HTTP API.")] = "127.0.0.1:8500",
     data_dir: Annotated[Path, typer.Option(help="Where the SQLite file lives.")] = Path(".waypost"),
+    enable_command_checks: Annotated[
+        bool,
+        typer.Option(
+            "--enable-command-checks",
+            help="Run command checks of instances registered through the API (off: 403).",
+        ),
+    ] = False,
 ) -> None:
     """All-in-one development server on SQLite in ./.waypost/ (API on 127.0.0.1:8500)."""
-    _serve({"http": http, "data_dir": str(data_dir), "store": "sqlite://"}, None)
+    flags = {"http": http, "data_dir": str(data_dir), "store": "sqlite://"}
+    _serve({**flags, "enable_command_checks": enable_command_checks}, None)
 
 
 @app.command()
@@ -119,6 +127,13 @@ def server(
         str | None, typer.Option(help="The longest a blocking query waits (default 10m).")
     ] = None,
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error.")] = None,
+    enable_command_checks: Annotated[
+        bool,
+        typer.Option(
+            "--enable-command-checks",
+            help="Run command checks of instances registered through the API (off: 403).",
+        ),
+    ] = False,
     config: Annotated[
         Path | None, typer.Option(help="YAML/JSON settings file (flags and env win).")
     ] = None,
@@ -133,6 +148,8 @@ def server(
         "event_window": event_window,
         "max_wait": max_wait,
         "log_level": log_level,
+        # Only a given flag overrides the environment and the file.
+        "enable_command_checks": True if enable_command_checks else None,
     }
     _serve(flags, config)
 

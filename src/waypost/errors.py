@@ -47,6 +47,14 @@ class Unauthorized(WaypostError):
     exit_code = 5
 
 
+class Forbidden(WaypostError):
+    """What this server is configured not to do (command checks through the API)."""
+
+    code = "forbidden"
+    http_status = 403
+    exit_code = 5
+
+
 class NotFound(WaypostError):
     """The named instance, service or route does not exist."""
 
@@ -99,6 +107,7 @@ BY_CODE: dict[str, type[WaypostError]] = {
         WaypostError,
         InvalidInput,
         Unauthorized,
+        Forbidden,
         NotFound,
         Conflict,
         Gone,

@@ -31,7 +31,7 @@ import msgspec
 
 from waypost.catalog import Catalog
 from waypost.durations import parse_duration
-from waypost.errors import Conflict, Gone, NotFound, WaypostError
+from waypost.errors import Conflict, Forbidden, Gone, NotFound, WaypostError
 from waypost.health.machine import worst
 from waypost.health.ttl import TtlTimers
 from waypost.model import (
@@ -177,10 +177,12 @@ class Registry:
         node_name: str,
         clock: Clock = time.time,
         monotonic: Clock | None = None,
+        command_checks: bool = False,
     ) -> None:
         self.store = store
         self.catalog = catalog
         self.node_name = node_name
+        self.command_checks = command_checks
         self._clock = clock
         # Deadlines: a monotonic clock (a test's ManualClock serves as both).
         self._monotonic = monotonic or (clock if clock is not time.time else time.monotonic)
@@ -317,6 +319,15 @@ class Registry:
         """Fill in what the server owns: node, timestamps (registered_at kept on replace)
         and, unless an agent reports them, the health of the instance's checks: a check
         new or changed starts at its initial status, one unchanged keeps its state."""
+        if not inst.agent and not self.command_checks:
+            for check in inst.checks:
+                if check.kind == "command":
+                    raise Forbidden(
+                        f"instance {inst.id!r}: command checks are disabled on this server "
+                        "(start it with --enable-command-checks, or define the check in "
+                        "an agent's files)",
+                        field="checks",
+                    )
         now = self._clock()
         old = self.catalog.get(inst.id)
         inst = msgspec.structs.replace(
@@ -334,7 +345,7 @@ class Registry:
             # once it has run), unless the old record has the template's state.
             if checks and old is not None and old.health and self.checks_of(old) == checks:
                 return composed(inst, old.health, now)
-            return msgspec.structs.replace(inst, health=())
+            return msgspec.structs.replace(inst, health=()) if inst.health else inst
         kept = {}
         if old is not None:
             old_checks = {c.name: c for c in old.checks}

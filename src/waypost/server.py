@@ -33,7 +33,12 @@ class WaypostServer:
             event_window_s=settings.event_window_s(),
         )
         self.catalog = Catalog()
-        self.registry = Registry(self.store, self.catalog, node_name=settings.node)
+        self.registry = Registry(
+            self.store,
+            self.catalog,
+            node_name=settings.node,
+            command_checks=settings.enable_command_checks,
+        )
         # Checks of instances registered through the API (agents check their own).
         self.checks = CheckHost(self.registry)
         self._runner: web.AppRunner | None = None

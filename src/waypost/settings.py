@@ -40,6 +40,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # idle requests sooner.
     max_wait: str = "10m"
     log_level: str = "info"
+    # Command checks of instances registered through the API run programs on this
+    # server: off unless asked (Consul's enable_script_checks). Agents run the command
+    # checks of their own definition files regardless.
+    enable_command_checks: bool = False
 
     def http_host_port(self) -> tuple[str, int]:
         """Split ``http`` into host and port; InvalidInput when it is not HOST:PORT."""
@@ -95,7 +99,8 @@ def load_settings(
             merged[name] = value
     merged.update({k: v for k, v in flags.items() if v is not None})
     try:
-        settings = msgspec.convert(merged, Settings)
+        # Not strict: the environment spells booleans as text (true, false, 1, 0).
+        settings = msgspec.convert(merged, Settings, strict=False)
     except msgspec.ValidationError as exc:
         raise InvalidInput(f"settings: {exc}", field="settings") from None
     settings.http_host_port()

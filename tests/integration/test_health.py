@@ -20,6 +20,12 @@ FAST = {"interval": "200ms", "timeout": "2s"}
 
 
 @pytest.fixture
+def server(start_server: Callable[..., ServerProcess]) -> ServerProcess:
+    """A server that runs command checks registered through the API too."""
+    return start_server("--enable-command-checks")
+
+
+@pytest.fixture
 def target() -> Iterator[HttpTarget]:
     t = HttpTarget()
     yield t
@@ -383,3 +389,23 @@ def test_only_an_agent_reports_health(http: httpx.Client, target: HttpTarget) ->
     assert r.status_code == 409
     assert "checked by the server" in r.json()["message"]
     assert http.put("/api/v1/instances/nobody/health", json=report).status_code == 404
+
+
+def test_command_checks_through_the_api_are_off_by_default(
+    start_server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    plain = start_server(name="plain")
+    marker = tmp_path / "ran"
+    body = instance("job-1", checks=[{"command": ["touch", str(marker)], "interval": "100ms"}])
+    with httpx.Client(base_url=plain.url, timeout=10) as client:
+        r = client.put("/api/v1/instances/job-1", json=body)
+        assert r.status_code == 403
+        assert "--enable-command-checks" in r.json()["message"]
+        r = client.post("/api/v1/batch", json={"register": [body | {"id": "job-2"}]})
+        assert r.status_code == 403
+        assert client.get("/api/v1/instances").json() == []
+        # An agent's own instance may carry one: its agent runs it, never the server.
+        r = client.put("/api/v1/instances/job-3", json=body | {"id": "job-3", "agent": True})
+        assert r.status_code == 200
+        assert client.get("/api/v1/checks").json()[0]["runs_on"] == "agent"
+    assert not marker.exists()

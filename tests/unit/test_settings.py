@@ -46,3 +46,10 @@ def test_a_config_file_that_is_not_a_mapping_is_refused(tmp_path: Path) -> None:
     cfg.write_text("- just\n- a list\n")
     with pytest.raises(InvalidInput, match="mapping"):
         load_settings({}, env={}, config_file=cfg)
+
+
+def test_command_checks_are_off_unless_asked() -> None:
+    assert load_settings({}, env={}).enable_command_checks is False
+    assert load_settings({}, env={"WAYPOST_ENABLE_COMMAND_CHECKS": "true"}).enable_command_checks
+    with pytest.raises(InvalidInput, match="enable_command_checks"):
+        load_settings({}, env={"WAYPOST_ENABLE_COMMAND_CHECKS": "maybe"})

@@ -71,6 +71,7 @@ def _errors(*codes: int) -> dict[str, Any]:
     text = {
         400: "Invalid input; `field` names the offending field",
         401: "A write without the server's bearer token",
+        403: "Something this server is configured not to do (command checks through the API)",
         404: "Unknown entry (or a lease that has ended)",
         409: "The entry changed meanwhile, or the request contradicts itself or its path",
         410: "An index older than the kept event log (re-list), or ahead of the registry",
@@ -84,7 +85,7 @@ def _errors(*codes: int) -> dict[str, Any]:
 
 
 _READ_ERRORS = (400, 503)
-_WRITE_ERRORS = (400, 401, 404, 409, 413, 503)
+_WRITE_ERRORS = (400, 401, 403, 404, 409, 413, 503)
 
 _LABEL = {"type": "string", "pattern": ecma_pattern(LABEL_PATTERN), "maxLength": 63}
 _DURATION = {"type": "string", "pattern": ecma_pattern(DURATION_PATTERN), "maxLength": 32}
