@@ -3,10 +3,12 @@
 # Usage: scripts/system-deps.sh test|bench
 set -euo pipefail
 want=()
-need() { command -v "$1" >/dev/null 2>&1 || want+=("$2"); }
+need() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || want+=("$2"); }
 case "${1:-test}" in
   test)
     need curl curl
+    need dig dnsutils
+    need dnsmasq dnsmasq-base
     ;;
   bench)
     need curl curl

@@ -100,10 +100,15 @@ def dev(
             help="Run command checks of instances registered through the API (off: 403).",
         ),
     ] = False,
+    dns: Annotated[str, typer.Option(help="DNS HOST:PORT, UDP and TCP.")] = "127.0.0.1:8600",
+    no_dns: Annotated[bool, typer.Option("--no-dns", help="Serve no DNS.")] = False,
+    dns_domain: Annotated[str, typer.Option(help="The DNS zone.")] = "waypost",
 ) -> None:
-    """All-in-one development server on SQLite in ./.waypost/ (API on 127.0.0.1:8500)."""
+    """All-in-one development server on SQLite in ./.waypost/: API on 127.0.0.1:8500,
+    DNS on 127.0.0.1:8600."""
     flags = {"http": http, "data_dir": str(data_dir), "store": "sqlite://"}
-    _serve({**flags, "enable_command_checks": enable_command_checks}, None)
+    dns_flags = {"dns": "" if no_dns else dns, "dns_domain": dns_domain}
+    _serve({**flags, **dns_flags, "enable_command_checks": enable_command_checks}, None)
 
 
 @app.command()
@@ -134,6 +139,20 @@ def server(
             help="Run command checks of instances registered through the API (off: 403).",
         ),
     ] = False,
+    dns: Annotated[
+        str | None,
+        typer.Option(help="DNS HOST:PORT, UDP and TCP (comma list; default 127.0.0.1:8600)."),
+    ] = None,
+    no_dns: Annotated[bool, typer.Option("--no-dns", help="Serve no DNS.")] = False,
+    dns_domain: Annotated[str | None, typer.Option(help="The DNS zone (default waypost).")] = None,
+    dns_ttl: Annotated[str | None, typer.Option(help="TTL of DNS answers (default 5s).")] = None,
+    dns_allow_warning: Annotated[
+        bool, typer.Option("--dns-allow-warning", help="Answer warning instances too.")
+    ] = False,
+    recursor: Annotated[
+        list[str] | None,
+        typer.Option(help="IP:PORT to forward other names to (repeat: tried in order)."),
+    ] = None,
     config: Annotated[
         Path | None, typer.Option(help="YAML/JSON settings file (flags and env win).")
     ] = None,
@@ -150,6 +169,11 @@ def server(
         "log_level": log_level,
         # Only a given flag overrides the environment and the file.
         "enable_command_checks": True if enable_command_checks else None,
+        "dns": "" if no_dns else dns,
+        "dns_domain": dns_domain,
+        "dns_ttl": dns_ttl,
+        "dns_allow_warning": True if dns_allow_warning else None,
+        "recursors": ",".join(recursor) if recursor else None,
     }
     _serve(flags, config)
 

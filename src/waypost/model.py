@@ -463,6 +463,8 @@ class ServiceConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     # The check every instance of the service with no checks of its own gets, against
     # the instance's own address and port.
     check: ServiceCheck | None = None
+    # The TTL of this service's DNS answers (default: the server's --dns-ttl).
+    dns_ttl: Duration | UnsetType = UNSET
     meta: MetaMap = field(default_factory=dict)
     updated_at: float = 0.0
 

@@ -15,6 +15,7 @@ from aiohttp import web
 from waypost.api.app import build_app
 from waypost.catalog import Catalog
 from waypost.checking import CheckHost
+from waypost.dns.server import DnsServer
 from waypost.registry import Registry
 from waypost.settings import Settings
 from waypost.store import Store, open_store
@@ -41,6 +42,17 @@ class WaypostServer:
         )
         # Checks of instances registered through the API (agents check their own).
         self.checks = CheckHost(self.registry)
+        listeners = settings.dns_listeners()
+        self.dns: DnsServer | None = None
+        if listeners:
+            self.dns = DnsServer(
+                self.registry,
+                listen=listeners,
+                domain=settings.dns_domain,
+                ttl_s=settings.dns_ttl_s(),
+                allow_warning=settings.dns_allow_warning,
+                recursors=settings.recursor_list(),
+            )
         self._runner: web.AppRunner | None = None
         self.url = ""
 
@@ -48,6 +60,8 @@ class WaypostServer:
         await self.store.open()
         try:
             await self.registry.start()
+            if self.dns is not None:
+                await self.dns.start()
             app = build_app(
                 self.registry,
                 token=self.settings.token,
@@ -78,6 +92,8 @@ class WaypostServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self.dns is not None:
+            await self.dns.stop()
         await self.checks.close()
         await self.registry.stop()
         await self.store.close()
@@ -97,8 +113,9 @@ async def serve(settings: Settings) -> None:
     # What start-up loaded (the whole catalog) lives as long as the process: keep it out
     # of every later collection.
     gc.freeze()
+    dns = f", dns {','.join(server.dns.addresses())}" if server.dns is not None else ""
     print(
-        f"waypost: serving {server.url} (store {server.store.kind}, node {settings.node})",
+        f"waypost: serving {server.url} (store {server.store.kind}, node {settings.node}{dns})",
         flush=True,
     )
     stop = asyncio.Event()

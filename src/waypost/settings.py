@@ -17,7 +17,7 @@ import yaml
 
 from waypost.durations import parse_duration
 from waypost.errors import InvalidInput
-from waypost.model import LABEL_RE
+from waypost.model import LABEL_RE, is_label
 
 
 def default_node_name() -> str:
@@ -44,6 +44,23 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # server: off unless asked (Consul's enable_script_checks). Agents run the command
     # checks of their own definition files regardless.
     enable_command_checks: bool = False
+    # DNS: listeners (HOST:PORT, comma list; empty: off), the zone, answer TTL,
+    # whether warning instances are answered, and recursors for other names.
+    dns: str = "127.0.0.1:8600"
+    dns_domain: str = "waypost"
+    dns_ttl: str = "5s"
+    dns_allow_warning: bool = False
+    recursors: str = ""
+
+    def dns_listeners(self) -> list[tuple[str, int]]:
+        """``dns`` as (host, port) pairs; InvalidInput when one is not HOST:PORT."""
+        return [_host_port(part, "dns") for part in self.dns.split(",") if part.strip()]
+
+    def recursor_list(self) -> list[tuple[str, int]]:
+        return [_host_port(part, "recursor") for part in self.recursors.split(",") if part.strip()]
+
+    def dns_ttl_s(self) -> float:
+        return parse_duration(self.dns_ttl, field="dns_ttl")
 
     def http_host_port(self) -> tuple[str, int]:
         """Split ``http`` into host and port; InvalidInput when it is not HOST:PORT."""
@@ -64,6 +81,14 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         if out["token"]:
             out["token"] = "********"
         return out
+
+
+def _host_port(text: str, field: str) -> tuple[str, int]:
+    host, sep, port = text.strip().rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise InvalidInput(f"{field}: {text.strip()!r} is not HOST:PORT", field=field)
+    return host, int(port)
 
 
 _FIELDS = Settings.__struct_fields__
@@ -106,6 +131,13 @@ def load_settings(
     settings.http_host_port()
     settings.event_window_s()
     settings.max_wait_s()
+    settings.dns_listeners()
+    settings.recursor_list()
+    settings.dns_ttl_s()
+    if not all(is_label(part) for part in settings.dns_domain.strip(".").split(".")):
+        raise InvalidInput(
+            f"dns_domain: {settings.dns_domain!r} is not a DNS name", field="dns_domain"
+        )
     if not LABEL_RE.match(settings.node):
         raise InvalidInput(f"node: {settings.node!r} is not a DNS-safe label", field="node")
     return settings

@@ -22,7 +22,7 @@ async def running_server(
     *, store: str = "memory://", token: str = "", node: str = "test"
 ) -> AsyncIterator[WaypostServer]:
     """A Waypost server on 127.0.0.1 and a free port, stopped on exit; ``.url`` to reach it."""
-    settings = Settings(http="127.0.0.1:0", store=store, token=token, node=node)
+    settings = Settings(http="127.0.0.1:0", store=store, token=token, node=node, dns="")
     server = WaypostServer(settings)
     await server.start()
     try:
@@ -46,6 +46,7 @@ class ManualClock:
 
 
 SERVING = re.compile(r"serving (http://\S+)")
+DNS = re.compile(r"dns (\S+?)[,)]")
 
 
 class ServerProcess:
@@ -69,6 +70,7 @@ class ServerProcess:
         self.node = node
         self.proc: subprocess.Popen[str] | None = None
         self.url = ""
+        self.dns: tuple[str, int] | None = None
         self.log = self.data_dir / "server.log"
 
     def start(self, http: str = "127.0.0.1:0") -> ServerProcess:
@@ -86,6 +88,10 @@ class ServerProcess:
             self.node,
             *self.args,
         ]
+        if not any(a in ("--dns", "--no-dns") or a.startswith("--dns=") for a in self.args):
+            # DNS on a free port of its own (the default 8600 would clash between servers).
+            port = self.dns[1] if self.dns is not None else 0
+            cmd += ["--dns", f"127.0.0.1:{port}"]
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log, "a") as log:
             self.proc = subprocess.Popen(
@@ -104,6 +110,10 @@ class ServerProcess:
             self._close_pipe()
             raise RuntimeError(f"waypost server did not start: {line!r}\n{self.log.read_text()}")
         self.url = found.group(1)
+        dns_found = DNS.search(line)
+        if dns_found is not None:
+            dns_host, _, dns_port = dns_found.group(1).split(",")[0].rpartition(":")
+            self.dns = (dns_host.strip("[]"), int(dns_port))
         return self
 
     @property

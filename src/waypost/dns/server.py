@@ -1,0 +1,459 @@
+"""The DNS server: UDP and TCP listeners answering from a cache of wire bytes.
+
+Each answer is built once per (name, type, EDNS, size class) by dnspython from the
+zone, and kept until a catalog change touches one of its scopes (a service, a node,
+an instance, an address, a custom domain); then it is dropped and built again on the
+next query. Multi-record A/AAAA answers keep ``SHUFFLES`` weighted orders and rotate
+through them. The cache is bounded (``MAX_CACHED``): when full it starts over.
+
+Names outside our zones are refused, or relayed to ``recursors`` (tried in order, each
+with a timeout). Malformed queries get FORMERR, other opcodes NOTIMP; responses (QR set)
+and packets too short for a header are dropped. TCP connections have an idle timeout
+and a cap; a query over TCP is never truncated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import socket
+import struct
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import dns.edns
+import dns.exception
+import dns.flags
+import dns.message
+import dns.name
+import dns.opcode
+import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
+import dns.rrset
+
+from waypost.dns import wire
+from waypost.dns.zone import SHUFFLES, Reply, Zone, weighted_order
+from waypost.model import Event, Instance, Node, ServiceConfig
+from waypost.registry import Registry
+
+log = logging.getLogger("waypost.dns")
+
+MAX_CACHED = 50_000
+# The UDP payload we advertise and the size classes answers are built for.
+OUR_PAYLOAD = 1232
+SIZE_CLASSES = (512, 1232, 4096)
+TCP_MAX = 65535
+TCP_IDLE_S = 10.0
+TCP_MAX_CONNECTIONS = 512
+RECURSOR_TIMEOUT_S = 2.0
+REFUSE_TYPES = {dns.rdatatype.AXFR, dns.rdatatype.IXFR}
+
+
+def _rdtype(value: int) -> dns.rdatatype.RdataType:
+    return dns.rdatatype.RdataType.make(value)
+
+
+def size_class(payload: int) -> int:
+    best = 512
+    for c in SIZE_CLASSES:
+        if c <= payload:
+            best = c
+    return best
+
+
+@dataclass(slots=True)
+class _Cached:
+    variants: tuple[bytes, ...]
+    turn: int = 0
+
+
+@dataclass(slots=True)
+class DnsStats:
+    queries: int = 0
+    cache_hits: int = 0
+    built: int = 0
+    formerr: int = 0
+    refused: int = 0
+    forwarded: int = 0
+    forward_failures: int = 0
+    truncated: int = 0
+    tcp_connections: int = 0
+    tcp_rejected: int = 0
+    errors: int = 0
+
+
+def _header_only(data: bytes, rcode: int, *, qd: bytes = b"") -> bytes:
+    """A reply carrying only a header (and ``qd``, a question, if given)."""
+    flags = 0x80 | (data[2] & 0x79)  # QR, the query's opcode and RD
+    return (
+        data[:2] + bytes((flags, rcode & 0x0F)) + struct.pack(">HHHH", 1 if qd else 0, 0, 0, 0) + qd
+    )
+
+
+class DnsServer:
+    """Answers DNS for a registry's catalog on ``listen`` (HOST:PORT each)."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        *,
+        listen: Sequence[tuple[str, int]],
+        domain: str = "waypost",
+        ttl_s: float = 5.0,
+        allow_warning: bool = False,
+        recursors: Sequence[tuple[str, int]] = (),
+    ) -> None:
+        self.registry = registry
+        self.listen = list(listen)
+        hosts = [h for h, _ in self.listen if h not in ("0.0.0.0", "::")]
+        self.zone = Zone(
+            registry.catalog,
+            domain=domain,
+            ttl_s=ttl_s,
+            allow_warning=allow_warning,
+            ns_addresses=hosts or ["127.0.0.1"],
+        )
+        self.recursors = list(recursors)
+        self.stats = DnsStats()
+        self._cache: dict[tuple[bytes, int, int, bool, int], _Cached] = {}
+        self._scopes: dict[str, set[tuple[bytes, int, int, bool, int]]] = {}
+        self._transports: list[asyncio.DatagramTransport] = []
+        self._servers: list[asyncio.Server] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._tcp_open = 0
+        self.bound: list[tuple[str, int]] = []
+        self._rng = random.Random()
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.zone.reindex()
+        self.registry.listeners.append(self._on_batch)
+        loop = asyncio.get_running_loop()
+        try:
+            for host, port in self.listen:
+                family = socket.AF_INET6 if ":" in host else socket.AF_INET
+                transport, _ = await loop.create_datagram_endpoint(
+                    lambda: _Udp(self), local_addr=(host, port), family=family
+                )
+                sock = transport.get_extra_info("socket")
+                bound_port = sock.getsockname()[1]
+                self._transports.append(transport)
+                server = await asyncio.start_server(
+                    self._tcp, host, bound_port, family=family, reuse_address=True
+                )
+                self._servers.append(server)
+                self.bound.append((host, bound_port))
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        if self._on_batch in self.registry.listeners:
+            self.registry.listeners.remove(self._on_batch)
+        for transport in self._transports:
+            transport.close()
+        self._transports = []
+        for server in self._servers:
+            server.close()
+        for server in self._servers:
+            with contextlib.suppress(Exception):
+                await server.wait_closed()
+        self._servers = []
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def addresses(self) -> list[str]:
+        return [f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.bound]
+
+    # --- the cache -----------------------------------------------------------------------
+
+    def _on_batch(self, batch: Sequence[Event] | None) -> None:
+        if batch is None:
+            self.zone.reindex()
+            self._cache.clear()
+            self._scopes.clear()
+            return
+        scopes: set[str] = set()
+        for ev in batch:
+            entry = ev.entry
+            if isinstance(entry, Instance):
+                scopes |= self.zone.instance_changed(
+                    entry.id, None if ev.type == "delete" else entry
+                )
+            elif isinstance(entry, Node):
+                scopes.add(f"node:{entry.id}")
+            elif isinstance(entry, ServiceConfig):
+                scopes.add(f"service:{entry.service}")
+        for scope in scopes:
+            for key in self._scopes.pop(scope, ()):
+                self._cache.pop(key, None)
+            if scope.startswith(("service:", "node:", "instance:")):
+                # Names are matched case-insensitively: drop the lower-case spelling too.
+                for key in self._scopes.pop(scope.lower(), ()):
+                    self._cache.pop(key, None)
+
+    def _remember(
+        self, key: tuple[bytes, int, int, bool, int], entry: _Cached, scopes: set[str]
+    ) -> None:
+        if len(self._cache) >= MAX_CACHED:
+            self._cache.clear()
+            self._scopes.clear()
+        self._cache[key] = entry
+        for scope in scopes:
+            self._scopes.setdefault(scope, set()).add(key)
+
+    # --- answering -----------------------------------------------------------------------
+
+    def answer(self, data: bytes, limit: int | None) -> bytes | tuple[str, bytes] | None:
+        """The reply to ``data`` (``limit``: the transport's size cap, None for UDP
+        where the query's EDNS says). None: drop it. ``("forward", data)``: relay it."""
+        self.stats.queries += 1
+        q = wire.parse(data)
+        if q is None:
+            return self._slow(data, limit)
+        return self._fast(data, q, limit)
+
+    def _fast(self, data: bytes, q: wire.Question, limit: int | None) -> bytes | tuple[str, bytes]:
+        if q.qclass != dns.rdataclass.IN or q.qtype in REFUSE_TYPES:
+            return self._refuse(data, q)
+        cap = limit if limit is not None else size_class(q.payload if q.edns else 512)
+        key = (q.name, q.qtype, q.qclass, q.edns, cap)
+        entry = self._cache.get(key)
+        if entry is None:
+            built = self._build(q.name, q.qtype, q.edns, cap)
+            if built is None:
+                return self._refuse(data, q)
+            entry = built
+        else:
+            self.stats.cache_hits += 1
+        variants = entry.variants
+        if len(variants) == 1:
+            return wire.patch(variants[0], data, q)
+        entry.turn += 1
+        return wire.patch(variants[entry.turn % len(variants)], data, q)
+
+    def _refuse(self, data: bytes, q: wire.Question) -> bytes | tuple[str, bytes]:
+        if self.recursors:
+            return ("forward", data)
+        self.stats.refused += 1
+        return _header_only(data, dns.rcode.REFUSED, qd=data[12 : q.end])
+
+    def _build(self, name_wire: bytes, qtype: int, edns: bool, cap: int) -> _Cached | None:
+        try:
+            name = dns.name.from_wire(name_wire, 0)[0]
+        except dns.exception.DNSException:
+            return None
+        self.zone.serial = (self.zone.catalog.revision & 0xFFFFFFFF) or 1
+        reply = self.zone.resolve(name, qtype)
+        if reply is None:
+            return None
+        self.stats.built += 1
+        variants = self._render(name, qtype, reply, edns, cap)
+        entry = _Cached(variants=variants)
+        self._remember((name_wire, qtype, dns.rdataclass.IN, edns, cap), entry, reply.scopes)
+        return entry
+
+    def _render(
+        self, name: dns.name.Name, qtype: int, reply: Reply, edns: bool, cap: int
+    ) -> tuple[bytes, ...]:
+        orders: list[list[int] | None] = [None]
+        if len(reply.weights) > 1 and reply.answer:
+            orders = [weighted_order(reply.weights, self._rng) for _ in range(SHUFFLES)]
+        out = []
+        for order in orders:
+            msg = dns.message.Message(id=0)
+            msg.flags = dns.flags.QR | dns.flags.AA
+            msg.set_rcode(dns.rcode.Rcode(reply.rcode))
+            msg.question = [dns.rrset.RRset(name, dns.rdataclass.IN, _rdtype(qtype))]
+            answer = list(reply.answer)
+            if order is not None:
+                first = answer[0]
+                items = list(first)
+                shuffled = dns.rrset.RRset(first.name, first.rdclass, first.rdtype)
+                for i in order:
+                    shuffled.add(items[i], first.ttl)
+                answer[0] = shuffled
+            msg.answer = answer
+            msg.authority = list(reply.authority)
+            msg.additional = list(reply.additional)
+            if edns:
+                msg.use_edns(0, 0, OUR_PAYLOAD)
+            try:
+                out.append(msg.to_wire(max_size=cap))
+            except dns.exception.TooBig:
+                self.stats.truncated += 1
+                msg.answer, msg.authority, msg.additional = [], [], []
+                msg.flags |= dns.flags.TC
+                out.append(msg.to_wire(max_size=cap))
+        return tuple(out)
+
+    def _slow(self, data: bytes, limit: int | None) -> bytes | tuple[str, bytes] | None:
+        """Everything the fast path does not take: dnspython reads it, or it is FORMERR."""
+        if len(data) < 12 or data[2] & 0x80:
+            return None  # no header to answer, or a response: never answer those
+        opcode = (data[2] >> 3) & 0x0F
+        if opcode != dns.opcode.QUERY:
+            return _header_only(data, dns.rcode.NOTIMP)
+        try:
+            msg = dns.message.from_wire(data, question_only=False)
+        except dns.message.BadEDNS:
+            return self._badvers(data)
+        except Exception:  # malformed in any way at all
+            self.stats.formerr += 1
+            return _header_only(data, dns.rcode.FORMERR)
+        if len(msg.question) != 1:
+            self.stats.formerr += 1
+            return _header_only(data, dns.rcode.FORMERR)
+        if msg.edns > 0:
+            return self._badvers(data)
+        # A valid query the fast path did not take (say, a compressed question, more
+        # additional records): answer it as the question asks, re-encoded plainly.
+        question = msg.question[0]
+        plain = dns.message.make_query(question.name, question.rdtype, question.rdclass)
+        plain.id = msg.id
+        plain.flags = msg.flags
+        if msg.edns >= 0:
+            plain.use_edns(0, 0, max(msg.payload, 512))
+        again = plain.to_wire()
+        q = wire.parse(again)
+        if q is None:
+            self.stats.formerr += 1
+            return _header_only(data, dns.rcode.FORMERR)
+        return self._fast(again, q, limit)
+
+    def _badvers(self, data: bytes) -> bytes:
+        msg = dns.message.Message(id=struct.unpack(">H", data[:2])[0])
+        msg.flags = dns.flags.QR
+        msg.use_edns(0, 0, OUR_PAYLOAD)
+        msg.set_rcode(dns.rcode.BADVERS)
+        return msg.to_wire()
+
+    # --- forwarding ----------------------------------------------------------------------
+
+    async def forward(self, data: bytes, tcp: bool) -> bytes | None:
+        """Relay a query to the recursors in order; the first answer, or SERVFAIL."""
+        for host, port in self.recursors:
+            try:
+                async with asyncio.timeout(RECURSOR_TIMEOUT_S):
+                    answer = await (
+                        _tcp_ask(host, port, data) if tcp else _udp_ask(host, port, data)
+                    )
+                if answer[:2] == data[:2]:
+                    self.stats.forwarded += 1
+                    return answer
+            except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
+                log.debug("recursor %s:%d failed: %s", host, port, exc)
+            self.stats.forward_failures += 1
+        return _header_only(data, dns.rcode.SERVFAIL, qd=b"") if len(data) >= 12 else None
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- TCP -----------------------------------------------------------------------------
+
+    async def _tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._tcp_open >= TCP_MAX_CONNECTIONS:
+            self.stats.tcp_rejected += 1
+            writer.close()
+            return
+        self._tcp_open += 1
+        self.stats.tcp_connections += 1
+        try:
+            while True:
+                async with asyncio.timeout(TCP_IDLE_S):
+                    head = await reader.readexactly(2)
+                    data = await reader.readexactly(struct.unpack(">H", head)[0])
+                try:
+                    result = self.answer(data, TCP_MAX)
+                except Exception:
+                    self.stats.errors += 1
+                    log.exception("DNS answer failed")
+                    result = _header_only(data, dns.rcode.SERVFAIL) if len(data) >= 12 else None
+                if isinstance(result, tuple):
+                    result = await self.forward(result[1], tcp=True)
+                if result is None:
+                    break
+                writer.write(struct.pack(">H", len(result)) + result)
+                await writer.drain()
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError, OSError):
+            pass
+        finally:
+            self._tcp_open -= 1
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+
+class _Udp(asyncio.DatagramProtocol):
+    def __init__(self, server: DnsServer) -> None:
+        self.server = server
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        server = self.server
+        try:
+            result = server.answer(data, None)
+        except Exception:
+            server.stats.errors += 1
+            log.exception("DNS answer failed")
+            result = _header_only(data, dns.rcode.SERVFAIL) if len(data) >= 12 else None
+        if result is None or self.transport is None:
+            return
+        if isinstance(result, tuple):
+            server.spawn(self._relay(result[1], addr))
+            return
+        self.transport.sendto(result, addr)
+
+    async def _relay(self, data: bytes, addr: tuple[str, int]) -> None:
+        answer = await self.server.forward(data, tcp=False)
+        if answer is not None and self.transport is not None:
+            self.transport.sendto(answer, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("DNS UDP error: %s", exc)
+
+
+class _Once(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.done: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        if not self.done.done():
+            self.done.set_result(data)
+
+    def error_received(self, exc: Exception) -> None:
+        if not self.done.done():
+            self.done.set_exception(exc)
+
+
+async def _udp_ask(host: str, port: int, data: bytes) -> bytes:
+    loop = asyncio.get_running_loop()
+    transport, proto = await loop.create_datagram_endpoint(_Once, remote_addr=(host, port))
+    try:
+        transport.sendto(data)
+        return await proto.done
+    finally:
+        transport.close()
+
+
+async def _tcp_ask(host: str, port: int, data: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(struct.pack(">H", len(data)) + data)
+        await writer.drain()
+        head = await reader.readexactly(2)
+        return await reader.readexactly(struct.unpack(">H", head)[0])
+    finally:
+        writer.close()
