@@ -78,3 +78,33 @@ def test_health_check_examples_run(server: ServerProcess, n: int) -> None:
             ["bash", "-e", "-c", script], capture_output=True, text=True, timeout=30
         )
         assert done.returncode == 0, (script, done.stdout, done.stderr)
+
+
+DNS_BLOCKS = SH_BLOCK.findall((DOCS / "dns.md").read_text())
+
+
+@pytest.mark.parametrize("n", range(len(DNS_BLOCKS)))
+def test_dns_examples_run(server: ServerProcess, n: int) -> None:
+    """Every dig of docs/dns.md gets an answer (not an error) from a real server."""
+    import subprocess
+
+    import httpx
+
+    for i, tags in ((1, ["prod"]), (2, ["prod"]), (3, [])):
+        body = {
+            "service": "web",
+            "address": f"10.0.0.{i}",
+            "port": 8080,
+            "tags": tags,
+            "node": "n1",
+            "meta": {"zone": "eu-1"},
+        }
+        httpx.put(f"{server.url}/api/v1/instances/web-{i}", json=body).raise_for_status()
+    assert server.dns is not None
+    for line in DNS_BLOCKS[n].strip().splitlines():
+        line = line.replace("-p 8600", f"-p {server.dns[1]}")
+        cmd = [*line.split(), "+time=2", "+tries=1"]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=15)
+        assert done.returncode == 0, (line, done.stderr)
+        assert "status: NOERROR" in done.stdout, (line, done.stdout)
+        assert "ANSWER: 0," not in done.stdout, (line, done.stdout)

@@ -36,7 +36,7 @@ import dns.rdatatype
 import dns.rrset
 
 from waypost.dns import wire
-from waypost.dns.zone import SHUFFLES, Reply, Zone, weighted_order
+from waypost.dns.zone import SHUFFLES, Reply, Zone, stratified_orders
 from waypost.model import Event, Instance, Node, ServiceConfig
 from waypost.registry import Registry
 
@@ -265,7 +265,7 @@ class DnsServer:
     ) -> tuple[bytes, ...]:
         orders: list[list[int] | None] = [None]
         if len(reply.weights) > 1 and reply.answer:
-            orders = [weighted_order(reply.weights, self._rng) for _ in range(SHUFFLES)]
+            orders = list(stratified_orders(reply.weights, SHUFFLES, self._rng))
         out = []
         for order in orders:
             msg = dns.message.Message(id=0)
@@ -286,7 +286,9 @@ class DnsServer:
             if edns:
                 msg.use_edns(0, 0, OUR_PAYLOAD)
             try:
-                out.append(msg.to_wire(max_size=cap))
+                # want_shuffle=False: dnspython would reorder each RRset at random;
+                # the order is ours to choose (the weighted orders above).
+                out.append(msg.to_wire(max_size=cap, want_shuffle=False))
             except dns.exception.TooBig:
                 self.stats.truncated += 1
                 msg.answer, msg.authority, msg.additional = [], [], []

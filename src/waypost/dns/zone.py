@@ -60,7 +60,7 @@ A, AAAA, SRV, TXT, PTR, CNAME, SOA, NS, ANY = (
 )
 REVERSE = (dns.name.from_text("in-addr.arpa."), dns.name.from_text("ip6.arpa."))
 # How many weighted orders of a multi-record answer are kept; answers rotate through them.
-SHUFFLES = 8
+SHUFFLES = 16
 
 
 @dataclass(slots=True)
@@ -82,6 +82,29 @@ def weighted_order(weights: list[int], rng: random.Random) -> list[int]:
     is index i with probability weight[i] / sum(weights)."""
     keys = [(rng.random() ** (1.0 / max(w, 1)), i) for i, w in enumerate(weights)]
     return [i for _, i in sorted(keys, reverse=True)]
+
+
+def stratified_orders(weights: list[int], count: int, rng: random.Random) -> list[list[int]]:
+    """``count`` weighted orders whose first elements follow the weights as closely as
+    ``count`` allows (systematic sampling: order k starts with the instance covering the
+    point (k + 0.5) / count of the cumulative weights); the rest of each is a weighted
+    shuffle. Served in turn, the first answer follows the weights exactly, not by luck."""
+    total = sum(max(w, 1) for w in weights)
+    orders = []
+    for k in range(count):
+        point = (k + 0.5) / count * total
+        acc = 0.0
+        first = len(weights) - 1
+        for i, w in enumerate(weights):
+            acc += max(w, 1)
+            if point < acc:
+                first = i
+                break
+        rest = [i for i in range(len(weights)) if i != first]
+        tail = weighted_order([weights[i] for i in rest], rng)
+        orders.append([first, *(rest[j] for j in tail)])
+    rng.shuffle(orders)
+    return orders
 
 
 def _is_ip(text: str) -> int:
