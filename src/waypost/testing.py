@@ -89,9 +89,9 @@ class ServerProcess:
             *self.args,
         ]
         if not any(a in ("--dns", "--no-dns") or a.startswith("--dns=") for a in self.args):
-            # DNS on a free port of its own (the default 8600 would clash between servers).
-            port = self.dns[1] if self.dns is not None else 0
-            cmd += ["--dns", f"127.0.0.1:{port}"]
+            # DNS on a free port of its own (the default 8600 would clash between
+            # servers); a restart takes a new one (the old may be a client's port by now).
+            cmd += ["--dns", "127.0.0.1:0"]
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log, "a") as log:
             self.proc = subprocess.Popen(

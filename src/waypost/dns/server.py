@@ -50,6 +50,7 @@ TCP_MAX = 65535
 TCP_IDLE_S = 10.0
 TCP_MAX_CONNECTIONS = 512
 RECURSOR_TIMEOUT_S = 2.0
+BIND_ATTEMPTS = 20
 REFUSE_TYPES = {dns.rdatatype.AXFR, dns.rdatatype.IXFR}
 
 
@@ -136,21 +137,33 @@ class DnsServer:
         loop = asyncio.get_running_loop()
         try:
             for host, port in self.listen:
-                family = socket.AF_INET6 if ":" in host else socket.AF_INET
-                transport, _ = await loop.create_datagram_endpoint(
-                    lambda: _Udp(self), local_addr=(host, port), family=family
-                )
-                sock = transport.get_extra_info("socket")
-                bound_port = sock.getsockname()[1]
-                self._transports.append(transport)
-                server = await asyncio.start_server(
-                    self._tcp, host, bound_port, family=family, reuse_address=True
-                )
-                self._servers.append(server)
-                self.bound.append((host, bound_port))
+                await self._bind(loop, host, port)
         except BaseException:
             await self.stop()
             raise
+
+    async def _bind(self, loop: asyncio.AbstractEventLoop, host: str, port: int) -> None:
+        """UDP and TCP on one port. Port 0 takes a free UDP port, which TCP may have in
+        use (a client's local port): then another one is tried."""
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        for attempt in range(BIND_ATTEMPTS if port == 0 else 1):
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda: _Udp(self), local_addr=(host, port), family=family
+            )
+            bound_port = transport.get_extra_info("socket").getsockname()[1]
+            try:
+                server = await asyncio.start_server(
+                    self._tcp, host, bound_port, family=family, reuse_address=True
+                )
+            except OSError:
+                transport.close()
+                if port != 0 or attempt == BIND_ATTEMPTS - 1:
+                    raise
+                continue
+            self._transports.append(transport)
+            self._servers.append(server)
+            self.bound.append((host, bound_port))
+            return
 
     async def stop(self) -> None:
         if self._on_batch in self.registry.listeners:
