@@ -14,6 +14,8 @@ case "${1:-test}" in
     need curl curl
     need etcd etcd-server
     need wrk wrk
+    need dnsperf dnsperf
+    need dnsmasq dnsmasq-base
     ;;
   *) echo "usage: $0 test|bench" >&2; exit 2 ;;
 esac

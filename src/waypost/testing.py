@@ -46,7 +46,7 @@ class ManualClock:
 
 
 SERVING = re.compile(r"serving (http://\S+)")
-DNS = re.compile(r"dns (\S+?)[,)]")
+DNS = re.compile(r"dns (\S+)\)")
 
 
 class ServerProcess:
@@ -71,6 +71,7 @@ class ServerProcess:
         self.proc: subprocess.Popen[str] | None = None
         self.url = ""
         self.dns: tuple[str, int] | None = None
+        self.dns_listeners: list[tuple[str, int]] = []
         self.log = self.data_dir / "server.log"
 
     def start(self, http: str = "127.0.0.1:0") -> ServerProcess:
@@ -111,9 +112,11 @@ class ServerProcess:
             raise RuntimeError(f"waypost server did not start: {line!r}\n{self.log.read_text()}")
         self.url = found.group(1)
         dns_found = DNS.search(line)
-        if dns_found is not None:
-            dns_host, _, dns_port = dns_found.group(1).split(",")[0].rpartition(":")
-            self.dns = (dns_host.strip("[]"), int(dns_port))
+        self.dns_listeners = []
+        for where in dns_found.group(1).split(",") if dns_found else ():
+            dns_host, _, dns_port = where.rpartition(":")
+            self.dns_listeners.append((dns_host.strip("[]"), int(dns_port)))
+        self.dns = self.dns_listeners[0] if self.dns_listeners else None
         return self
 
     @property

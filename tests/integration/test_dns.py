@@ -311,3 +311,19 @@ def test_recursor_forwarding_with_failover(start_server: Any, dnsmasq: tuple[str
     assert r.id  # the client's id came back
     r = ask_tcp(server, "upstream.test", "A")
     assert addresses(r) == ["192.0.2.7"]
+
+
+def test_ipv6_listener_and_allow_warning(start_server: Any) -> None:
+    server = start_server("--dns", "127.0.0.1:0,[::1]:0", "--dns-allow-warning", name="v6")
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        put(http, "w-1", "warm", address="10.6.0.1")
+        put(http, "w-2", "warm", address="10.6.0.2")
+        http.put("/api/v1/instances/w-2/status", json={"status": "warning"})
+    assert [h for h, _ in server.dns_listeners] == ["127.0.0.1", "::1"]
+    query = dns.message.make_query("warm.service.waypost", "A")
+    for host, port in server.dns_listeners:
+        r = dns.query.udp(query, host, port=port, timeout=3)
+        assert addresses(r) == ["10.6.0.1", "10.6.0.2"]  # warning answered when allowed
+        r = dns.query.tcp(query, host, port=port, timeout=3)
+        assert addresses(r) == ["10.6.0.1", "10.6.0.2"]
+    assert addresses(ask(server, "ns.waypost", "AAAA")) == ["::1"]
