@@ -12,20 +12,25 @@ in one run, on loopback; both share the 2 cores with dnsperf. Writes
 
 from __future__ import annotations
 
-import argparse
-import re
-import shutil
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-import httpx
+HERE = Path(__file__).resolve().parent
+# This file is bench/dns.py: with its folder first on sys.path, "import dns" anywhere
+# would find it instead of dnspython. Its folder goes last.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+sys.path.append(str(HERE))
 
-from waypost.testing import ServerProcess
+import argparse  # noqa: E402
+import re  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import free_port, write_results
+import httpx  # noqa: E402
+
+from _harness import free_port, write_results  # noqa: E402
+from waypost.testing import ServerProcess  # noqa: E402
 
 NAMES = [f"s{n}.service.waypost" for n in range(20)]
 SRV_NAME = "_srv._tcp.service.waypost"
