@@ -41,11 +41,19 @@ MAX_EMPTY_SERVICES = 10_000
 KINDS = ("instance", "node", "service_config", "route")
 
 
+# An index past any event of a revision: the whole revision is applied.
+_WHOLE = 2**62
+
+
 class Catalog:
     """Index of entries: instances by id, service, tag and node; other kinds by key."""
 
     def __init__(self, *, recent_events: int = DEFAULT_RECENT_EVENTS) -> None:
         self.revision = 0
+        # The index (within ``revision``) of the last event applied: a follower that
+        # gets a revision's events one at a time applies each once. After a load, or a
+        # move past empty revisions, the whole revision counts as applied.
+        self._last_index = _WHOLE
         self._by_id: dict[str, Instance] = {}
         self._mod: dict[str, int] = {}  # instance id -> mod revision (the hot path)
         self._other_mod: dict[tuple[str, str], int] = {}
@@ -116,19 +124,22 @@ class Catalog:
                 else max((mod for (k, _), mod in new.items() if k == kind), default=0)
             )
         self.revision = revision
+        self._last_index = _WHOLE
         self._recent.clear()
         self._recent_floor = revision
         self._notify()
 
     def apply(self, events: Sequence[Event], revision: int | None = None) -> None:
-        """Apply events in revision order; events at or below the current revision are
-        skipped. ``revision`` moves the catalog past revisions with no event of ours."""
+        """Apply events in (revision, index) order; events at or before the last one
+        applied are skipped (a revision may come whole, or an event at a time).
+        ``revision`` moves the catalog past revisions with no event of ours."""
         start = self.revision
+        start_index = self._last_index
         applied = False
         recent = self._recent
         full = recent.maxlen
         for ev in events:
-            if ev.revision <= start:
+            if ev.revision < start or (ev.revision == start and ev.index <= start_index):
                 continue
             entry = ev.entry
             if isinstance(entry, Instance):
@@ -150,6 +161,7 @@ class Catalog:
                     self._other_mod.pop((entry.KIND, entry.key), None)
             self._kind_rev[entry.KIND] = ev.revision
             self.revision = ev.revision
+            self._last_index = ev.index
             if len(recent) == full:
                 # The oldest event leaves the ring: events after its revision are all still
                 # here, what is left of its own revision is not, so the floor is there.
@@ -159,6 +171,7 @@ class Catalog:
         if revision is not None and revision > self.revision:
             # Revisions with no event of ours (etcd): the ring stays complete.
             self.revision = revision
+            self._last_index = _WHOLE
             applied = True
         if applied:
             self._notify()

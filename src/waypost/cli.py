@@ -153,6 +153,10 @@ def server(
         list[str] | None,
         typer.Option(help="IP:PORT to forward other names to (repeat: tried in order)."),
     ] = None,
+    dns_workers: Annotated[
+        int | None,
+        typer.Option(help="Processes answering DNS, sharing its ports (default 1)."),
+    ] = None,
     config: Annotated[
         Path | None, typer.Option(help="YAML/JSON settings file (flags and env win).")
     ] = None,
@@ -174,6 +178,7 @@ def server(
         "dns_ttl": dns_ttl,
         "dns_allow_warning": True if dns_allow_warning else None,
         "recursors": ",".join(recursor) if recursor else None,
+        "dns_workers": dns_workers,
     }
     _serve(flags, config)
 
@@ -555,6 +560,42 @@ def agent_status(
         return
     for line in status_lines(data):
         out.print(line)
+
+
+@app.command("dns-worker", hidden=True)
+@_friendly
+def dns_worker(
+    server: Annotated[str, typer.Option(help="The server to follow.")],
+    dns: Annotated[str, typer.Option(help="HOST:PORT to share (comma list).")],
+    dns_domain: Annotated[str, typer.Option()] = "waypost",
+    dns_ttl: Annotated[str, typer.Option()] = "5s",
+    dns_allow_warning: Annotated[bool, typer.Option("--dns-allow-warning")] = False,
+    recursor: Annotated[list[str] | None, typer.Option()] = None,
+) -> None:
+    """A DNS worker process (started by a server run with --dns-workers)."""
+    import logging
+
+    from waypost.dns.workers import run_worker
+    from waypost.settings import Settings
+
+    logging.basicConfig(level="WARNING", stream=sys.stderr)
+    settings = Settings(dns=dns, recursors=",".join(recursor or []), dns_ttl=dns_ttl)
+    coro = run_worker(
+        server,
+        settings.dns_listeners(),
+        domain=dns_domain,
+        ttl_s=settings.dns_ttl_s(),
+        allow_warning=dns_allow_warning,
+        recursors=settings.recursor_list(),
+    )
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover
+        import asyncio
+
+        asyncio.run(coro)
+    else:
+        uvloop.run(coro)
 
 
 @app.command()

@@ -16,6 +16,7 @@ from waypost.api.app import build_app
 from waypost.catalog import Catalog
 from waypost.checking import CheckHost
 from waypost.dns.server import DnsServer
+from waypost.dns.workers import DnsWorkers, worker_command
 from waypost.registry import Registry
 from waypost.settings import Settings
 from waypost.store import Store, open_store
@@ -52,7 +53,9 @@ class WaypostServer:
                 ttl_s=settings.dns_ttl_s(),
                 allow_warning=settings.dns_allow_warning,
                 recursors=settings.recursor_list(),
+                reuse_port=settings.dns_workers > 1,
             )
+        self.dns_workers: DnsWorkers | None = None
         self._runner: web.AppRunner | None = None
         self.url = ""
 
@@ -87,11 +90,32 @@ class WaypostServer:
         bound = sockets[0].getsockname()[1] if sockets else port
         shown = f"[{host}]" if ":" in host else host
         self.url = f"http://{shown}:{bound}"
+        if self.dns is not None and self.settings.dns_workers > 1:
+            local = self.url.replace("://0.0.0.0:", "://127.0.0.1:").replace(
+                "://[::]:", "://[::1]:"
+            )
+            command = worker_command(
+                local,
+                self.dns.addresses(),
+                domain=self.settings.dns_domain,
+                ttl=self.settings.dns_ttl,
+                allow_warning=self.settings.dns_allow_warning,
+                recursors=[f"{h}:{p}" for h, p in self.settings.recursor_list()],
+            )
+            self.dns_workers = DnsWorkers(command, self.settings.dns_workers - 1)
+            try:
+                await self.dns_workers.start()
+            except BaseException:
+                await self.stop()
+                raise
 
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self.dns_workers is not None:
+            await self.dns_workers.stop()
+            self.dns_workers = None
         if self.dns is not None:
             await self.dns.stop()
         await self.checks.close()

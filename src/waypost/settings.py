@@ -51,6 +51,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     dns_ttl: str = "5s"
     dns_allow_warning: bool = False
     recursors: str = ""
+    # Processes answering DNS (the server and N-1 workers sharing its ports).
+    dns_workers: int = 1
 
     def dns_listeners(self) -> list[tuple[str, int]]:
         """``dns`` as (host, port) pairs; InvalidInput when one is not HOST:PORT."""
@@ -134,6 +136,8 @@ def load_settings(
     settings.dns_listeners()
     settings.recursor_list()
     settings.dns_ttl_s()
+    if not 1 <= settings.dns_workers <= 64:
+        raise InvalidInput("dns_workers: between 1 and 64", field="dns_workers")
     if not all(is_label(part) for part in settings.dns_domain.strip(".").split(".")):
         raise InvalidInput(
             f"dns_domain: {settings.dns_domain!r} is not a DNS name", field="dns_domain"

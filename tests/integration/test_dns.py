@@ -327,3 +327,31 @@ def test_ipv6_listener_and_allow_warning(start_server: Any) -> None:
         r = dns.query.tcp(query, host, port=port, timeout=3)
         assert addresses(r) == ["10.6.0.1", "10.6.0.2"]
     assert addresses(ask(server, "ns.waypost", "AAAA")) == ["::1"]
+
+
+def test_dns_workers_answer_alike(start_server: Any) -> None:
+    """Two processes share the DNS port (SO_REUSEPORT); queries from many source ports
+    reach both, and every one of them sees a change soon after it is acknowledged."""
+    server = start_server("--dns-workers", "2", name="workers")
+    assert server.dns is not None
+    host, port = server.dns
+
+    def answers(n: int = 24) -> set[tuple[str, ...]]:
+        seen = set()
+        query = dns.message.make_query("multi.service.waypost", "A")
+        for _ in range(n):  # a fresh socket each: a new source port, maybe a new worker
+            r = dns.query.udp(query, host, port=port, timeout=3)
+            seen.add(tuple(sorted(rd.to_text() for rrset in r.answer for rd in rrset)))
+        return seen
+
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        put(http, "m-1", "multi", address="10.7.0.1")
+        put(http, "m-2", "multi", address="10.7.0.2")
+        wait_until(lambda: answers() == {("10.7.0.1", "10.7.0.2")}, 10, "both workers")
+        http.put("/api/v1/instances/m-2/status", json={"status": "critical"})
+        started = time.monotonic()
+        wait_until(lambda: answers() == {("10.7.0.1",)}, 10, "the change everywhere")
+        took = time.monotonic() - started
+    assert took < 5
+    out = server.log.read_text()
+    assert "Traceback" not in out

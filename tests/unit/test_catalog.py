@@ -210,3 +210,24 @@ def test_indexed_queries_equal_a_brute_force_filter(
         insts.remove(gone)
     expected = sorted((i for i in insts if brute(q, i)), key=lambda i: (i.service, i.id))
     assert [i.id for i in c.query(q)] == [i.id for i in expected]
+
+
+def test_a_revision_applied_an_event_at_a_time_is_applied_once() -> None:
+    """A follower (a DNS worker) gets a revision's events one by one from the stream."""
+    from waypost.catalog import Catalog
+    from waypost.model import Event, Instance
+
+    def inst(i: str) -> Instance:
+        return Instance(id=i, service="s", address="10.0.0.1", port=80)
+
+    cat = Catalog()
+    batch = [Event(revision=3, type="put", entry=inst(f"i{n}"), index=n) for n in range(3)]
+    for ev in batch:
+        cat.apply([ev])
+    assert [i.id for i in cat.all()] == ["i0", "i1", "i2"]
+    cat.apply(batch)  # again, whole: nothing changes, nothing doubles
+    assert len(cat.all()) == 3
+    assert cat.revision == 3
+    cat.apply([Event(revision=4, type="delete", entry=inst("i1"), index=0)])
+    cat.apply([batch[1]])  # an old event: skipped
+    assert [i.id for i in cat.all()] == ["i0", "i2"]

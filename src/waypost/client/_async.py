@@ -12,7 +12,7 @@ import aiohttp
 from waypost.client import _core
 from waypost.client._core import QueryResult, Request, ServerList, WatchState
 from waypost.durations import parse_duration
-from waypost.errors import Unavailable, WaypostError
+from waypost.errors import NotFound, Unavailable, WaypostError
 from waypost.model import (
     BatchResult,
     CheckRow,
@@ -22,6 +22,7 @@ from waypost.model import (
     Kind,
     Node,
     ServerStatus,
+    ServiceConfig,
     ServiceSummary,
     Status,
     WriteResult,
@@ -332,6 +333,14 @@ class AsyncClient:
         """Every service with its instance counts by status, tags and versions."""
         body, _ = await self._call(_core.simple_get("/api/v1/services"))
         return _core.decode_as(body, list[ServiceSummary])
+
+    async def service_config(self, service: str) -> ServiceConfig | None:
+        """A service's config entry, or None when it has none."""
+        try:
+            body, _ = await self._call(_core.simple_get(f"/api/v1/services/{service}/config"))
+        except NotFound:
+            return None
+        return _core.decode_as(body, ServiceConfig)
 
     async def nodes(self) -> list[Node]:
         """The nodes hosting instances."""

@@ -20,9 +20,9 @@ import logging
 import random
 import socket
 import struct
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import dns.edns
 import dns.exception
@@ -35,10 +35,10 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
+from waypost.catalog import Catalog
 from waypost.dns import wire
 from waypost.dns.zone import SHUFFLES, Reply, Zone, stratified_orders
 from waypost.model import Event, Instance, Node, ServiceConfig
-from waypost.registry import Registry
 
 log = logging.getLogger("waypost.dns")
 
@@ -95,20 +95,30 @@ def _header_only(data: bytes, rcode: int, *, qd: bytes = b"") -> bytes:
     )
 
 
+class CatalogSource(Protocol):
+    """Where answers come from: a catalog and the listeners told of its changes (the
+    server's Registry, or a worker's Feed)."""
+
+    catalog: Catalog
+    listeners: list[Callable[[Sequence[Event] | None], None]]
+
+
 class DnsServer:
     """Answers DNS for a registry's catalog on ``listen`` (HOST:PORT each)."""
 
     def __init__(
         self,
-        registry: Registry,
+        registry: CatalogSource,
         *,
         listen: Sequence[tuple[str, int]],
         domain: str = "waypost",
         ttl_s: float = 5.0,
         allow_warning: bool = False,
         recursors: Sequence[tuple[str, int]] = (),
+        reuse_port: bool = False,
     ) -> None:
         self.registry = registry
+        self.reuse_port = reuse_port
         self.listen = list(listen)
         hosts = [h for h, _ in self.listen if h not in ("0.0.0.0", "::")]
         self.zone = Zone(
@@ -148,12 +158,20 @@ class DnsServer:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         for attempt in range(BIND_ATTEMPTS if port == 0 else 1):
             transport, _ = await loop.create_datagram_endpoint(
-                lambda: _Udp(self), local_addr=(host, port), family=family
+                lambda: _Udp(self),
+                local_addr=(host, port),
+                family=family,
+                reuse_port=self.reuse_port or None,
             )
             bound_port = transport.get_extra_info("socket").getsockname()[1]
             try:
                 server = await asyncio.start_server(
-                    self._tcp, host, bound_port, family=family, reuse_address=True
+                    self._tcp,
+                    host,
+                    bound_port,
+                    family=family,
+                    reuse_address=True,
+                    reuse_port=self.reuse_port or None,
                 )
             except OSError:
                 transport.close()
