@@ -11,6 +11,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "waypost"
 LAYERS = {
     "_version": 0,
     "errors": 0,
+    "aio": 0,
     "durations": 1,
     "versions": 1,
     "sse": 1,

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
+from waypost.aio import cancel_all
 from waypost.catalog import Catalog
 from waypost.durations import parse_duration
 from waypost.errors import Conflict, Forbidden, Gone, NotFound, WaypostError
@@ -208,11 +209,7 @@ class Registry:
         ]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_all(self._tasks)
         self._tasks = []
 
     async def _load(self) -> int:

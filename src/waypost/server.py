@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
-import signal
 import sys
 from pathlib import Path
 
 from aiohttp import web
 
+from waypost.aio import until_signalled
 from waypost.api.app import build_app
 from waypost.catalog import Catalog
 from waypost.checking import CheckHost
@@ -142,13 +141,8 @@ async def serve(settings: Settings) -> None:
         f"waypost: serving {server.url} (store {server.store.kind}, node {settings.node}{dns})",
         flush=True,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        await until_signalled()
     finally:
         log.info("shutting down")
         await server.stop()

@@ -23,7 +23,6 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,6 +32,7 @@ import msgspec
 from aiohttp import web
 
 from waypost.agent import definitions
+from waypost.aio import cancel_all, until_signalled
 from waypost.client import AsyncClient
 from waypost.durations import parse_duration
 from waypost.errors import InvalidInput, NotFound, Unavailable, WaypostError
@@ -200,11 +200,7 @@ class Agent:
             log.error("could not deregister while draining: %s", exc.message)
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_all(self._tasks)
         self._tasks = []
         await self.scheduler.close()
         if self._runner is not None:
@@ -469,15 +465,8 @@ async def run_agent(settings: AgentSettings) -> int:
         f"({len(agent.defs)} services, servers {','.join(settings.servers)})",
         flush=True,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
-    with contextlib.suppress(NotImplementedError):
-        loop.add_signal_handler(signal.SIGHUP, agent.request_reload)
     try:
-        await stop.wait()
+        await until_signalled(on_hup=agent.request_reload)
         await agent.drain()
     finally:
         await agent.stop()

@@ -43,6 +43,7 @@ from waypost.model import Event, Instance, Node, ServiceConfig
 log = logging.getLogger("waypost.dns")
 
 MAX_CACHED = 50_000
+MAX_MEMO = 20_000
 # The UDP payload we advertise and the size classes answers are built for.
 OUR_PAYLOAD = 1232
 SIZE_CLASSES = (512, 1232, 4096)
@@ -70,6 +71,7 @@ def size_class(payload: int) -> int:
 class _Cached:
     variants: tuple[bytes, ...]
     turn: int = 0
+    live: bool = True
 
 
 @dataclass(slots=True)
@@ -131,6 +133,10 @@ class DnsServer:
         self.recursors = list(recursors)
         self.stats = DnsStats()
         self._cache: dict[tuple[bytes, int, int, bool, int], _Cached] = {}
+        # The exact bytes after the ID and flags (counts, question, OPT) of queries seen,
+        # with the transport's cap, to their cached answer and the question's end: a
+        # repeated query skips parsing. Entries dropped by a change are marked dead.
+        self._memo: dict[tuple[int, bytes], tuple[_Cached, int]] = {}
         self._scopes: dict[str, set[tuple[bytes, int, int, bool, int]]] = {}
         self._transports: list[asyncio.DatagramTransport] = []
         self._servers: list[asyncio.Server] = []
@@ -208,8 +214,7 @@ class DnsServer:
     def _on_batch(self, batch: Sequence[Event] | None) -> None:
         if batch is None:
             self.zone.reindex()
-            self._cache.clear()
-            self._scopes.clear()
+            self._forget_all()
             return
         scopes: set[str] = set()
         for ev in batch:
@@ -224,18 +229,29 @@ class DnsServer:
                 scopes.add(f"service:{entry.service}")
         for scope in scopes:
             for key in self._scopes.pop(scope, ()):
-                self._cache.pop(key, None)
+                self._drop(key)
             if scope.startswith(("service:", "node:", "instance:")):
                 # Names are matched case-insensitively: drop the lower-case spelling too.
                 for key in self._scopes.pop(scope.lower(), ()):
-                    self._cache.pop(key, None)
+                    self._drop(key)
+
+    def _drop(self, key: tuple[bytes, int, int, bool, int]) -> None:
+        entry = self._cache.pop(key, None)
+        if entry is not None:
+            entry.live = False  # the memo may still point at it
+
+    def _forget_all(self) -> None:
+        for entry in self._cache.values():
+            entry.live = False
+        self._cache.clear()
+        self._scopes.clear()
+        self._memo.clear()
 
     def _remember(
         self, key: tuple[bytes, int, int, bool, int], entry: _Cached, scopes: set[str]
     ) -> None:
         if len(self._cache) >= MAX_CACHED:
-            self._cache.clear()
-            self._scopes.clear()
+            self._forget_all()
         self._cache[key] = entry
         for scope in scopes:
             self._scopes.setdefault(scope, set()).add(key)
@@ -246,6 +262,19 @@ class DnsServer:
         """The reply to ``data`` (``limit``: the transport's size cap, None for UDP
         where the query's EDNS says). None: drop it. ``("forward", data)``: relay it."""
         self.stats.queries += 1
+        if len(data) > 12 and not data[2] & 0xF8:
+            hit = self._memo.get((limit or 0, data[4:]))
+            if hit is not None and hit[0].live:
+                entry, end = hit
+                self.stats.cache_hits += 1
+                variants = entry.variants
+                if len(variants) == 1:
+                    cached = variants[0]
+                else:
+                    entry.turn += 1
+                    cached = variants[entry.turn % len(variants)]
+                flags = bytes((cached[2] | (data[2] & 1),))
+                return b"".join((data[:2], flags, cached[3:12], data[12:end], cached[end:]))
         q = wire.parse(data)
         if q is None:
             return self._slow(data, limit)
@@ -264,6 +293,9 @@ class DnsServer:
             entry = built
         else:
             self.stats.cache_hits += 1
+        if len(self._memo) >= MAX_MEMO:
+            self._memo.clear()
+        self._memo[(limit or 0, data[4:])] = (entry, q.end)
         variants = entry.variants
         if len(variants) == 1:
             return wire.patch(variants[0], data, q)

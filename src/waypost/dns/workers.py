@@ -10,12 +10,11 @@ that dies is started again; all stop with the server.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import signal
 import sys
 from collections.abc import Sequence
 
+from waypost.aio import cancel_all, until_signalled
 from waypost.client import AsyncClient
 from waypost.dns.follower import Feed, follow
 from waypost.dns.server import DnsServer
@@ -90,11 +89,7 @@ class DnsWorkers:
             await asyncio.sleep(RESTART_S)
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_all(self._tasks)
         self._tasks = []
         for proc in self._procs:
             if proc is not None and proc.returncode is None:
@@ -131,16 +126,9 @@ async def run_worker(
     follower = asyncio.create_task(follow(feed, client), name="dns-follow")
     await dns_server.start()
     print(f"waypost dns-worker: serving dns {','.join(dns_server.addresses())}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        await until_signalled()
     finally:
-        follower.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await follower
+        await cancel_all([follower])
         await dns_server.stop()
         await client.aclose()
