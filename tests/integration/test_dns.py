@@ -355,3 +355,19 @@ def test_dns_workers_answer_alike(start_server: Any) -> None:
     assert took < 5
     out = server.log.read_text()
     assert "Traceback" not in out
+
+
+def test_dns_keeps_answering_when_the_store_fails(
+    server: ServerProcess, http: httpx.Client, web: None
+) -> None:
+    assert addresses(ask(server, "web.service.waypost", "A"))  # one answer cached
+    (server.data_dir / "waypost.db").unlink()
+    assert http.get("/health").status_code == 503  # the server says so
+    # The catalog it has still answers: the cached name and one never asked before.
+    assert addresses(ask(server, "web.service.waypost", "A")) == [
+        "10.0.0.1",
+        "10.0.0.2",
+        "10.0.0.3",
+    ]
+    srv = ask(server, "_web._prod.service.waypost", "SRV")
+    assert sorted(rd.port for rd in srv.answer[0]) == [8081, 8082]
