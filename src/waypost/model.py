@@ -252,7 +252,24 @@ class FlapPolicy(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, 
         _positive(self, "window")
 
 
-class Check(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, gc=False):
+class CheckTiming(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, gc=False):
+    """How often a check runs and how its results are judged: what a check and a
+    service's check template share."""
+
+    interval: PositiveDuration = "30s"
+    timeout: PositiveDuration = "5s"
+    healthy_threshold: Threshold = 2
+    unhealthy_threshold: Threshold = 3
+    initial_status: Literal["passing", "warning", "critical"] = "critical"
+    deregister_critical_after: Duration | UnsetType = UNSET
+    grace: Duration = "0s"
+    flap: FlapPolicy | UnsetType = UNSET
+
+    def __post_init__(self) -> None:
+        _positive(self, "interval", "timeout")
+
+
+class Check(CheckTiming, frozen=True, kw_only=True, forbid_unknown_fields=True, gc=False):
     """A health check: exactly one of ``http``, ``https``, ``tcp``, ``command``, ``ttl``,
     ``grpc`` says what to run; the rest says how often and how to judge it.
 
@@ -267,14 +284,6 @@ class Check(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, gc=Fa
     grpc: HostPort | UnsetType = UNSET
     # Left out, the name is the kind ("http"), numbered when the kind repeats ("http-2").
     name: CheckName | UnsetType = UNSET
-    interval: PositiveDuration = "30s"
-    timeout: PositiveDuration = "5s"
-    healthy_threshold: Threshold = 2
-    unhealthy_threshold: Threshold = 3
-    initial_status: Literal["passing", "warning", "critical"] = "critical"
-    deregister_critical_after: Duration | UnsetType = UNSET
-    grace: Duration = "0s"
-    flap: FlapPolicy | UnsetType = UNSET
     # http/https
     method: HttpMethod = "GET"
     headers: Annotated[
@@ -406,41 +415,23 @@ class Node(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, gc=Fal
         return self.id
 
 
-class ServiceCheck(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, gc=False):
+class ServiceCheck(CheckTiming, frozen=True, kw_only=True, forbid_unknown_fields=True, gc=False):
     """A check template for a whole service: ``tcp`` (connect to the instance's port),
     ``http``/``https`` (GET ``path`` on it) or ``grpc``; timings as a check's."""
 
     type: Literal["tcp", "http", "https", "grpc"] = "tcp"
     path: Annotated[str, Meta(max_length=1024, pattern=r"\A/[^\x00-\x20\x7f]*\Z")] = "/health"
-    interval: PositiveDuration = "30s"
-    timeout: PositiveDuration = "5s"
-    healthy_threshold: Threshold = 2
-    unhealthy_threshold: Threshold = 3
-    initial_status: Literal["passing", "warning", "critical"] = "critical"
-    deregister_critical_after: Duration | UnsetType = UNSET
-    grace: Duration = "0s"
-    flap: FlapPolicy | UnsetType = UNSET
     tls_verify: bool = True
     grpc_service: Annotated[str, Meta(max_length=256)] = ""
-
-    def __post_init__(self) -> None:
-        _positive(self, "interval", "timeout")
 
     def for_instance(self, address: str, port: int) -> Check:
         """The check this template gives an instance at ``address:port``."""
         host = f"[{address}]" if ":" in address else address
         where = f"{host}:{port}"
         common: dict[str, Any] = {
-            "interval": self.interval,
-            "timeout": self.timeout,
-            "healthy_threshold": self.healthy_threshold,
-            "unhealthy_threshold": self.unhealthy_threshold,
-            "initial_status": self.initial_status,
-            "deregister_critical_after": self.deregister_critical_after,
-            "grace": self.grace,
-            "flap": self.flap,
-            "name": f"service:{self.type}",
+            name: getattr(self, name) for name in CheckTiming.__struct_fields__
         }
+        common["name"] = f"service:{self.type}"
         if self.type == "tcp":
             return Check(tcp=where, **common)
         if self.type == "grpc":
