@@ -645,6 +645,26 @@ class Lease(Struct, frozen=True, kw_only=True):
     entries: list[EntryRef] = field(default_factory=list)
 
 
+class DnsStatus(Struct, frozen=True, kw_only=True):
+    """The DNS interface in ``GET /status``: its listeners and this process's counters
+    (workers started with ``--dns-workers`` count their own)."""
+
+    listeners: list[str]
+    workers: int = 1
+    queries: int = 0
+    cache_hits: int = 0
+    answers_built: int = 0
+    cached_answers: int = 0
+    formerr: int = 0
+    refused: int = 0
+    forwarded: int = 0
+    forward_failures: int = 0
+    truncated: int = 0
+    tcp_connections: int = 0
+    tcp_rejected: int = 0
+    errors: int = 0
+
+
 class ServerStatus(Struct, frozen=True, kw_only=True):
     """Answer of ``GET /status``."""
 
@@ -660,6 +680,7 @@ class ServerStatus(Struct, frozen=True, kw_only=True):
     event_streams: int
     following: bool = True
     skipped_records: int = 0
+    dns: DnsStatus | None = None
     config: dict[str, str] = field(default_factory=dict)
 
 

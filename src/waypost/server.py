@@ -16,6 +16,7 @@ from waypost.catalog import Catalog
 from waypost.checking import CheckHost
 from waypost.dns.server import DnsServer
 from waypost.dns.workers import DnsWorkers, worker_command
+from waypost.model import DnsStatus
 from waypost.registry import Registry
 from waypost.settings import Settings
 from waypost.store import Store, open_store
@@ -70,6 +71,7 @@ class WaypostServer:
                 config=self.settings.redacted(),
                 max_wait_s=self.settings.max_wait_s(),
                 checks=self.checks,
+                dns_status=self._dns_status,
             )
             # handler_cancellation: a client that hangs up frees its parked blocking
             # query or event stream at once, not when its wait runs out.
@@ -107,6 +109,11 @@ class WaypostServer:
             except BaseException:
                 await self.stop()
                 raise
+
+    def _dns_status(self) -> DnsStatus | None:
+        if self.dns is None:
+            return None
+        return self.dns.status(workers=self.settings.dns_workers)
 
     async def stop(self) -> None:
         if self._runner is not None:

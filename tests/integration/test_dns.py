@@ -371,3 +371,18 @@ def test_dns_keeps_answering_when_the_store_fails(
     ]
     srv = ask(server, "_web._prod.service.waypost", "SRV")
     assert sorted(rd.port for rd in srv.answer[0]) == [8081, 8082]
+
+
+def test_status_shows_the_dns_interface(
+    server: ServerProcess, http: httpx.Client, web: None
+) -> None:
+    before = http.get("/status").json()["dns"]
+    assert server.dns is not None
+    assert before["listeners"] == [f"{server.dns[0]}:{server.dns[1]}"]
+    for _ in range(3):
+        ask(server, "web.service.waypost", "A")
+    ask(server, "example.com", "A")
+    after = http.get("/status").json()["dns"]
+    assert after["queries"] == before["queries"] + 4
+    assert after["cache_hits"] >= before["cache_hits"] + 2
+    assert after["refused"] == before["refused"] + 1

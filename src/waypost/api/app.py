@@ -36,6 +36,7 @@ from waypost.model import (
     MAX_LEASE_ID,
     Batch,
     BatchResult,
+    DnsStatus,
     EntryRef,
     Event,
     HealthReport,
@@ -80,6 +81,8 @@ STATS = web.AppKey("stats", dict[str, int])
 STREAMS = web.AppKey("streams", set[asyncio.Task[object]])
 MAX_WAIT = web.AppKey("max_wait", float)
 CHECKS = web.AppKey("checks", CheckHost)
+DnsStatusFn = Callable[[], DnsStatus | None]
+DNS_STATUS: web.AppKey[DnsStatusFn] = web.AppKey("dns_status")
 
 
 def _json(body: bytes, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -511,6 +514,7 @@ async def status(request: web.Request) -> web.Response:
         following=reg.problem is None,
         skipped_records=reg.store.skipped_records,
         config=request.app[CONFIG],
+        dns=request.app[DNS_STATUS](),
     )
     return _json(_encode(body))
 
@@ -716,6 +720,7 @@ def build_app(
     config: dict[str, str] | None = None,
     max_wait_s: float = MAX_WAIT_S,
     checks: CheckHost | None = None,
+    dns_status: Callable[[], DnsStatus | None] | None = None,
 ) -> web.Application:
     """The aiohttp application serving one registry; ``config`` is shown by /status
     (already redacted); blocking queries wait at most ``max_wait_s``."""
@@ -732,6 +737,7 @@ def build_app(
     app[MAX_WAIT] = max_wait_s
     if checks is not None:
         app[CHECKS] = checks
+    app[DNS_STATUS] = dns_status or (lambda: None)
     streams: set[asyncio.Task[object]] = set()
     app[STREAMS] = streams
     app.on_shutdown.append(_release_long_requests)

@@ -38,7 +38,7 @@ import dns.rrset
 from waypost.catalog import Catalog
 from waypost.dns import wire
 from waypost.dns.zone import SHUFFLES, Reply, Zone, stratified_orders
-from waypost.model import Event, Instance, Node, ServiceConfig
+from waypost.model import DnsStatus, Event, Instance, Node, ServiceConfig
 
 log = logging.getLogger("waypost.dns")
 
@@ -205,6 +205,26 @@ class DnsServer:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+    def status(self, workers: int = 1) -> DnsStatus:
+        """Listeners and counters, for ``GET /status``."""
+        s = self.stats
+        return DnsStatus(
+            listeners=self.addresses(),
+            workers=workers,
+            queries=s.queries,
+            cache_hits=s.cache_hits,
+            answers_built=s.built,
+            cached_answers=len(self._cache),
+            formerr=s.formerr,
+            refused=s.refused,
+            forwarded=s.forwarded,
+            forward_failures=s.forward_failures,
+            truncated=s.truncated,
+            tcp_connections=s.tcp_connections,
+            tcp_rejected=s.tcp_rejected,
+            errors=s.errors,
+        )
 
     def addresses(self) -> list[str]:
         return [f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.bound]
