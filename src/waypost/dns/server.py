@@ -118,8 +118,10 @@ class DnsServer:
         allow_warning: bool = False,
         recursors: Sequence[tuple[str, int]] = (),
         reuse_port: bool = False,
+        tcp_idle_s: float = TCP_IDLE_S,
     ) -> None:
         self.registry = registry
+        self.tcp_idle_s = tcp_idle_s
         self.reuse_port = reuse_port
         self.listen = list(listen)
         hosts = [h for h, _ in self.listen if h not in ("0.0.0.0", "::")]
@@ -454,7 +456,7 @@ class DnsServer:
         self.stats.tcp_connections += 1
         try:
             while True:
-                async with asyncio.timeout(TCP_IDLE_S):
+                async with asyncio.timeout(self.tcp_idle_s):
                     head = await reader.readexactly(2)
                     data = await reader.readexactly(struct.unpack(">H", head)[0])
                 try:
