@@ -9,7 +9,7 @@ always what is registered; results go back through ``Registry.report_health``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Literal
 
 from waypost.errors import Conflict, NotFound
@@ -86,25 +86,25 @@ class CheckHost:
 
     async def run_matching(self, service: str | None, node: str | None) -> list[Instance]:
         """Run the checks of every instance this server checks of a service and/or node."""
-        out = []
-        for inst in self.registry.catalog.all():
-            if service is not None and inst.service != service:
-                continue
-            if node is not None and inst.node != node:
-                continue
-            if inst.id in self.scheduler:
-                out.append(await self.run_now(inst.id))
-        return out
+        return [
+            await self.run_now(inst.id)
+            for inst in self._matching(service, node)
+            if inst.id in self.scheduler
+        ]
+
+    def _matching(self, service: str | None, node: str | None) -> Iterator[Instance]:
+        """The catalog's instances of ``service`` and/or on ``node`` (None: any)."""
+        if service is not None:
+            found = self.registry.catalog.service_instances(service)
+        else:
+            found = self.registry.catalog.all()
+        return (i for i in found if node is None or i.node == node)
 
     def rows(self, service: str | None = None, node: str | None = None) -> list[CheckRow]:
         """Every check of the matching instances: live for those run here, stored
         otherwise."""
         out = []
-        for inst in self.registry.catalog.all():
-            if service is not None and inst.service != service:
-                continue
-            if node is not None and inst.node != node:
-                continue
+        for inst in self._matching(service, node):
             live = {s.name: s for s in self.scheduler.states(inst.id)}
             checks = {
                 str(c.name) if isinstance(c.name, str) else c.kind: c

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 import socket
@@ -78,7 +79,7 @@ class _Cached:
 class DnsStats:
     queries: int = 0
     cache_hits: int = 0
-    built: int = 0
+    answers_built: int = 0
     formerr: int = 0
     refused: int = 0
     forwarded: int = 0
@@ -210,22 +211,11 @@ class DnsServer:
 
     def status(self, workers: int = 1) -> DnsStatus:
         """Listeners and counters, for ``GET /status``."""
-        s = self.stats
         return DnsStatus(
             listeners=self.addresses(),
             workers=workers,
-            queries=s.queries,
-            cache_hits=s.cache_hits,
-            answers_built=s.built,
             cached_answers=len(self._cache),
-            formerr=s.formerr,
-            refused=s.refused,
-            forwarded=s.forwarded,
-            forward_failures=s.forward_failures,
-            truncated=s.truncated,
-            tcp_connections=s.tcp_connections,
-            tcp_rejected=s.tcp_rejected,
-            errors=s.errors,
+            **dataclasses.asdict(self.stats),
         )
 
     def addresses(self) -> list[str]:
@@ -339,7 +329,7 @@ class DnsServer:
         reply = self.zone.resolve(name, qtype)
         if reply is None:
             return None
-        self.stats.built += 1
+        self.stats.answers_built += 1
         variants = self._render(name, qtype, reply, edns, cap)
         entry = _Cached(variants=variants)
         self._remember((name_wire, qtype, dns.rdataclass.IN, edns, cap), entry, reply.scopes)
