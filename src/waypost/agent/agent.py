@@ -398,10 +398,14 @@ class Agent:
                 await asyncio.wait_for(self._reload_now.wait(), RELOAD_POLL_S)
             asked = self._reload_now.is_set()
             self._reload_now.clear()
-            if not asked and definitions.signature(self.config_dir) == self._signature:
-                continue
-            if self.reload():
-                self._sync_soon.set()
+            try:
+                if not asked and definitions.signature(self.config_dir) == self._signature:
+                    continue
+                if self.reload():
+                    self._sync_soon.set()
+            except Exception as exc:  # a reload must never end the watching of files
+                log.exception("reloading definitions failed; trying again on the next change")
+                self.defs_info.last_error = f"internal error: {exc}"
 
     def request_reload(self) -> None:
         """What SIGHUP does."""

@@ -307,7 +307,9 @@ class Zone:
         return None
 
     def _in_zone(self, name: dns.name.Name, rdtype: int) -> Reply:
-        reply = Reply(scopes={"zone"})
+        # Names no change can alter (the apex, names of no known form) carry no scope:
+        # a scope never invalidated would only collect keys.
+        reply = Reply()
         labels = [lab.decode("ascii", "replace") for lab in name.relativize(self.origin).labels]
         if name == self.origin:
             if rdtype in (SOA, ANY):
