@@ -663,6 +663,7 @@ class DnsStatus(Struct, frozen=True, kw_only=True):
     tcp_connections: int = 0
     tcp_rejected: int = 0
     errors: int = 0
+    dropped: int = 0  # UDP queries dropped while too many waited for the event loop
 
 
 class ServerStatus(Struct, frozen=True, kw_only=True):

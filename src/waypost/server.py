@@ -16,6 +16,7 @@ from waypost.catalog import Catalog
 from waypost.checking import CheckHost
 from waypost.dns.server import DnsServer
 from waypost.dns.workers import DnsWorkers, worker_command
+from waypost.errors import WaypostError
 from waypost.model import DnsStatus
 from waypost.registry import Registry
 from waypost.settings import Settings
@@ -64,7 +65,12 @@ class WaypostServer:
         try:
             await self.registry.start()
             if self.dns is not None:
-                await self.dns.start()
+                try:
+                    await self.dns.start()
+                except OSError as exc:
+                    raise WaypostError(
+                        f"cannot serve DNS on {self.settings.dns}: {exc.strerror or exc}"
+                    ) from exc
             app = build_app(
                 self.registry,
                 token=self.settings.token,
@@ -81,7 +87,12 @@ class WaypostServer:
             await self._runner.setup()
             host, port = self.settings.http_host_port()
             site = web.TCPSite(self._runner, host, port, reuse_address=True, backlog=4096)
-            await site.start()
+            try:
+                await site.start()
+            except OSError as exc:
+                raise WaypostError(
+                    f"cannot serve HTTP on {self.settings.http}: {exc.strerror or exc}"
+                ) from exc
         except BaseException:
             await self.stop()
             raise

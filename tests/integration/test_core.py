@@ -223,6 +223,9 @@ def test_service_config_and_routes_are_entries_too(http: httpx.Client) -> None:
     assert http.get("/api/v1/services/web/config").status_code == 404
     assert http.put("/api/v1/services/web/config", json={"meta": {"a": "b"}}).status_code == 200
     assert http.get("/api/v1/services/web/config").json()["meta"] == {"a": "b"}
+    # Every config, also of a service with no instances (web has none here).
+    assert [c["service"] for c in http.get("/api/v1/configs").json()] == ["web"]
+    assert http.get("/api/v1/configs?x=1").status_code == 400
     body = {"service": "web", "match": {"path_prefix": "/v1", "methods": ["GET"]}, "priority": 5}
     assert http.put("/api/v1/routes/r1", json=body).status_code == 200
     assert [r["name"] for r in http.get("/api/v1/routes").json()] == ["r1"]
@@ -231,6 +234,7 @@ def test_service_config_and_routes_are_entries_too(http: httpx.Client) -> None:
     assert http.delete("/api/v1/routes/r1").status_code == 200
     assert http.delete("/api/v1/services/web/config").status_code == 200
     assert http.get("/api/v1/routes").json() == []
+    assert http.get("/api/v1/configs").json() == []
 
 
 STRAY = ["\n", "\r", "\x00", " ", "\t", "\u00a0"]

@@ -6,6 +6,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -355,6 +356,63 @@ def test_dns_workers_answer_alike(start_server: Any) -> None:
     assert took < 5
     out = server.log.read_text()
     assert "Traceback" not in out
+
+
+def test_dns_workers_know_configs_of_services_with_no_instances(start_server: Any) -> None:
+    """A worker's first listing includes the config of a service that had no instances
+    then: its TTL applies in every process once an instance registers."""
+    first = start_server(name="cfg")
+    with httpx.Client(base_url=first.url, timeout=10) as http:
+        http.put("/api/v1/services/later/config", json={"dns_ttl": "60s"}).raise_for_status()
+        assert [c["service"] for c in http.get("/api/v1/configs").json()] == ["later"]
+    first.args += ["--dns-workers", "2"]
+    server = first.restart()
+    assert server.dns is not None
+    host, port = server.dns
+
+    def ttls() -> set[int]:
+        seen = set()
+        query = dns.message.make_query("later.service.waypost", "A")
+        for _ in range(24):  # fresh source ports: both processes answer some
+            r = dns.query.udp(query, host, port=port, timeout=3)
+            seen |= {rrset.ttl for rrset in r.answer} or {-1}
+        return seen
+
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        put(http, "later-1", "later", address="10.8.0.1")
+        wait_until(lambda: ttls() == {60}, 10, "the configured TTL from every process")
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_second_server_on_the_dns_port_fails_clearly(start_server: Any, workers: str) -> None:
+    """Workers bind with SO_REUSEPORT, which would let a second server share the port
+    and take half the queries: it must refuse to start instead, and say why."""
+    first = start_server("--dns-workers", workers, name="first")
+    assert first.dns is not None
+    host, port = first.dns
+    second = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "waypost",
+            "server",
+            "--store",
+            "memory://",
+            "--http",
+            "127.0.0.1:0",
+            "--dns",
+            f"{host}:{port}",
+            "--dns-workers",
+            workers,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert second.returncode != 0
+    assert f"cannot serve DNS on {host}:{port}: Address already in use" in second.stderr
+    assert "Traceback" not in second.stderr
+    assert ask(first, "ns.waypost", "A").rcode() == dns.rcode.NOERROR  # the first serves on
 
 
 def test_dns_keeps_answering_when_the_store_fails(

@@ -463,6 +463,11 @@ async def list_nodes(request: web.Request) -> web.Response:
     return await _answer(request, ("nodes", None), index, wait_s)
 
 
+async def list_configs(request: web.Request) -> web.Response:
+    index, wait_s = _blocking_params(request)
+    return await _answer(request, ("configs", None), index, wait_s)
+
+
 async def list_routes(request: web.Request) -> web.Response:
     index, wait_s = _blocking_params(request)
     return await _answer(request, ("routes", None), index, wait_s)
@@ -757,6 +762,7 @@ def build_app(
     r.add_get("/api/v1/services", list_services)
     r.add_get("/api/v1/services/{name}", service_instances)
     put_config, get_config, delete_config = _keyed_handlers("service_config")
+    r.add_get("/api/v1/configs", list_configs)
     r.add_get("/api/v1/services/{name}/config", get_config)
     r.add_put("/api/v1/services/{name}/config", put_config)
     r.add_delete("/api/v1/services/{name}/config", delete_config)

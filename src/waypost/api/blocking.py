@@ -50,7 +50,8 @@ class Answer:
         return self._headers
 
 
-# What a cache key names: ("instances", query), or ("services" | "nodes" | "routes", None).
+# What a cache key names: ("instances", query), or (a listing, None): "services",
+# "nodes", "routes", "configs".
 Key = tuple[str, Query | None]
 
 
@@ -69,6 +70,8 @@ class AnswerCache:
             return _encode(self._catalog.nodes())
         if kind == "routes":
             return _encode(self._catalog.entries("route"))
+        if kind == "configs":
+            return _encode(self._catalog.entries("service_config"))
         assert query is not None
         return _encode(self._catalog.query(query))
 
@@ -81,6 +84,8 @@ class AnswerCache:
             return self._catalog.nodes_revision()
         if kind == "routes":
             return self._catalog.kind_revision("route")
+        if kind == "configs":
+            return self._catalog.kind_revision("service_config")
         return self._catalog.revision
 
     def get(self, key: Key) -> Answer:

@@ -335,6 +335,14 @@ def openapi_spec(version: str) -> dict[str, Any]:
             "put": _op("Set a service's config", write, body="ServiceConfig"),
             "delete": _op("Remove a service's config", write),
         },
+        "/api/v1/configs": {
+            "get": _op(
+                "Every service's config entry, also of services with no instances",
+                {"200": _ok({"type": "array", "items": _ref("ServiceConfig")}, blocking=True)},
+                params=_BLOCKING_PARAMS,
+                errors=reads,
+            ),
+        },
         "/api/v1/nodes": {
             "get": _op(
                 "Registered nodes, and nodes named by instances",

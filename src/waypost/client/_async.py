@@ -342,6 +342,11 @@ class AsyncClient:
             return None
         return _core.decode_as(body, ServiceConfig)
 
+    async def service_configs(self) -> list[ServiceConfig]:
+        """Every service's config entry, ordered by service."""
+        body, _ = await self._call(_core.simple_get("/api/v1/configs"))
+        return _core.decode_as(body, list[ServiceConfig])
+
     async def nodes(self) -> list[Node]:
         """The nodes hosting instances."""
         body, _ = await self._call(_core.simple_get("/api/v1/nodes"))

@@ -23,6 +23,7 @@ from waypost.model import (
     Kind,
     Node,
     ServerStatus,
+    ServiceConfig,
     ServiceSummary,
     Status,
     WriteResult,
@@ -302,6 +303,12 @@ class Client:
         """Every service with its instance counts by status, tags and versions."""
         resp = self._call(_core.simple_get("/api/v1/services"))
         return _core.decode_as(resp.content, list[ServiceSummary])
+
+    def service_configs(self) -> list[ServiceConfig]:
+        """Every service's config entry, ordered by service."""
+        return _core.decode_as(
+            self._call(_core.simple_get("/api/v1/configs")).content, list[ServiceConfig]
+        )
 
     def nodes(self) -> list[Node]:
         """The nodes hosting instances."""

@@ -44,10 +44,7 @@ async def _snapshot(client: AsyncClient, feed: Feed) -> int:
     listed = await client.instances()
     rows: list[tuple[Entry, int]] = [(i, listed.revision) for i in listed.instances]
     rows += [(n, listed.revision) for n in await client.nodes() if n.registered]
-    for summary in await client.services():
-        config = await client.service_config(summary.name)
-        if config is not None:
-            rows.append((config, listed.revision))
+    rows += [(c, listed.revision) for c in await client.service_configs()]
     feed.catalog.load(rows, listed.revision)
     feed.tell(None)
     return listed.revision

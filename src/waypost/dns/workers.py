@@ -121,7 +121,7 @@ async def run_worker(
         ttl_s=ttl_s,
         allow_warning=allow_warning,
         recursors=recursors,
-        reuse_port=True,
+        join=True,
     )
     follower = asyncio.create_task(follow(feed, client), name="dns-follow")
     await dns_server.start()
