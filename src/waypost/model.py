@@ -664,6 +664,8 @@ class DnsStatus(Struct, frozen=True, kw_only=True):
     tcp_rejected: int = 0
     errors: int = 0
     dropped: int = 0  # UDP queries dropped while too many waited for the event loop
+    # Answering from the last catalog the server had, because the store is unreachable.
+    stale: bool = False
 
 
 class ServerStatus(Struct, frozen=True, kw_only=True):
@@ -680,6 +682,9 @@ class ServerStatus(Struct, frozen=True, kw_only=True):
     blocking_waiters: int
     event_streams: int
     following: bool = True
+    # Why the server is unhealthy (the store unreachable, the event log not followed), as
+    # /health says it; None when all is well.
+    problem: str | None = None
     skipped_records: int = 0
     dns: DnsStatus | None = None
     config: dict[str, str] = field(default_factory=dict)

@@ -429,12 +429,16 @@ def test_dns_keeps_answering_when_the_store_fails(
     ]
     srv = ask(server, "_web._prod.service.waypost", "SRV")
     assert sorted(rd.port for rd in srv.answer[0]) == [8081, 8082]
+    # /status says why, and that DNS answers from the last catalog it had.
+    status = http.get("/status").json()
+    assert status["problem"] and status["dns"]["stale"] is True
 
 
 def test_status_shows_the_dns_interface(
     server: ServerProcess, http: httpx.Client, web: None
 ) -> None:
     before = http.get("/status").json()["dns"]
+    assert before["stale"] is False
     assert server.dns is not None
     assert before["listeners"] == [f"{server.dns[0]}:{server.dns[1]}"]
     for _ in range(3):

@@ -489,14 +489,20 @@ def _blocking_params(request: web.Request) -> tuple[int | None, float]:
     return index, wait_s
 
 
-async def health(request: web.Request) -> web.Response:
-    reg = _registry(request)
+async def _problem(reg: Registry) -> str | None:
+    """What is wrong with the server, if anything: not following, or a store that does
+    not answer."""
     problem = reg.problem
     if problem is None:
         try:
             await reg.store.ping()
         except WaypostError as exc:
             problem = exc.message
+    return problem
+
+
+async def health(request: web.Request) -> web.Response:
+    problem = await _problem(_registry(request))
     if problem is not None:
         return _json(_encode({"status": "failing", "message": problem}), status=503)
     return _json(b'{"status":"serving"}')
@@ -505,6 +511,10 @@ async def health(request: web.Request) -> web.Response:
 async def status(request: web.Request) -> web.Response:
     reg = _registry(request)
     cat = reg.catalog
+    problem = await _problem(reg)
+    dns = request.app[DNS_STATUS]()
+    if dns is not None and problem is not None:
+        dns = msgspec.structs.replace(dns, stale=True)
     body = ServerStatus(
         version=__version__,
         node=reg.node_name,
@@ -517,9 +527,10 @@ async def status(request: web.Request) -> web.Response:
         blocking_waiters=request.app[BLOCKING].count,
         event_streams=request.app[STATS]["event_streams"],
         following=reg.problem is None,
+        problem=problem,
         skipped_records=reg.store.skipped_records,
         config=request.app[CONFIG],
-        dns=request.app[DNS_STATUS](),
+        dns=dns,
     )
     return _json(_encode(body))
 
