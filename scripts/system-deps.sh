@@ -9,6 +9,7 @@ case "${1:-test}" in
     need curl curl
     need dig dnsutils
     need dnsmasq dnsmasq-base
+    need etcd etcd-server
     ;;
   bench)
     need curl curl

@@ -431,7 +431,8 @@ def test_dns_keeps_answering_when_the_store_fails(
     assert sorted(rd.port for rd in srv.answer[0]) == [8081, 8082]
     # /status says why, and that DNS answers from the last catalog it had.
     status = http.get("/status").json()
-    assert status["problem"] and status["dns"]["stale"] is True
+    assert status["problem"]
+    assert status["dns"]["stale"] is True
 
 
 def test_status_shows_the_dns_interface(
