@@ -679,6 +679,8 @@ class ServerStatus(Struct, frozen=True, kw_only=True):
     services: int
     nodes: int
     store: str
+    # The etcd member this server talks to now (cluster mode; None for local stores).
+    store_member: str | None = None
     blocking_waiters: int
     event_streams: int
     following: bool = True

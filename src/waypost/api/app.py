@@ -524,6 +524,7 @@ async def status(request: web.Request) -> web.Response:
         services=cat.service_count(),
         nodes=cat.node_count(),
         store=reg.store.kind,
+        store_member=getattr(reg.store, "endpoint", None),
         blocking_waiters=request.app[BLOCKING].count,
         event_streams=request.app[STATS]["event_streams"],
         following=reg.problem is None,

@@ -1,0 +1,116 @@
+"""Cluster mode: real ``waypost server`` processes sharing a real 3-member etcd cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import ServerProcess, instance, wait_until
+from tests.integration.test_events import read_events
+from waypost.sse import SseMessage
+from waypost.store import EtcdStore
+from waypost.testing import EtcdCluster
+
+StartServer = Callable[..., ServerProcess]
+
+
+@pytest.fixture
+def store_url(etcd_cluster: EtcdCluster, tmp_path: Path) -> str:
+    """The shared cluster, under a prefix of this test's own."""
+    return etcd_cluster.url(f"/t/{tmp_path.name}/")
+
+
+def test_a_write_on_one_server_reaches_blocking_queries_and_streams_on_another(
+    start_server: StartServer, store_url: str
+) -> None:
+    a = start_server("--store", store_url, "--no-dns", name="a")
+    b = start_server("--store", store_url, "--no-dns", name="b")
+    with httpx.Client(base_url=b.url, timeout=15) as http_b:
+        first = http_b.get("/api/v1/services/web")
+        assert first.json() == []
+        index = int(first.headers["X-Waypost-Index"])
+        blocked: list[httpx.Response] = []
+        streamed: list[SseMessage] = []
+        waiter = threading.Thread(
+            target=lambda: blocked.append(
+                httpx.get(
+                    f"{b.url}/api/v1/services/web",
+                    params={"index": index, "wait": "10s"},
+                    timeout=15,
+                )
+            )
+        )
+        reader = threading.Thread(target=lambda: streamed.extend(read_events(b.url, 1)))
+        waiter.start()
+        reader.start()
+        wait_until(lambda: http_b.get("/status").json()["event_streams"] >= 1, what="stream")
+        wait_until(lambda: http_b.get("/status").json()["blocking_waiters"] >= 1, what="park")
+        with httpx.Client(base_url=a.url, timeout=15) as http_a:
+            r = http_a.put("/api/v1/instances/web-1", json=instance("web-1"))
+            assert r.status_code == 200, r.text
+            revision = r.json()["index"]
+        waiter.join(15)
+        reader.join(15)
+    assert [i["id"] for i in blocked[0].json()] == ["web-1"]
+    assert int(blocked[0].headers["X-Waypost-Index"]) == revision
+    assert [(m.event, m.id) for m in streamed] == [("put", str(revision))]
+    assert '"id":"web-1"' in streamed[0].data
+    # Both say where they keep their state.
+    with httpx.Client(base_url=a.url) as http_a:
+        status = http_a.get("/status").json()
+    assert status["store"] == "etcd"
+    assert status["store_member"] in store_url
+
+
+def test_ttl_instances_expire_with_no_waypost_server_running(
+    start_server: StartServer, store_url: str, etcd_cluster: EtcdCluster
+) -> None:
+    """etcd's lease removes a TTL instance whose heartbeats stopped, with every Waypost
+    server down."""
+    server = start_server("--store", store_url, "--no-dns", name="ttl")
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        body = instance("beat-1", ttl="1s", deregister_after="1s")
+        assert http.put("/api/v1/instances/beat-1", json=body).status_code == 200
+        kept = http.put("/api/v1/instances/kept-1", json=instance("kept-1"))
+        assert kept.status_code == 200
+    server.stop()
+    prefix = "/" + store_url.split("/", 3)[3]
+
+    async def keys() -> list[str]:
+        store = EtcdStore(etcd_cluster.endpoints, prefix=prefix)
+        await store.open()
+        try:
+            return [e.key for e in await store.list()]
+        finally:
+            await store.close()
+
+    deadline = time.monotonic() + 20
+    while asyncio.run(keys()) != ["kept-1"]:
+        assert time.monotonic() < deadline, "etcd never expired the TTL instance"
+        time.sleep(0.2)
+    # A server started now sees what etcd holds.
+    again = start_server("--store", store_url, "--no-dns", name="ttl2")
+    with httpx.Client(base_url=again.url) as http:
+        assert [i["id"] for i in http.get("/api/v1/instances").json()] == ["kept-1"]
+
+
+def test_a_bad_etcd_url_is_a_clear_error(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    run: Any = subprocess.run(
+        [sys.executable, "-m", "waypost", "server", "--store", "etcd://nohost", "--no-dns"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode != 0
+    assert "is not an etcd endpoint" in run.stderr
+    assert "Traceback" not in run.stderr
