@@ -188,6 +188,7 @@ class EtcdCluster:
         self.size = size
         self._own_dir = data_dir is None
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="waypost-etcd-"))
+        self.data_dir.mkdir(parents=True, exist_ok=True)
         self.client_ports = [free_port() for _ in range(size)]
         self.peer_ports = [free_port() for _ in range(size)]
         self.procs: list[subprocess.Popen[bytes] | None] = [None] * size
@@ -223,9 +224,13 @@ class EtcdCluster:
         ]  # fmt: skip
 
     def start(self, timeout_s: float = 30.0) -> EtcdCluster:
-        for i in range(self.size):
-            self._spawn(i)
-        self.wait_ready(timeout_s)
+        try:
+            for i in range(self.size):
+                self._spawn(i)
+            self.wait_ready(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def _spawn(self, i: int) -> None:
@@ -252,7 +257,8 @@ class EtcdCluster:
             for i in want:
                 proc = self.procs[i]
                 if proc is not None and proc.poll() is not None:
-                    log = (self.data_dir / f"m{i}.log").read_text(errors="replace")[-2000:]
+                    path = self.data_dir / f"m{i}.log"
+                    log = path.read_text(errors="replace")[-2000:] if path.exists() else ""
                     raise RuntimeError(f"etcd member {i} exited:\n{log}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"etcd members {want} not healthy after {timeout_s}s")

@@ -114,3 +114,50 @@ def test_a_bad_etcd_url_is_a_clear_error(tmp_path: Path) -> None:
     assert run.returncode != 0
     assert "is not an etcd endpoint" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_killing_the_etcd_leader_loses_no_acknowledged_registration(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with EtcdCluster(3, tmp_path / "etcd") as cluster:
+        url = cluster.url()
+        a = start_server("--store", url, "--no-dns", name="a")
+        b = start_server("--store", url, "--no-dns", name="b")
+        acked: list[str] = []
+        failed: list[str] = []
+        started = threading.Event()
+
+        def register(n: int) -> None:
+            iid = f"w{n}"
+            try:
+                r = httpx.put(f"{a.url}/api/v1/instances/{iid}", json=instance(iid), timeout=30)
+            except httpx.HTTPError:
+                failed.append(iid)  # no answer counts as not acknowledged
+                return
+            finally:
+                if n == 40:
+                    started.set()
+            (acked if r.status_code == 200 else failed).append(iid)
+            if r.status_code != 200:
+                assert r.status_code == 503, r.text  # a clear "try again", nothing else
+
+        with ThreadPoolExecutor(8) as pool:
+            futures = [pool.submit(register, n) for n in range(300)]
+            started.wait(30)
+            leader = cluster.leader()
+            cluster.kill(leader)
+            for f in futures:
+                f.result()
+        assert len(acked) + len(failed) == 300
+        assert len(acked) > 40
+        for server in (a, b):
+            with httpx.Client(base_url=server.url, timeout=10) as http:
+
+                def present(http: httpx.Client = http) -> set[str]:
+                    return {i["id"] for i in http.get("/api/v1/instances").json()}
+
+                wait_until(lambda p=present: set(acked) <= p(), 20, f"every ack on {server.url}")
+        cluster.restart(leader)
+        cluster.wait_ready(30)
