@@ -161,3 +161,51 @@ def test_killing_the_etcd_leader_loses_no_acknowledged_registration(
                 wait_until(lambda p=present: set(acked) <= p(), 20, f"every ack on {server.url}")
         cluster.restart(leader)
         cluster.wait_ready(30)
+
+
+def test_a_lease_revoked_behind_a_live_agent_is_granted_again(
+    start_server: StartServer, store_url: str, etcd_cluster: EtcdCluster, tmp_path: Path
+) -> None:
+    """etcd-io/etcd#13260: a lease that ends behind its owner's back (revoked here
+    through etcd itself) must not make a live agent's services disappear."""
+    from tests.integration.agents import AgentProcess
+
+    server = start_server("--store", store_url, "--no-dns", name="s")
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "api.yaml").write_text("services:\n  - service: api\n    port: 9000\n")
+    agent = AgentProcess(server.url, "n1", conf, tmp_path / "agent", "--node-ttl", "6s").start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=10) as http:
+
+            def node() -> dict[str, Any] | None:
+                r = http.get("/api/v1/nodes/n1")
+                return r.json() if r.status_code == 200 and r.json().get("lease") else None
+
+            def api_passing() -> bool:
+                insts = http.get("/api/v1/instances?service=api").json()
+                return [i["status"] for i in insts] == ["passing"]
+
+            first = wait_until(node, 15, "the node on its lease")
+            wait_until(api_passing, 15, "the agent's instance")
+            prefix = "/" + store_url.split("/", 3)[3]
+
+            async def revoke() -> None:
+                store = EtcdStore(etcd_cluster.endpoints, prefix=prefix)
+                await store.open()
+                try:
+                    await store.revoke(first["lease"])
+                finally:
+                    await store.close()
+
+            asyncio.run(revoke())
+            revoked = time.monotonic()
+            again = wait_until(
+                lambda: (n := node()) is not None and n["lease"] != first["lease"] and n,
+                6,
+                "the node on a new lease within one node-TTL",
+            )
+            wait_until(api_passing, max(0.5, 6 - (time.monotonic() - revoked)), "api back")
+            assert again["lease"] != first["lease"]
+    finally:
+        agent.stop()
