@@ -129,6 +129,41 @@ class Catalog:
         self._recent_floor = revision
         self._notify()
 
+    def relist(self, entries: Iterable[tuple[Entry, int]], revision: int) -> list[Event]:
+        """Move to a snapshot taken at ``revision`` by its difference from what the
+        catalog holds, applied as events at ``revision`` (returned): after a gap the
+        store's event log cannot fill (etcd compacted past it), streams and blocking
+        queries see every change once instead of a reset. A first load, or a snapshot
+        older than the catalog, is a plain ``load``."""
+        rows = list(entries)
+        if (self.revision == 0 and not self._by_id) or revision <= self.revision:
+            self.load(rows, revision)
+            return []
+        events: list[Event] = []
+        seen: set[tuple[str, str]] = set()
+        for entry, mod in sorted(rows, key=lambda r: (r[0].KIND, r[0].key)):
+            ref = (entry.KIND, entry.key)
+            seen.add(ref)
+            have = (
+                self._mod.get(entry.key) if entry.KIND == "instance" else self._other_mod.get(ref)
+            )
+            if have != mod:
+                events.append(Event(revision=revision, type="put", entry=entry, index=len(events)))
+        gone: list[Entry] = [i for i in self._by_id.values() if ("instance", i.id) not in seen]
+        for kind, bucket in self._others.items():
+            gone += [e for key, e in bucket.items() if (kind, key) not in seen]
+        for entry in sorted(gone, key=lambda e: (e.KIND, e.key)):
+            events.append(Event(revision=revision, type="delete", entry=entry, index=len(events)))
+        self.apply(events, revision)
+        # What changed keeps the revision of its own last change (compare-and-swap).
+        for entry, mod in rows:
+            if entry.KIND == "instance":
+                if entry.key in self._mod:
+                    self._mod[entry.key] = mod
+            elif (entry.KIND, entry.key) in self._other_mod:
+                self._other_mod[(entry.KIND, entry.key)] = mod
+        return events
+
     def apply(self, events: Sequence[Event], revision: int | None = None) -> None:
         """Apply events in (revision, index) order; events at or before the last one
         applied are skipped (a revision may come whole, or an event at a time).

@@ -213,8 +213,10 @@ class Registry:
         self._tasks = []
 
     async def _load(self) -> int:
+        """List what the store holds. After a gap (the store's log no longer reaches
+        back), the difference from what the catalog held goes out as events."""
         revision, rows = await self.store.snapshot()
-        self.catalog.load(rows, revision)
+        self.catalog.relist(rows, revision)
         now = self._monotonic()
         self._timers = TtlTimers()
         for entry, _ in rows:

@@ -231,3 +231,44 @@ def test_a_revision_applied_an_event_at_a_time_is_applied_once() -> None:
     cat.apply([Event(revision=4, type="delete", entry=inst("i1"), index=0)])
     cat.apply([batch[1]])  # an old event: skipped
     assert [i.id for i in cat.all()] == ["i0", "i2"]
+
+
+def test_a_relist_after_a_gap_goes_out_as_the_difference_in_events() -> None:
+    """etcd-io/etcd#9386: after a watch gap the store's log cannot fill, what changed
+    meanwhile reaches streams and blocking queries as events, each once."""
+    from waypost.model import Node
+
+    def at(iid: str, port: int = 80) -> Instance:
+        return convert_instance({"id": iid, "service": "web", "address": "10.0.0.1", "port": port})
+
+    cat = Catalog()
+    cat.load([(at("a"), 1), (at("b"), 2), (at("c"), 3), (Node(id="n1"), 3)], 3)
+    woken: list[int] = []
+    cat.add_listener(woken.append)
+    # Meanwhile (not seen): b changed at 5, c went at 6, d came at 7, n1 went, n2 came.
+    rows = [(at("a"), 1), (at("b", 81), 5), (at("d"), 7), (Node(id="n2"), 8)]
+    events = cat.relist(rows, 9)
+    assert [(e.revision, e.index, e.type, e.kind, e.entry.key) for e in events] == [
+        (9, 0, "put", "instance", "b"),
+        (9, 1, "put", "instance", "d"),
+        (9, 2, "put", "node", "n2"),
+        (9, 3, "delete", "instance", "c"),
+        (9, 4, "delete", "node", "n1"),
+    ]
+    assert cat.revision == 9
+    assert woken  # blocking queries woke
+    assert sorted(i.id for i in cat.all()) == ["a", "b", "d"]
+    assert [i.port for i in cat.all() if i.id == "b"] == [81]
+    # Streams resuming from before the gap get exactly the difference, once.
+    assert [(e.type, e.entry.key) for e in cat.events_since(3) or []] == [
+        ("put", "b"),
+        ("put", "d"),
+        ("put", "n2"),
+        ("delete", "c"),
+        ("delete", "n1"),
+    ]
+    # Each entry keeps the revision of its own last change, for compare-and-swap.
+    assert (cat.mod_revision("a"), cat.mod_revision("b"), cat.mod_revision("d")) == (1, 5, 7)
+    assert cat.mod_revision("n2", kind="node") == 8
+    # Nothing changed: nothing goes out.
+    assert cat.relist(rows, 10) == []
