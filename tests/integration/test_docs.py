@@ -108,3 +108,9 @@ def test_dns_examples_run(server: ServerProcess, n: int) -> None:
         assert done.returncode == 0, (line, done.stderr)
         assert "status: NOERROR" in done.stdout, (line, done.stdout)
         assert "ANSWER: 0," not in done.stdout, (line, done.stdout)
+
+
+@pytest.mark.parametrize("n", range(len(blocks("cluster.md"))))
+def test_cluster_examples_run(n: int) -> None:
+    code = blocks("cluster.md")[n]
+    exec(compile(code, f"cluster.md[{n}]", "exec"), {"__name__": "docs_example"})

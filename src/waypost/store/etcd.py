@@ -210,11 +210,14 @@ class EtcdStore(StoreOps):
             self._current = (self._current + 1) % len(self._members)
             log.warning("etcd member %s failed (%s); using %s", member.endpoint, why, self.endpoint)
 
-    async def _call(self, fn: Callable[[_Member], Awaitable[T]]) -> T:
+    async def _call(
+        self, fn: Callable[[_Member], Awaitable[T]], *, retry_s: float | None = None
+    ) -> T:
         """Run one call on the current member, retried on the next members until
-        ``retry_s`` when it fails for a reason that may pass."""
+        ``retry_s`` (the store's by default) when it fails for a reason that may pass."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.retry_s
+        retry_s = self.retry_s if retry_s is None else retry_s
+        deadline = loop.time() + retry_s
         pause = RETRY_PAUSE_S
         while True:
             member = self._member()
@@ -229,7 +232,7 @@ class EtcdStore(StoreOps):
                 self._skip(member, exc.details() or exc.code().name)
                 if loop.time() + pause > deadline:
                     raise StoreError(
-                        f"etcd did not answer within {self.retry_s:g}s "
+                        f"etcd did not answer within {retry_s:g}s "
                         f"({exc.details() or exc.code().name})"
                     ) from None
                 await asyncio.sleep(pause)
@@ -258,11 +261,13 @@ class EtcdStore(StoreOps):
     # --- reads -----------------------------------------------------------------------------
 
     async def ping(self) -> None:
+        """Quick (``/health`` waits for it): every member tried once, for up to 2 s."""
         await self._call(
             lambda m: m.kv.Range(
                 rpc.RangeRequest(key=self.prefix, range_end=self._end, count_only=True),
-                timeout=self.call_timeout_s,
-            )
+                timeout=min(self.call_timeout_s, 2.0),
+            ),
+            retry_s=min(self.retry_s, 2.0),
         )
 
     async def snapshot(self) -> tuple[int, list[Stored]]:
