@@ -1,4 +1,5 @@
-"""Registrations/s, queries/s and blocking wake-up: Waypost (SQLite) next to raw etcd.
+"""Registrations/s, queries/s and blocking wake-up: Waypost (SQLite) next to raw etcd,
+and Waypost on a 3-member etcd cluster next to raw etcd puts and ranges on it.
 
 Waypost runs as a real ``waypost server`` process; etcd is a single member on loopback
 driven through aetcd (async gRPC), its fastest Python client (measurements.md): what a
@@ -25,7 +26,10 @@ import msgspec
 import uvloop
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+# bench/dns.py would shadow dnspython ("import dns") for anything that imports Waypost's
+# DNS server: this folder goes last on sys.path, not first.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+sys.path.append(str(HERE))
 from _harness import etcd_member, percentile, waypost_server, write_results, wrk  # noqa: E402
 
 ENC = msgspec.json.encode
@@ -223,6 +227,104 @@ async def etcd_wakeups(port: int, rounds: int) -> list[float]:
     return out
 
 
+async def propagation(a: str, b: str, rounds: int) -> dict[str, list[float]]:
+    """Registrations on server A, each timed to its event on server B's stream: from A's
+    acknowledgment, and from the request's start."""
+    from waypost.sse import SseParser
+
+    after_ack: list[float] = []
+    after_send: list[float] = []
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+    stream = session.get(f"{b}/api/v1/events", timeout=aiohttp.ClientTimeout(total=None))
+    async with session as s, stream as st:
+        parser = SseParser()
+        for n in range(rounds):
+            start = time.perf_counter()
+            async with s.put(
+                f"{a}/api/v1/instances/p-{n % 10}",
+                data=ENC(body(n, "prop") | {"id": f"p-{n % 10}"}),
+                headers=JSON,
+            ) as r:
+                assert r.status == 200, await r.text()
+                index = (await r.json())["index"]
+            acked = time.perf_counter()
+            seen = False
+            while not seen:
+                chunk = await st.content.readany()
+                for m in parser.feed(chunk):
+                    if m.event == "put" and m.id == str(index):
+                        seen = True
+            now = time.perf_counter()
+            after_ack.append((now - acked) * 1000)
+            after_send.append((now - start) * 1000)
+    return {"after_ack": after_ack, "after_send": after_send}
+
+
+def cluster_section(secs: int, conc: int, rounds: int) -> None:
+    """The etcd store on a 3-member cluster: Waypost (two servers) next to raw aetcd on
+    the same cluster. Writes ``results/registry_etcd.{json,md}``."""
+    from waypost.testing import EtcdCluster
+
+    with EtcdCluster(3) as cluster:
+        port = cluster.client_ports[cluster.leader()]
+        raw = uvloop.run(etcd_writes(port, 1, conc))
+        raw_reads = uvloop.run(etcd_reads(port, 100, secs))
+        store = cluster.url("/wb/")
+        with waypost_server("--store", store) as a, waypost_server("--store", store) as b:
+            ours = uvloop.run(waypost_writes(a, 1, conc))
+            ours_wrk = wrk(a, connections=64, seconds=secs, script=str(HERE / "put.lua"))
+            uvloop.run(seed_waypost(a, 100))
+            q = wrk(f"{b}/api/v1/services/q", connections=64, seconds=secs)
+            prop = uvloop.run(propagation(a, b, rounds))
+    ack99 = percentile(prop["after_ack"], 99)
+    send99 = percentile(prop["after_send"], 99)
+    data = {
+        "waypost": {
+            "put_64": ours["put_64"],
+            "put_64_wrk": ours_wrk,
+            "query_100": q,
+            "propagation_ms": {
+                "after_ack_p50": percentile(prop["after_ack"], 50),
+                "after_ack_p99": ack99,
+                "after_send_p50": percentile(prop["after_send"], 50),
+                "after_send_p99": send99,
+            },
+        },
+        "etcd": {"put_64": raw["put_64"], **raw_reads},
+        "counts": {"put_64": conc, "query_seconds": secs, "propagation_rounds": rounds},
+    }
+    table = [
+        (
+            "registrations/s, 64 concurrent (aiohttp / aetcd puts)",
+            f"{ours['put_64']:,.0f}",
+            f"{raw['put_64']:,.0f}",
+            f"{ours['put_64'] / raw['put_64']:.2f}x",
+        ),
+        (
+            "registrations/s, 64 connections, C client for Waypost (wrk PUT / aetcd puts)",
+            f"{ours_wrk['rps']:,.0f}",
+            f"{raw['put_64']:,.0f}",
+            f"{ours_wrk['rps'] / raw['put_64']:.2f}x",
+        ),
+        (
+            "queries/s, 100-instance service, 64 conns (wrk on server B / aetcd range)",
+            f"{q['rps']:,.0f}",
+            f"{raw_reads['range_64']:,.0f}",
+            f"{q['rps'] / raw_reads['range_64']:.2f}x",
+        ),
+        ("propagation A to B p99 ms, after A's ack", f"{ack99:.2f}", "-", "-"),
+        ("propagation A to B p99 ms, from the request", f"{send99:.2f}", "-", "-"),
+    ]
+    notes = (
+        "Three etcd 3.4 members on loopback. Waypost: two `waypost server --store etcd://` "
+        "processes; registrations go to A (each one etcd transaction, acknowledged once A's "
+        "catalog holds it), queries to B (from memory). etcd: raw puts and prefix ranges "
+        "through aetcd to the leader. Propagation: a registration on A until its event "
+        "arrives on B's SSE stream. Everything shares the 2 cores."
+    )
+    write_results("registry_etcd", data, table, notes)
+
+
 def median_by_key(runs: list[dict[str, Any]], key: str | None = None) -> dict[str, Any]:
     """Per metric, the median over runs; with ``key``, the whole run whose ``key`` is median."""
     if key is not None:
@@ -234,8 +336,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="smaller counts, for a smoke run")
     ap.add_argument("--repeats", type=int, default=3, help="write rounds (median kept)")
+    ap.add_argument(
+        "--etcd-only", action="store_true", help="only the etcd cluster figures (registry_etcd)"
+    )
     args = ap.parse_args()
     seq, conc, secs, rounds = (300, 3000, 2, 50) if args.quick else (2000, 20000, 5, 200)
+    cluster_section(secs, 3000 if args.quick else 10000, rounds)
+    if args.etcd_only:
+        return
     repeats = 1 if args.quick else args.repeats
     # Writes are noisy on a shared 2-core machine: alternate the two systems, fresh
     # servers each time, and keep the median of each.

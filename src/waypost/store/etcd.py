@@ -21,6 +21,7 @@ until ``retry_s`` has passed, then fails with StoreError (503), never silently.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import math
@@ -141,6 +142,7 @@ class EtcdStore(StoreOps):
         self._open = False
         self._compacted = 0
         self._keepalive: _KeepAlive | None = None
+        self._group: _GroupCommit | None = None
         self.skipped_records = 0
 
     # --- connection ------------------------------------------------------------------------
@@ -180,6 +182,7 @@ class EtcdStore(StoreOps):
         self._current = random.randrange(len(self._members))
         self._open = True
         self._keepalive = _KeepAlive(self)
+        self._group = _GroupCommit(self)
         try:
             await self.ping()
         except BaseException:
@@ -391,6 +394,9 @@ class EtcdStore(StoreOps):
 
     async def apply(self, ops: Sequence[Op]) -> int:
         self._check_open()
+        if ops and all(isinstance(op, Put) and op.if_revision is None for op in ops):
+            assert self._group is not None
+            return await self._group.submit(ops)  # type: ignore[arg-type]
         granted: list[int] = []
         try:
             for op in ops:
@@ -664,6 +670,86 @@ class _WatchStream:
         self._requests.put_nowait(None)
         if self._call is not None:
             self._call.cancel()
+
+
+class _GroupCommit:
+    """Plain puts (no compare, no grant) of concurrent batches go out together, as one
+    etcd transaction, while earlier ones are in flight: one gRPC call and one watch
+    response for many registrations (Python's gRPC costs ~100 us a call; a registration
+    storm is many small independent batches). Each batch still applies whole, and its
+    caller gets the revision that holds it; batches that touch the same key go in
+    different transactions. If a shared transaction fails, each batch is tried alone,
+    so one batch's error (a lease that ended) is never another's."""
+
+    MAX_OPS = 100  # etcd refuses more than --max-txn-ops (128 by default)
+    MAX_IN_FLIGHT = 2
+
+    def __init__(self, store: EtcdStore) -> None:
+        self.store = store
+        self._queue: collections.deque[tuple[Sequence[Put], asyncio.Future[int]]] = (
+            collections.deque()
+        )
+        self._in_flight = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def submit(self, puts: Sequence[Put]) -> int:
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._queue.append((puts, fut))
+        self._pump()
+        return await fut
+
+    def _pump(self) -> None:
+        while self._in_flight < self.MAX_IN_FLIGHT and self._queue:
+            group: list[tuple[Sequence[Put], asyncio.Future[int]]] = []
+            keys: set[tuple[str, str]] = set()
+            count = 0
+            while self._queue:
+                puts, fut = self._queue[0]
+                refs = {(p.entry.KIND, p.entry.key) for p in puts}
+                if group and (count + len(puts) > self.MAX_OPS or refs & keys):
+                    break
+                self._queue.popleft()
+                if fut.cancelled():
+                    continue
+                group.append((puts, fut))
+                keys |= refs
+                count += len(puts)
+            if not group:
+                continue
+            self._in_flight += 1
+            task = asyncio.ensure_future(self._send(group))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, group: list[tuple[Sequence[Put], asyncio.Future[int]]]) -> None:
+        try:
+            try:
+                ops = [op for puts, _ in group for op in puts]
+                revision, _ = await self.store._txn(ops)
+            except Exception as exc:
+                if len(group) == 1:
+                    _settle(group[0][1], exc)
+                    return
+                for puts, fut in group:  # alone, each gets its own answer
+                    try:
+                        _settle(fut, (await self.store._txn(puts))[0])
+                    except Exception as own:
+                        _settle(fut, own)
+                return
+            for _, fut in group:
+                _settle(fut, revision)
+        finally:
+            self._in_flight -= 1
+            self._pump()
+
+
+def _settle(fut: asyncio.Future[int], result: int | BaseException) -> None:
+    if fut.done():
+        return
+    if isinstance(result, BaseException):
+        fut.set_exception(result)
+    else:
+        fut.set_result(result)
 
 
 class _KeepAlive:
