@@ -15,6 +15,7 @@ LAYERS = {
     "durations": 1,
     "versions": 1,
     "sse": 1,
+    "members": 1,
     "model": 2,
     "query": 2,
     "catalog": 3,

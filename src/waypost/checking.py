@@ -3,7 +3,9 @@
 Instances an agent registered (``agent``) are checked by that agent only; every other
 instance with checks of its own, or of its service config's template, is checked here.
 The host follows the catalog (every applied batch, and every re-list), so what runs is
-always what is registered; results go back through ``Registry.report_health``.
+always what is registered; results go back through ``Registry.report_health``. Servers
+sharing one store (etcd) split the instances between them (``Members``): each
+instance's checks run on one server, and move when the set of servers changes.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Literal
 
 from waypost.errors import Conflict, NotFound
 from waypost.health.scheduler import Scheduler
+from waypost.members import Members
 from waypost.model import CheckRow, CheckState, Event, Instance, ServiceConfig
 from waypost.registry import Registry, node_failed
 from waypost.store.base import missing
@@ -24,10 +27,25 @@ log = logging.getLogger("waypost.checks")
 class CheckHost:
     """Keeps a scheduler in step with the catalog; ``close`` stops every check."""
 
-    def __init__(self, registry: Registry, *, parallelism: int = 1024) -> None:
+    def __init__(
+        self, registry: Registry, *, parallelism: int = 1024, members: Members | None = None
+    ) -> None:
         self.registry = registry
+        self.members = members
         self.scheduler = Scheduler(self._report, parallelism=parallelism)
         registry.listeners.append(self._on_batch)
+        if members is not None:
+            members.listeners.append(self._on_members)
+
+    def _on_members(self) -> None:
+        """The servers changed: take up or let go of instances accordingly."""
+        self._on_batch(None)
+
+    def _runner(self, inst: Instance) -> str | None:
+        return self.members.owner(inst.id) if self.members is not None else None
+
+    def owns(self, inst: Instance) -> bool:
+        return self.members is None or self.members.owns(inst.id)
 
     async def _report(self, instance_id: str, states: tuple[CheckState, ...]) -> None:
         try:
@@ -59,7 +77,7 @@ class CheckHost:
 
     def consider(self, inst: Instance) -> bool:
         """Check ``inst`` here if it should be; True when it is."""
-        if inst.agent or node_failed(inst):
+        if inst.agent or node_failed(inst) or not self.owns(inst):
             self.scheduler.remove_instance(inst.id)
             return False
         checks = [c for c in self.registry.checks_of(inst) if c.kind != "ttl"]
@@ -80,7 +98,16 @@ class CheckHost:
                 field="id",
             )
         if instance_id not in self.scheduler:
-            raise Conflict(f"instance {instance_id!r} has no checks to run", field="id")
+            checks = [c for c in self.registry.checks_of(inst) if c.kind != "ttl"]
+            if self.owns(inst) or not checks or node_failed(inst):
+                raise Conflict(f"instance {instance_id!r} has no checks to run", field="id")
+            # Another server runs them: run them here once, as asked.
+            self.scheduler.set_instance(instance_id, checks, inst.health)
+            try:
+                await self.scheduler.run_now(instance_id)
+            finally:
+                self.consider(self.registry.catalog.get(instance_id) or inst)
+            return self.registry.catalog.get(instance_id) or inst
         await self.scheduler.run_now(instance_id)
         return self.registry.catalog.get(instance_id) or inst
 
@@ -90,6 +117,12 @@ class CheckHost:
             await self.run_now(inst.id)
             for inst in self._matching(service, node)
             if inst.id in self.scheduler
+            or (
+                not inst.agent
+                and not self.owns(inst)
+                and not node_failed(inst)
+                and any(c.kind != "ttl" for c in self.registry.checks_of(inst))
+            )
         ]
 
     def _matching(self, service: str | None, node: str | None) -> Iterator[Instance]:
@@ -125,6 +158,8 @@ class CheckHost:
                     runs_on = "server"
                 elif inst.agent and check is not None:
                     runs_on = "agent"
+                elif check is not None and check.kind != "ttl" and not self.owns(inst):
+                    runs_on = "server"  # another server of the cluster runs it
                 else:
                     runs_on = "registry"  # TTL and node states: the registry keeps them
                 out.append(
@@ -146,6 +181,7 @@ class CheckHost:
                         last_run=state.last_run,
                         changed_at=state.changed_at,
                         runs_on=runs_on,
+                        server=self._runner(inst) if runs_on == "server" else None,
                     )
                 )
         return out

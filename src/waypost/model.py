@@ -583,6 +583,8 @@ class CheckRow(Struct, frozen=True, kw_only=True):
     last_run: float | None
     changed_at: float
     runs_on: Literal["server", "agent", "registry"]
+    # For a server-run check: which of the servers sharing the store runs it.
+    server: str | None = None
 
 
 class StatusUpdate(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -681,6 +683,8 @@ class ServerStatus(Struct, frozen=True, kw_only=True):
     store: str
     # The etcd member this server talks to now (cluster mode; None for local stores).
     store_member: str | None = None
+    # The servers sharing the store (this one too); they split server-run checks.
+    servers: list[str] = []
     blocking_waiters: int
     event_streams: int
     following: bool = True

@@ -35,6 +35,7 @@ from waypost.durations import parse_duration
 from waypost.errors import Conflict, Forbidden, Gone, NotFound, WaypostError
 from waypost.health.machine import worst
 from waypost.health.ttl import TtlTimers
+from waypost.members import Members
 from waypost.model import (
     MAX_LEASE_ID,
     MAX_OUTPUT_LEN,
@@ -71,6 +72,9 @@ TTL_TICK_S = 0.05
 # First pause before the catalog's store watch is retried after a failure, and the most.
 PUMP_RETRY_S = 0.1
 PUMP_RETRY_MAX_S = 5.0
+# How often a server looks again at work another server owns (a TTL expiry, a failed
+# node), in case that server went away before doing it.
+OTHERS_WORK_RECHECK_S = 1.0
 # Retries of a compare-and-swap update that lost a race with another writer.
 CAS_RETRIES = 8
 
@@ -179,9 +183,12 @@ class Registry:
         clock: Clock = time.time,
         monotonic: Clock | None = None,
         command_checks: bool = False,
+        members: Members | None = None,
     ) -> None:
         self.store = store
         self.catalog = catalog
+        # Servers sharing the store: TTL expiry and node failures are acted on by one.
+        self.members = members
         self.node_name = node_name
         self.command_checks = command_checks
         self._clock = clock
@@ -191,6 +198,8 @@ class Registry:
         self._turns: dict[str, _Turn] = {}
         # Nodes whose entry was deleted (their agent's lease lapsed) with instances left.
         self._failed_nodes: dict[str, Node] = {}
+        # Failed nodes another server acts on: when to look at each again.
+        self._others_nodes: dict[str, float] = {}
         self.listeners: list[Callable[[Sequence[Event] | None], None]] = []
         """Called with each batch the catalog applied (None after a re-list)."""
         self._tasks: list[asyncio.Task[None]] = []
@@ -281,6 +290,7 @@ class Registry:
                     self._failed_nodes[entry.id] = entry
                 else:
                     self._failed_nodes.pop(entry.id, None)
+                    self._others_nodes.pop(entry.id, None)
                 continue
             if not isinstance(entry, Instance):
                 continue
@@ -669,10 +679,26 @@ class Registry:
         """Nodes whose entry went away (their agent's lease lapsed): mark the instances
         their agents owned critical, each to be removed after its ``deregister_critical_after``
         (or ``deregister_after``), and keep a ``failed`` node entry until then."""
+        now = self._monotonic()
         for node_id, last in list(self._failed_nodes.items()):
             if self.catalog.entry("node", node_id) is not None:  # its agent came back
                 self._failed_nodes.pop(node_id, None)
+                self._others_nodes.pop(node_id, None)
                 continue
+            if self.members is not None and not self.members.owns(f"node:{node_id}"):
+                # Another server acts on it; until its ``failed`` entry shows, look again
+                # now and then, in case that server went away.
+                if self._others_nodes.setdefault(node_id, now) > now:
+                    continue
+                self._others_nodes[node_id] = now + OTHERS_WORK_RECHECK_S
+                pending = any(
+                    i.agent and i.node == node_id and not node_failed(i) for i in self.catalog.all()
+                )
+                if not pending:
+                    self._failed_nodes.pop(node_id, None)
+                    self._others_nodes.pop(node_id, None)
+                continue
+            self._others_nodes.pop(node_id, None)
             owned = [i for i in self.catalog.all() if i.agent and i.node == node_id]
             output = f"node {node_id} failed: its agent stopped renewing its lease"
             longest = 0.0
@@ -722,6 +748,10 @@ class Registry:
         for iid in self._timers.pop_due(now):
             inst = self.catalog.get(iid)
             if inst is None or not inst.ttl or inst.status is Status.CRITICAL:
+                continue
+            if self.members is not None and not self.members.owns(iid):
+                # Another server marks it; look again soon in case that one went away.
+                self._timers.set(iid, now + OTHERS_WORK_RECHECK_S)
                 continue
             try:
                 await self._expire_one(iid, inst)

@@ -17,6 +17,7 @@ from waypost.checking import CheckHost
 from waypost.dns.server import DnsServer
 from waypost.dns.workers import DnsWorkers, worker_command
 from waypost.errors import WaypostError
+from waypost.members import Members, member_id
 from waypost.model import DnsStatus
 from waypost.registry import Registry
 from waypost.settings import Settings
@@ -36,14 +37,17 @@ class WaypostServer:
             event_window_s=settings.event_window_s(),
         )
         self.catalog = Catalog()
+        # The servers sharing the store (on etcd): each runs its share of the checks.
+        self.members = Members(member_id(settings.node))
         self.registry = Registry(
             self.store,
             self.catalog,
             node_name=settings.node,
             command_checks=settings.enable_command_checks,
+            members=self.members,
         )
         # Checks of instances registered through the API (agents check their own).
-        self.checks = CheckHost(self.registry)
+        self.checks = CheckHost(self.registry, members=self.members)
         listeners = settings.dns_listeners()
         self.dns: DnsServer | None = None
         if listeners:
@@ -63,6 +67,9 @@ class WaypostServer:
     async def start(self) -> None:
         await self.store.open()
         try:
+            join = getattr(self.store, "join", None)
+            if join is not None:
+                await join(self.members)
             await self.registry.start()
             if self.dns is not None:
                 try:

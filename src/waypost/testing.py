@@ -126,6 +126,12 @@ class ServerProcess:
     def port(self) -> int:
         return int(self.url.rsplit(":", 1)[1])
 
+    @property
+    def pid(self) -> int:
+        """The server process's id (its member name among servers ends with it)."""
+        assert self.proc is not None, "not started"
+        return self.proc.pid
+
     def kill9(self) -> None:
         """Kill the process with SIGKILL, as a crash would."""
         assert self.proc is not None

@@ -332,3 +332,48 @@ def test_a_server_whose_watch_falls_behind_a_compaction_sends_the_difference(
     assert max(seen.values()) == 1  # each once
     log = a.log.read_text()
     assert "re-listing" in log, "the watch never fell behind: the test proved nothing"
+
+
+def test_servers_on_one_etcd_split_the_checks_and_take_over_from_one_that_leaves(
+    start_server: StartServer, store_url: str
+) -> None:
+    from tests.integration.targets import HttpTarget
+
+    target = HttpTarget()
+    try:
+        a = start_server("--store", store_url, "--no-dns", name="a")
+        b = start_server("--store", store_url, "--no-dns", name="b")
+        servers = wait_until(
+            lambda: len(s := httpx.get(f"{a.url}/status").json()["servers"]) == 2 and s,
+            15,
+            "both servers to know each other",
+        )
+        check = {"http": f"http://127.0.0.1:{target.port}/", "interval": "200ms"}
+        body = instance("web-1", checks=[check], address="127.0.0.1", port=target.port)
+        r = httpx.put(f"{a.url}/api/v1/instances/web-1", json=body, timeout=10)
+        assert r.status_code == 200, r.text
+
+        def runner(server: ServerProcess) -> str | None:
+            rows = httpx.get(f"{server.url}/api/v1/checks", timeout=10).json()
+            return rows[0]["server"] if rows else None
+
+        # Both agree on the one server that runs it.
+        owner = wait_until(lambda: runner(a) in servers and runner(a), 10, "an owner")
+        assert runner(b) == owner
+        wait_until(
+            lambda: httpx.get(f"{a.url}/api/v1/instances/web-1").json()["status"] == "passing",
+            10,
+            "the check to pass",
+        )
+        # The owner leaves: the other takes over and still sees the target fail.
+        owner_proc, other = (a, b) if owner.endswith(f".{a.pid}") else (b, a)
+        owner_proc.stop()
+        wait_until(lambda: runner(other) != owner, 15, "the other server to take over")
+        target.code = 500
+        wait_until(
+            lambda: httpx.get(f"{other.url}/api/v1/instances/web-1").json()["status"] == "critical",
+            15,
+            "the remaining server to run the check",
+        )
+    finally:
+        target.close()

@@ -525,6 +525,7 @@ async def status(request: web.Request) -> web.Response:
         nodes=cat.node_count(),
         store=reg.store.kind,
         store_member=getattr(reg.store, "endpoint", None),
+        servers=sorted(reg.members.names) if reg.members is not None else [],
         blocking_waiters=request.app[BLOCKING].count,
         event_streams=request.app[STATS]["event_streams"],
         following=reg.problem is None,

@@ -35,6 +35,7 @@ import msgspec
 from aetcd import rpc
 
 from waypost.errors import Conflict, Gone, InvalidInput, NotFound, StoreError, Unavailable
+from waypost.members import Members
 from waypost.model import MAX_LEASE_ID, Entry, Event
 from waypost.store.base import (
     CHANGES_PAGE,
@@ -68,6 +69,8 @@ RANGE_PAGE = 2000
 MAX_MESSAGE = 256 * 1024 * 1024
 WATCH_RETRY_MAX_S = 2.0
 OWN_WRITES_KEPT = 10_000
+# A server that stops renewing its membership is taken for gone after this long.
+MEMBER_TTL_S = 6.0
 
 _encode = msgspec.json.Encoder().encode
 _RETRYABLE = {
@@ -147,6 +150,8 @@ class EtcdStore(StoreOps):
         # Entries this process just wrote, by key, with the bytes written: when the
         # watch brings the same bytes back, the entry is reused instead of decoded.
         self._own: dict[bytes, tuple[bytes, Entry]] = {}
+        self._membership: asyncio.Task[None] | None = None
+        self._member_lease = 0
         self.skipped_records = 0
 
     # --- connection ------------------------------------------------------------------------
@@ -193,7 +198,59 @@ class EtcdStore(StoreOps):
             await self.close()
             raise
 
+    # --- servers sharing the store ---------------------------------------------------------
+
+    async def join(self, members: Members, ttl_s: float = MEMBER_TTL_S) -> None:
+        """Take part among the servers on this prefix: a key ``_server/{me}`` on a lease
+        of its own, kept alive, and the live set read back into ``members``."""
+        self._membership = asyncio.create_task(
+            self._keep_member(members, ttl_s), name="waypost-etcd-member"
+        )
+
+    async def _keep_member(self, members: Members, ttl_s: float) -> None:
+        key = self.prefix + b"_server/" + members.me.encode()
+        start = self.prefix + b"_server/"
+        lease = 0
+        while True:
+            try:
+                if lease and await self._renew(lease) <= 0:
+                    log.warning("this server's membership lease %d ended; joining again", lease)
+                    lease = 0
+                if not lease:
+                    lease = random.randrange(1, MAX_LEASE_ID)
+                    await self._join_once(key, lease, ttl_s)
+                    self._member_lease = lease
+                resp = await self._call(
+                    self._range(rpc.RangeRequest(key=start, range_end=prefix_end(start)))
+                )
+                members.update(kv.key[len(start) :].decode("utf-8", "replace") for kv in resp.kvs)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("keeping this server's membership failed (%s); retrying", exc)
+            await asyncio.sleep(ttl_s / 3)
+
+    async def _join_once(self, key: bytes, lease: int, ttl_s: float) -> None:
+        grant = rpc.LeaseGrantRequest(TTL=max(1, math.ceil(ttl_s)), ID=lease)
+        await self._call(lambda m: m.lease.LeaseGrant(grant, timeout=self.call_timeout_s))
+        put = rpc.PutRequest(key=key, value=b"", lease=lease)
+        await self._call(lambda m: m.kv.Put(put, timeout=self.call_timeout_s))
+
+    async def _renew(self, lease_id: int) -> int:
+        assert self._keepalive is not None
+        return await self._keepalive.renew(lease_id)
+
     async def close(self) -> None:
+        if self._membership is not None:
+            self._membership.cancel()
+            with contextlib.suppress(BaseException):
+                await self._membership
+            self._membership = None
+            if self._member_lease and self._open:
+                # Leaving: the others take over this server's share now, not at the TTL.
+                with contextlib.suppress(Exception):
+                    req = rpc.LeaseRevokeRequest(ID=self._member_lease)
+                    await self._members[self._current].lease.LeaseRevoke(req, timeout=2.0)
         self._open = False
         if self._keepalive is not None:
             await self._keepalive.close()
