@@ -377,3 +377,27 @@ def test_servers_on_one_etcd_split_the_checks_and_take_over_from_one_that_leaves
         )
     finally:
         target.close()
+
+
+def test_health_says_when_etcd_is_gone_and_reads_go_on(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    with EtcdCluster(3, tmp_path / "etcd") as cluster:
+        server = start_server("--store", cluster.url(), "--no-dns", name="s")
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            assert http.put("/api/v1/instances/w1", json=instance("w1")).status_code == 200
+            assert http.get("/health").status_code == 200
+            for i in range(3):
+                cluster.kill(i)
+            r = http.get("/health")
+            assert r.status_code == 503
+            assert "etcd" in r.json()["message"]
+            # Reads answer from memory meanwhile.
+            assert [i["id"] for i in http.get("/api/v1/instances").json()] == ["w1"]
+            for i in range(3):
+                cluster.restart(i)
+            cluster.wait_ready(30)
+            wait_until(lambda: http.get("/health").status_code == 200, 30, "etcd back")
+            assert http.put("/api/v1/instances/w2", json=instance("w2")).status_code == 200
+            ids = [i["id"] for i in http.get("/api/v1/instances").json()]
+            assert ids == ["w1", "w2"]
