@@ -401,3 +401,35 @@ def test_health_says_when_etcd_is_gone_and_reads_go_on(
             assert http.put("/api/v1/instances/w2", json=instance("w2")).status_code == 200
             ids = [i["id"] for i in http.get("/api/v1/instances").json()]
             assert ids == ["w1", "w2"]
+
+
+def test_a_server_notices_when_etcd_data_is_replaced_and_lists_again(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    """A restore from backup (or a new cluster on the same addresses) takes etcd's
+    revision back: a server that kept watching from its old revision would miss every
+    change from then on. It must notice and list again."""
+    import shutil
+
+    cluster = EtcdCluster(3, tmp_path / "etcd").start()
+    try:
+        server = start_server("--store", cluster.url(), "--no-dns", name="s")
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            for n in range(20):
+                assert (
+                    http.put(f"/api/v1/instances/w{n}", json=instance(f"w{n}")).status_code == 200
+                )
+            cluster.stop()
+            for n in range(3):
+                shutil.rmtree(tmp_path / "etcd" / f"m{n}")
+            cluster.start()
+
+            def fresh() -> bool:
+                r = http.put("/api/v1/instances/new-1", json=instance("new-1"), timeout=30)
+                ids = [i["id"] for i in http.get("/api/v1/instances").json()]
+                return r.status_code == 200 and ids == ["new-1"]
+
+            wait_until(fresh, 30, "the server to follow the new data")
+        assert "revision went back" in server.log.read_text()
+    finally:
+        cluster.stop()

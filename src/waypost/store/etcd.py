@@ -152,6 +152,10 @@ class EtcdStore(StoreOps):
         self._own: dict[bytes, tuple[bytes, Entry]] = {}
         self._membership: asyncio.Task[None] | None = None
         self._member_lease = 0
+        # The highest revision etcd has shown us, and the watches open now: a revision
+        # that goes back means etcd's data was replaced (a restore, a new cluster).
+        self._high = 0
+        self._streams: set[_WatchStream] = set()
         self.skipped_records = 0
 
     # --- connection ------------------------------------------------------------------------
@@ -223,6 +227,7 @@ class EtcdStore(StoreOps):
                 resp = await self._call(
                     self._range(rpc.RangeRequest(key=start, range_end=prefix_end(start)))
                 )
+                self._saw(int(resp.header.revision))
                 members.update(kv.key[len(start) :].decode("utf-8", "replace") for kv in resp.kvs)
             except asyncio.CancelledError:
                 raise
@@ -307,6 +312,20 @@ class EtcdStore(StoreOps):
             self._own.clear()  # writes whose events never came (a failed batch): start over
         self._own[key] = (value, entry)
 
+    def _saw(self, revision: int) -> None:
+        """etcd answered at ``revision``: notice if its history went back."""
+        if revision >= self._high:
+            self._high = revision
+            return
+        why = (
+            f"etcd's revision went back from {self._high} to {revision}: its data was "
+            "replaced (a restore from backup, or a new cluster); listing again"
+        )
+        log.error(why)
+        self._high = revision
+        for stream in list(self._streams):
+            stream.reset(why)
+
     def _key(self, kind: str, key: str) -> bytes:
         return self.prefix + kind.encode() + b"/" + key.encode()
 
@@ -350,6 +369,7 @@ class EtcdStore(StoreOps):
             resp = await self._call(self._range(req))
             if revision == 0:
                 revision = resp.header.revision
+                self._saw(int(revision))
             for kv in resp.kvs:
                 entry = self._decode(kv.key, kv.value)
                 if entry is not None:
@@ -536,6 +556,7 @@ class EtcdStore(StoreOps):
         ]
         req = rpc.TxnRequest(compare=compares, success=list(writes.values()), failure=failure)
         resp = await self._call(lambda m: m.kv.Txn(req, timeout=self.call_timeout_s))
+        self._saw(int(resp.header.revision))
         if resp.succeeded:
             return int(resp.header.revision), revoked
         # Which compare failed: the same error the other stores give.
@@ -686,9 +707,15 @@ def _mapped(exc: grpc.aio.AioRpcError) -> Exception | None:
     return None
 
 
+_END = object()
+
+
 class _WatchStream:
     """One etcd watch on the store's prefix from ``start``: batches of our events, one
-    per watch response (etcd never splits a revision without ``fragment``)."""
+    per watch response (etcd never splits a revision without ``fragment``). A reader
+    task hands the responses over through a short queue (gRPC's flow control still
+    holds etcd back when we fall behind), so that ``reset`` can end the stream at once
+    when etcd's data was replaced under us."""
 
     def __init__(
         self, store: EtcdStore, member: _Member, start: int, *, marker_at: int | None = None
@@ -699,7 +726,10 @@ class _WatchStream:
         self.marker_at = marker_at
         self.done = False
         self._requests: asyncio.Queue[Any] = asyncio.Queue()
+        self._responses: asyncio.Queue[Any] = asyncio.Queue(maxsize=16)
         self._call: Any = None
+        self._reader: asyncio.Task[None] | None = None
+        self._reset: str | None = None
 
     async def _iter_requests(self) -> AsyncIterator[Any]:
         while True:
@@ -707,6 +737,22 @@ class _WatchStream:
             if req is None:
                 return
             yield req
+
+    async def _read(self) -> None:
+        try:
+            async for resp in self._call:
+                await self._responses.put(resp)
+            await self._responses.put(_END)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            await self._responses.put(exc)
+
+    def reset(self, why: str) -> None:
+        """End the stream with Gone (the caller lists again)."""
+        self._reset = why
+        with contextlib.suppress(asyncio.QueueFull):
+            self._responses.put_nowait(_END)
 
     async def batches(self) -> AsyncIterator[list[Event]]:
         store = self.store
@@ -718,28 +764,45 @@ class _WatchStream:
         )
         self._requests.put_nowait(rpc.WatchRequest(create_request=create))
         self._call = self.member.watch.Watch(self._iter_requests())
-        async for resp in self._call:
-            if resp.compact_revision:
-                store._compacted = max(store._compacted, int(resp.compact_revision))
-                raise gone(self.start - 1, int(resp.compact_revision))
-            if resp.canceled:
-                raise StoreError(f"etcd cancelled the watch: {resp.cancel_reason}")
-            if not resp.events:
-                continue
-            if self.marker_at is not None:
-                raw = [ev for ev in resp.events if ev.kv.mod_revision < self.marker_at]
-                if len(raw) < len(resp.events):
-                    self.done = True
-                yield store._events(raw)
-                if self.done:
+        self._reader = asyncio.ensure_future(self._read())
+        store._streams.add(self)
+        try:
+            while True:
+                resp = await self._responses.get()
+                if self._reset is not None:
+                    raise Gone(self._reset, field="index")
+                if resp is _END:
                     return
-                continue
-            yield store._events(resp.events)
+                if isinstance(resp, Exception):
+                    raise resp
+                if resp.compact_revision:
+                    store._compacted = max(store._compacted, int(resp.compact_revision))
+                    raise gone(self.start - 1, int(resp.compact_revision))
+                if resp.canceled:
+                    raise StoreError(f"etcd cancelled the watch: {resp.cancel_reason}")
+                if not resp.events:
+                    continue
+                store._saw(int(resp.header.revision))
+                if self.marker_at is not None:
+                    raw = [ev for ev in resp.events if ev.kv.mod_revision < self.marker_at]
+                    if len(raw) < len(resp.events):
+                        self.done = True
+                    yield store._events(raw)
+                    if self.done:
+                        return
+                    continue
+                yield store._events(resp.events)
+        finally:
+            store._streams.discard(self)
 
     async def close(self) -> None:
         self._requests.put_nowait(None)
         if self._call is not None:
             self._call.cancel()
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(BaseException):
+                await self._reader
 
 
 class _GroupCommit:
