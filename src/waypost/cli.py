@@ -115,7 +115,11 @@ def dev(
 @_friendly
 def server(
     store: Annotated[
-        str | None, typer.Option(help="sqlite:///PATH (default: DATA_DIR/waypost.db) or memory://")
+        str | None,
+        typer.Option(
+            help="sqlite:///PATH (default: DATA_DIR/waypost.db), "
+            "etcd://HOST:PORT,HOST:PORT[/prefix/] (cluster mode) or memory://"
+        ),
     ] = None,
     http: Annotated[
         str | None, typer.Option(help="HOST:PORT of the HTTP API (port 0: any).")
