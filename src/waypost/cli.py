@@ -161,6 +161,10 @@ def server(
         int | None,
         typer.Option(help="Processes answering DNS, sharing its ports (default 1)."),
     ] = None,
+    etcd_prefix: Annotated[
+        str | None,
+        typer.Option(help="Key prefix on etcd (default /waypost/): servers on one share it."),
+    ] = None,
     config: Annotated[
         Path | None, typer.Option(help="YAML/JSON settings file (flags and env win).")
     ] = None,
@@ -183,6 +187,7 @@ def server(
         "dns_allow_warning": True if dns_allow_warning else None,
         "recursors": ",".join(recursor) if recursor else None,
         "dns_workers": dns_workers,
+        "etcd_prefix": etcd_prefix,
     }
     _serve(flags, config)
 

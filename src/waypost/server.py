@@ -35,6 +35,7 @@ class WaypostServer:
             settings.store,
             data_dir=Path(settings.data_dir),
             event_window_s=settings.event_window_s(),
+            etcd_prefix=settings.etcd_prefix,
         )
         self.catalog = Catalog()
         # The servers sharing the store (on etcd): each runs its share of the checks.

@@ -32,6 +32,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     http: str = "127.0.0.1:8500"
     store: str = "sqlite://"
+    # The etcd key prefix (cluster mode); a path in the etcd:// URL says the same.
+    etcd_prefix: str = "/waypost/"
     data_dir: str = ".waypost"
     token: str = ""
     node: str = msgspec.field(default_factory=default_node_name)

@@ -433,3 +433,24 @@ def test_a_server_notices_when_etcd_data_is_replaced_and_lists_again(
         assert "revision went back" in server.log.read_text()
     finally:
         cluster.stop()
+
+
+def test_the_etcd_prefix_keeps_two_registries_apart(
+    start_server: StartServer, etcd_cluster: EtcdCluster, tmp_path: Path
+) -> None:
+    plain = "etcd://" + ",".join(etcd_cluster.endpoints)
+    team = f"/team-{tmp_path.name}/"
+    a = start_server("--store", plain, "--etcd-prefix", team, "--no-dns", name="a")
+    b = start_server("--store", plain + f"/other-{tmp_path.name}/", "--no-dns", name="b")
+    assert httpx.put(f"{a.url}/api/v1/instances/w1", json=instance("w1")).status_code == 200
+    assert httpx.get(f"{b.url}/api/v1/instances").json() == []
+
+    async def keys() -> list[str]:
+        store = EtcdStore(etcd_cluster.endpoints, prefix=team)
+        await store.open()
+        try:
+            return [e.key for e in await store.list()]
+        finally:
+            await store.close()
+
+    assert asyncio.run(keys()) == ["w1"]

@@ -36,12 +36,16 @@ __all__ = [
 
 
 def open_store(
-    url: str, *, data_dir: Path | None = None, event_window_s: float | None = None
+    url: str,
+    *,
+    data_dir: Path | None = None,
+    event_window_s: float | None = None,
+    etcd_prefix: str = "/waypost/",
 ) -> Store:
     """Build the store a URL names: ``memory://``, ``sqlite:///abs/path.db``
     (``sqlite://`` alone puts ``waypost.db`` in ``data_dir``), or
     ``etcd://h1:2379,h2:2379`` (keys under ``/waypost/``; a path after the endpoints sets
-    another prefix: ``etcd://h1:2379/team-a/``)."""
+    another prefix: ``etcd://h1:2379/team-a/``, as ``etcd_prefix`` does)."""
     window_s = DEFAULT_EVENT_WINDOW_S if event_window_s is None else event_window_s
     if url in ("memory", "memory://"):
         return MemoryStore(event_window_s=window_s)
@@ -56,7 +60,7 @@ def open_store(
     if url.startswith("etcd://"):
         rest = url[len("etcd://") :]
         hosts, slash, tail = rest.partition("/")
-        prefix = "/" + tail if slash else "/waypost/"
+        prefix = "/" + tail if slash else etcd_prefix
         if not prefix.endswith("/"):
             prefix += "/"
         return EtcdStore(parse_endpoints(hosts), prefix=prefix)
