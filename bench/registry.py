@@ -175,6 +175,39 @@ async def etcd_reads(port: int, n: int, seconds: float) -> dict[str, float]:
         return {"range_64": done / (time.perf_counter() - start)}
 
 
+def _range_share(args: tuple[int, float, float]) -> int:
+    """One client process's prefix ranges from ``start_at`` for ``seconds``."""
+    port, seconds, start_at = args
+
+    async def go() -> int:
+        import aetcd
+
+        async with aetcd.Client(host="127.0.0.1", port=port) as c:
+            await asyncio.sleep(max(0.0, start_at - time.monotonic()))
+            done = 0
+            end = time.monotonic() + seconds
+
+            async def loop() -> None:
+                nonlocal done
+                while time.monotonic() < end:
+                    await c.get_prefix(b"/q/")
+                    done += 1
+
+            await asyncio.gather(*(loop() for _ in range(32)))
+            return done
+
+    return uvloop.run(go())
+
+
+def spread_reads(port: int, seconds: float, processes: int = 2) -> float:
+    """Prefix ranges/s of ``processes`` client processes (32 concurrent each) at once:
+    the raw side of "both servers at once"."""
+    start_at = time.monotonic() + 2.0
+    with multiprocessing.get_context("fork").Pool(processes) as pool:
+        counts = pool.map(_range_share, [(port, seconds, start_at)] * processes)
+    return sum(counts) / seconds
+
+
 async def waypost_wakeups(url: str, rounds: int) -> list[float]:
     out = []
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
@@ -260,6 +293,16 @@ async def propagation(a: str, b: str, rounds: int) -> dict[str, list[float]]:
     return {"after_ack": after_ack, "after_send": after_send}
 
 
+def wrk_many(urls: list[str], seconds: int) -> float:
+    """Requests/s of one wrk per URL running at once (32 connections each), summed: the
+    read capacity of several stateless servers."""
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(len(urls)) as pool:
+        runs = list(pool.map(lambda u: wrk(u, connections=32, seconds=seconds), urls))
+    return sum(r["rps"] for r in runs)
+
+
 def cluster_section(secs: int, conc: int, rounds: int) -> None:
     """The etcd store on a 3-member cluster: Waypost (two servers) next to raw aetcd on
     the same cluster. Writes ``results/registry_etcd.{json,md}``."""
@@ -270,6 +313,7 @@ def cluster_section(secs: int, conc: int, rounds: int) -> None:
         raw = uvloop.run(etcd_writes(port, 1, conc))
         raw["put_64_2proc"] = spread_writes("etcd", str(port), conc)
         raw_reads = uvloop.run(etcd_reads(port, 100, secs))
+        raw_reads["range_64_2proc"] = spread_reads(port, secs)
         store = cluster.url("/wb/")
         with waypost_server("--store", store) as a, waypost_server("--store", store) as b:
             ours = uvloop.run(waypost_writes(a, 1, conc))
@@ -277,6 +321,7 @@ def cluster_section(secs: int, conc: int, rounds: int) -> None:
             ours_wrk = wrk(a, connections=64, seconds=secs, script=str(HERE / "put.lua"))
             uvloop.run(seed_waypost(a, 100))
             q = wrk(f"{b}/api/v1/services/q", connections=64, seconds=secs)
+            q_both = wrk_many([f"{a}/api/v1/services/q", f"{b}/api/v1/services/q"], secs)
             prop = uvloop.run(propagation(a, b, rounds))
     ack99 = percentile(prop["after_ack"], 99)
     send99 = percentile(prop["after_send"], 99)
@@ -286,6 +331,7 @@ def cluster_section(secs: int, conc: int, rounds: int) -> None:
             "put_64_2proc": ours["put_64_2proc"],
             "put_64_wrk": ours_wrk,
             "query_100": q,
+            "query_100_both_servers": q_both,
             "propagation_ms": {
                 "after_ack_p50": percentile(prop["after_ack"], 50),
                 "after_ack_p99": ack99,
@@ -320,6 +366,12 @@ def cluster_section(secs: int, conc: int, rounds: int) -> None:
             f"{q['rps']:,.0f}",
             f"{raw_reads['range_64']:,.0f}",
             f"{q['rps'] / raw_reads['range_64']:.2f}x",
+        ),
+        (
+            "queries/s, both servers at once (2 wrk / 2 aetcd processes, 32 conns each)",
+            f"{q_both:,.0f}",
+            f"{raw_reads['range_64_2proc']:,.0f}",
+            f"{q_both / raw_reads['range_64_2proc']:.2f}x",
         ),
         ("propagation A to B p99 ms, after A's ack", f"{ack99:.2f}", "-", "-"),
         ("propagation A to B p99 ms, from the request", f"{send99:.2f}", "-", "-"),
