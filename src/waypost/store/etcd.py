@@ -71,6 +71,7 @@ WATCH_RETRY_MAX_S = 2.0
 OWN_WRITES_KEPT = 10_000
 # A server that stops renewing its membership is taken for gone after this long.
 MEMBER_TTL_S = 6.0
+LEASE_TTLS_KEPT = 100_000
 
 _encode = msgspec.json.Encoder().encode
 _RETRYABLE = {
@@ -150,6 +151,8 @@ class EtcdStore(StoreOps):
         # Entries this process just wrote, by key, with the bytes written: when the
         # watch brings the same bytes back, the entry is reused instead of decoded.
         self._own: dict[bytes, tuple[bytes, Entry]] = {}
+        # Leases' TTLs as granted (they never change): a keep-alive needs no read.
+        self._ttls: dict[int, float] = {}
         self._membership: asyncio.Task[None] | None = None
         self._member_lease = 0
         # The highest revision etcd has shown us, and the watches open now: a revision
@@ -609,9 +612,16 @@ class EtcdStore(StoreOps):
         assert self._keepalive is not None
         ttl = await self._keepalive.renew(lease_id)
         if ttl <= 0:
+            self._ttls.pop(lease_id, None)
             raise NotFound(f"lease {lease_id} does not exist", field="lease")
-        record = await self._lease_record(lease_id)
-        return record if record is not None else float(ttl)
+        granted = self._ttls.get(lease_id)
+        if granted is None:
+            granted = await self._lease_record(lease_id)
+            if granted is not None:
+                if len(self._ttls) >= LEASE_TTLS_KEPT:
+                    self._ttls.clear()
+                self._ttls[lease_id] = granted
+        return granted if granted is not None else float(ttl)
 
     async def _lease_record(self, lease_id: int) -> float | None:
         key = self.prefix + b"_lease/" + str(lease_id).encode()
@@ -671,6 +681,13 @@ class EtcdStore(StoreOps):
                     LeaseState(id=lease_id, ttl_s=ttl_s, remaining_s=float(max(state.TTL, 0)))
                 )
         return sorted(out, key=lambda s: s.id)
+
+
+def _unavailable(details: str) -> grpc.aio.AioRpcError:
+    """A gRPC error the store's retry treats as "try the next member"."""
+    return grpc.aio.AioRpcError(
+        grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), details
+    )
 
 
 def _compare_mod(key: bytes, revision: int) -> Any:
@@ -886,29 +903,81 @@ def _settle(fut: asyncio.Future[int], result: int | BaseException) -> None:
 
 
 class _KeepAlive:
-    """Lease keep-alives: a short LeaseKeepAlive stream per renewal (one request, one
-    answer)."""
+    """Lease keep-alives over one LeaseKeepAlive stream per member, kept open: etcd
+    answers a stream's requests in order, so answers are matched to requests by their
+    place in line. A broken stream fails what waits on it (the store's retry moves to
+    the next member) and the next renewal opens another."""
 
     def __init__(self, store: EtcdStore) -> None:
         self.store = store
-        self._lock = asyncio.Lock()
+        self._member: _Member | None = None
+        self._call: Any = None
+        self._requests: asyncio.Queue[Any] = asyncio.Queue()
+        self._waiting: collections.deque[asyncio.Future[int]] = collections.deque()
+        self._reader: asyncio.Task[None] | None = None
 
     async def renew(self, lease_id: int) -> int:
         """The lease's TTL after renewing it (0 or less: it does not exist)."""
+        return await self.store._call(lambda m: self._renew_on(m, lease_id))
 
-        async def once(member: _Member) -> int:
-            async def one() -> AsyncIterator[Any]:
-                yield rpc.LeaseKeepAliveRequest(ID=lease_id)
+    async def _renew_on(self, member: _Member, lease_id: int) -> int:
+        if self._member is not member or self._reader is None or self._reader.done():
+            await self._open(member)
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._waiting.append(fut)
+        self._requests.put_nowait(rpc.LeaseKeepAliveRequest(ID=lease_id))
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), self.store.call_timeout_s)
+        except TimeoutError:
+            await self.close()  # a stream that stopped answering: open another next time
+            raise StoreError(
+                f"etcd did not answer a keep-alive within {self.store.call_timeout_s:g}s"
+            ) from None
 
-            call = member.lease.LeaseKeepAlive(one(), timeout=self.store.call_timeout_s)
-            try:
-                async for resp in call:
-                    return int(resp.TTL)
-            finally:
-                call.cancel()
-            return 0
+    async def _open(self, member: _Member) -> None:
+        await self.close()
+        self._member = member
+        self._requests = asyncio.Queue()
+        requests = self._requests
 
-        return await self.store._call(once)
+        async def outgoing() -> AsyncIterator[Any]:
+            while True:
+                req = await requests.get()
+                if req is None:
+                    return
+                yield req
+
+        self._call = member.lease.LeaseKeepAlive(outgoing())
+        self._reader = asyncio.ensure_future(self._read(self._call))
+
+    async def _read(self, call: Any) -> None:
+        error: BaseException = _unavailable("the etcd keep-alive stream ended")
+        try:
+            async for resp in call:
+                if self._waiting:
+                    fut = self._waiting.popleft()
+                    if not fut.done():
+                        fut.set_result(int(resp.TTL))
+        except asyncio.CancelledError:
+            error = _unavailable("the etcd keep-alive stream was closed")
+            raise
+        except Exception as exc:
+            error = exc
+        finally:
+            while self._waiting:
+                fut = self._waiting.popleft()
+                if not fut.done():
+                    fut.set_exception(error)
+                    fut.exception()  # a waiter that gave up must not leave a log behind
 
     async def close(self) -> None:
-        return None
+        self._requests.put_nowait(None)
+        if self._call is not None:
+            self._call.cancel()
+            self._call = None
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(BaseException):
+                await self._reader
+            self._reader = None
+        self._member = None
