@@ -332,6 +332,15 @@ class DnsServer:
             return self._slow(data, limit)
         return self._fast(data, q, limit)
 
+    def safe_answer(self, data: bytes, limit: int | None) -> bytes | tuple[str, bytes] | None:
+        """``answer``, with a bug in it answered SERVFAIL (and logged), never raised."""
+        try:
+            return self.answer(data, limit)
+        except Exception:
+            self.stats.errors += 1
+            log.exception("DNS answer failed")
+            return _header_only(data, dns.rcode.SERVFAIL) if len(data) >= 12 else None
+
     def _fast(self, data: bytes, q: wire.Question, limit: int | None) -> bytes | tuple[str, bytes]:
         if q.qclass != dns.rdataclass.IN or q.qtype in REFUSE_TYPES:
             return self._refuse(data, q)
@@ -492,12 +501,7 @@ class DnsServer:
                 async with asyncio.timeout(self.tcp_idle_s):
                     head = await reader.readexactly(2)
                     data = await reader.readexactly(struct.unpack(">H", head)[0])
-                try:
-                    result = self.answer(data, TCP_MAX)
-                except Exception:
-                    self.stats.errors += 1
-                    log.exception("DNS answer failed")
-                    result = _header_only(data, dns.rcode.SERVFAIL) if len(data) >= 12 else None
+                result = self.safe_answer(data, TCP_MAX)
                 if isinstance(result, tuple):
                     result = await self.forward(result[1], tcp=True)
                 if result is None:
@@ -576,12 +580,7 @@ class _UdpThread(threading.Thread):
         """On the event loop: everything the memo did not answer."""
         self.handled += 1
         server = self.server
-        try:
-            result = server.answer(data, None)
-        except Exception:
-            server.stats.errors += 1
-            log.exception("DNS answer failed")
-            result = _header_only(data, dns.rcode.SERVFAIL) if len(data) >= 12 else None
+        result = server.safe_answer(data, None)
         if result is None:
             return
         if isinstance(result, tuple):
