@@ -249,6 +249,8 @@ class EtcdStore(StoreOps):
         return await self._keepalive.renew(lease_id)
 
     async def close(self) -> None:
+        if self._group is not None:
+            await self._group.close()
         if self._membership is not None:
             self._membership.cancel()
             with contextlib.suppress(BaseException):
@@ -841,9 +843,13 @@ class _GroupCommit:
         )
         self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        # Every writer not answered yet, queued or in flight.
+        self._waiting: set[asyncio.Future[int]] = set()
 
     async def submit(self, puts: Sequence[Put]) -> int:
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._waiting.add(fut)
+        fut.add_done_callback(self._waiting.discard)
         self._queue.append((puts, fut))
         self._pump()
         return await fut
@@ -889,8 +895,21 @@ class _GroupCommit:
             for _, fut in group:
                 _settle(fut, revision)
         finally:
+            # Whatever ended this (the store closing cancels it): no writer waits forever.
+            for _, fut in group:
+                _settle(fut, Unavailable("the etcd store closed before the write was answered"))
             self._in_flight -= 1
             self._pump()
+
+    async def close(self) -> None:
+        """Stop what is in flight and answer every writer still waiting (a task cancelled
+        before it ran never reaches its own ``finally``)."""
+        self._queue.clear()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for fut in list(self._waiting):
+            _settle(fut, Unavailable("the etcd store closed before the write was answered"))
 
 
 def _settle(fut: asyncio.Future[int], result: int | BaseException) -> None:
