@@ -260,6 +260,12 @@ class Registry:
                     self.problem = None
                     delay_s = PUMP_RETRY_S
                 async for batch in self.store.watch(position):
+                    if not batch:  # a Progress: revisions with nothing of ours
+                        reached = getattr(batch, "revision", 0)
+                        if reached > position:
+                            self.catalog.apply((), revision=reached)
+                            position = reached
+                        continue
                     self.catalog.apply(batch)
                     self._track(batch)
                     self._tell(batch)

@@ -454,3 +454,16 @@ def test_the_etcd_prefix_keeps_two_registries_apart(
             await store.close()
 
     assert asyncio.run(keys()) == ["w1"]
+
+
+def test_writes_that_touch_no_entry_still_move_the_catalog(
+    start_server: StartServer, store_url: str
+) -> None:
+    """Revoking a lease that holds nothing deletes only its bookkeeping key on etcd: the
+    catalog must still reach that revision (a write waits for it to answer)."""
+    server = start_server("--store", store_url, "--no-dns", name="s")
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        lease = http.post("/api/v1/leases", json={"ttl": "30s"}).json()["id"]
+        r = http.delete(f"/api/v1/leases/{lease}")
+        assert r.status_code == 200
+        assert http.get("/status").json()["revision"] >= r.json()["index"]

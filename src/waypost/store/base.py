@@ -56,6 +56,14 @@ Stored = tuple[Entry, int]
 """An entry with its mod revision (the revision of its last change)."""
 
 
+class Progress(list[Event]):
+    """An empty watch batch saying the store reached ``revision`` with no event of ours."""
+
+    def __init__(self, revision: int) -> None:
+        super().__init__()
+        self.revision = revision
+
+
 class Put(Struct, frozen=True, kw_only=True):
     """Write an entry; ``if_revision`` 0 means it must not exist yet; ``lease`` attaches
     it to a lease (it is deleted when the lease ends); without one it is attached to none."""
@@ -130,7 +138,9 @@ class Store(Protocol):
 
     def watch(self, since: int) -> AsyncIterator[list[Event]]:
         """Batches of events after ``since``, in order, live, until the store closes.
-        A revision's events always arrive in one batch."""
+        A revision's events always arrive in one batch. An empty batch is a ``Progress``:
+        the store moved to its ``revision`` with no event of ours (etcd: our bookkeeping
+        keys, which a write waiting for its revision must still see pass)."""
 
     async def ping(self) -> None:
         """Return when the store answers; raise StoreError when it does not."""

@@ -43,6 +43,7 @@ from waypost.store.base import (
     Grant,
     LeaseState,
     Op,
+    Progress,
     Put,
     Revoke,
     Stored,
@@ -448,6 +449,9 @@ class EtcdStore(StoreOps):
                     if batch:
                         last = batch[-1].revision
                         yield batch
+                    elif isinstance(batch, Progress) and batch.revision > last:
+                        last = batch.revision
+                        yield batch
             except grpc.aio.AioRpcError as exc:
                 self._skip(member, exc.details() or exc.code().name)
                 log.warning("etcd watch broke (%s); resuming from %d", exc.details(), last)
@@ -810,7 +814,14 @@ class _WatchStream:
                     if self.done:
                         return
                     continue
-                yield store._events(resp.events)
+                batch = store._events(resp.events)
+                if batch:
+                    yield batch
+                # Events of ours end before the response's last (bookkeeping keys, or
+                # entries that could not be read): say how far the stream has come.
+                reached = int(resp.events[-1].kv.mod_revision)
+                if not batch or batch[-1].revision < reached:
+                    yield Progress(reached)
         finally:
             store._streams.discard(self)
 
