@@ -467,3 +467,21 @@ def test_writes_that_touch_no_entry_still_move_the_catalog(
         r = http.delete(f"/api/v1/leases/{lease}")
         assert r.status_code == 200
         assert http.get("/status").json()["revision"] >= r.json()["index"]
+
+
+def test_a_server_started_without_etcd_exits_with_one_line() -> None:
+    import subprocess
+    import sys
+
+    from waypost.testing import free_port
+
+    run: Any = subprocess.run(
+        [
+            sys.executable, "-m", "waypost", "server", "--no-dns", "--http", "127.0.0.1:0",
+            "--store", f"etcd://127.0.0.1:{free_port()}",
+        ],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 8
+    assert "etcd did not answer" in run.stderr
+    assert "Traceback" not in run.stderr
