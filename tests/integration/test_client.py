@@ -198,11 +198,14 @@ def test_token_is_sent_on_writes(start_server: Callable[..., ServerProcess]) -> 
         assert c.register(id="w", service="web", address="10.0.0.1", port=80).index == 1
 
 
-def test_keepalive_stops_and_reports_when_the_instance_is_gone(server: ServerProcess) -> None:
+def test_keepalive_stops_and_reports_when_the_instance_is_gone(
+    server: ServerProcess, caplog: pytest.LogCaptureFixture
+) -> None:
     with Client(server.url) as c:
         c.register(id="t1", service="web", address="10.0.0.1", port=80, ttl="5s")
         ka = c.keepalive("t1", interval_s=0.02)
         c.deregister("t1")
         wait_until(lambda: not ka.running, what="the keepalive to stop")
         assert isinstance(ka.error, NotFound)
+        assert "keep-alive of instance t1 ended" in caplog.text  # said, not silent
         ka.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -29,6 +30,8 @@ from waypost.model import (
 )
 from waypost.model import Lease as LeaseInfo
 from waypost.sse import SseParser, SseTooLarge
+
+log = logging.getLogger("waypost.client")
 
 
 class AsyncKeepAlive:
@@ -226,6 +229,7 @@ class AsyncClient:
                     await asyncio.sleep(every)
             except WaypostError as exc:
                 handle.error = exc
+                log.warning("keep-alive of instance %s ended: %s", instance_id, exc.message)
 
         handle._task = asyncio.create_task(beat(), name=f"waypost-keepalive-{instance_id}")
         return handle
@@ -266,6 +270,11 @@ class AsyncClient:
                         await self._call(_core.lease_request("PUT", granted.id, "/keepalive"))
             except WaypostError as exc:
                 kept.error = exc
+                log.warning(
+                    "lease %s ended behind this client's back (%s): what it held is gone",
+                    granted.id,
+                    exc.message,
+                )
 
         async def revoke() -> None:
             await self._call(_core.lease_request("DELETE", granted.id))

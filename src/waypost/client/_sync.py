@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -30,6 +31,8 @@ from waypost.model import (
 )
 from waypost.model import Lease as LeaseInfo
 from waypost.sse import SseParser, SseTooLarge
+
+log = logging.getLogger("waypost.client")
 
 
 class KeepAlive:
@@ -207,6 +210,7 @@ class Client:
                     stopped.wait(every)
             except WaypostError as exc:
                 handle.error = exc
+                log.warning("keep-alive of instance %s ended: %s", instance_id, exc.message)
 
         thread = threading.Thread(target=beat, name=f"waypost-keepalive-{instance_id}", daemon=True)
         handle = KeepAlive(thread, stopped)
@@ -246,6 +250,11 @@ class Client:
                         self._call(_core.lease_request("PUT", granted.id, "/keepalive"))
             except WaypostError as exc:
                 kept.error = exc
+                log.warning(
+                    "lease %s ended behind this client's back (%s): what it held is gone",
+                    granted.id,
+                    exc.message,
+                )
 
         kept._revoke = lambda: self._call(_core.lease_request("DELETE", granted.id))
         kept._thread = threading.Thread(
