@@ -1,5 +1,5 @@
 """The DNS server's UDP listener thread in process: what it cannot answer from the memo
-waits for the event loop in a bounded queue."""
+waits for the event loop in a bounded queue, and a bug in it is logged, not fatal."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import socket
 from typing import Any
 
 import dns.message
+import pytest
 
 from tests.conftest import wait_until
 from waypost.dns.follower import Feed
@@ -50,3 +51,43 @@ def test_a_flood_of_new_names_never_queues_without_bound() -> None:
         udp.stop()
         udp.join(5)
     assert not udp.is_alive()
+
+
+def test_a_bug_in_the_listener_thread_does_not_end_udp_dns(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import asyncio
+
+    import dns.query
+
+    from waypost.dns.server import _Cached
+    from waypost.model import Instance
+
+    async def go() -> None:
+        feed = Feed()
+        feed.catalog.load([(Instance(id="w", service="web", address="10.0.0.1", port=80), 1)], 1)
+        server = DnsServer(feed, listen=[("127.0.0.1", 0)])
+        await server.start()
+        try:
+            host, port = server.bound[0]
+            query = dns.message.make_query("web.service.waypost", "A")
+            query.id = 7
+            wire = query.to_wire()
+
+            def ask() -> dns.message.Message:
+                return dns.query.udp(dns.message.from_wire(wire), host, port=port, timeout=3)
+
+            assert (await asyncio.to_thread(ask)).answer
+            # A memo entry no answer can be made from: the thread trips on it.
+            server._memo[wire[2:]] = (_Cached(variants=()), len(wire), None)
+            with pytest.raises(dns.exception.Timeout):
+                await asyncio.to_thread(ask)
+            server._memo.clear()
+            reply = await asyncio.to_thread(ask)  # the same thread answers again
+            assert [rd.to_text() for rrset in reply.answer for rd in rrset] == ["10.0.0.1"]
+            assert server.status().errors >= 1
+        finally:
+            await server.stop()
+
+    asyncio.run(go())
+    assert "DNS UDP listener failed; it goes on" in caplog.text

@@ -22,6 +22,7 @@ import random
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -57,6 +58,9 @@ BIND_ATTEMPTS = 20
 # UDP queries a listener thread may hand to the event loop before it drops new ones
 # (a flood of names never asked before must not queue without bound).
 MAX_BACKLOG = 4096
+# The pause of a UDP listener thread after a failed receive (or a bug), so that a socket
+# that keeps failing does not spin a core.
+RECEIVE_RETRY_S = 0.01
 REFUSE_TYPES = {dns.rdatatype.AXFR, dns.rdatatype.IXFR}
 
 
@@ -540,6 +544,18 @@ class _UdpThread(threading.Thread):
         self._stopping = False
 
     def run(self) -> None:
+        try:
+            while not self._stopping:
+                try:
+                    self._serve()
+                except Exception:  # a bug must not end UDP DNS: log it and go on
+                    self.server.stats.errors += 1
+                    log.exception("DNS UDP listener failed; it goes on")
+                    time.sleep(RECEIVE_RETRY_S)
+        finally:
+            self.sock.close()
+
+    def _serve(self) -> None:
         recv = self.sock.recvfrom
         send = self.sock.sendto
         memo = self.server._memo
@@ -551,11 +567,12 @@ class _UdpThread(threading.Thread):
                 data, addr = recv(65535)
             except OSError as exc:
                 if self._stopping:
-                    break
+                    return
                 log.debug("DNS UDP receive failed: %s", exc)
+                time.sleep(RECEIVE_RETRY_S)  # a socket that keeps failing must not spin
                 continue
             if self._stopping:
-                break
+                return
             hit = memo.get(data[2:])
             if hit is not None:
                 entry, _, tail = hit
@@ -573,8 +590,8 @@ class _UdpThread(threading.Thread):
             try:
                 call(slow, data, addr)
             except RuntimeError:  # the loop is closed: the server is going away
-                break
-        self.sock.close()
+                self._stopping = True
+                return
 
     def _slow(self, data: bytes, addr: Any) -> None:
         """On the event loop: everything the memo did not answer."""
