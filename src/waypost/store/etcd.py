@@ -588,6 +588,7 @@ class EtcdStore(StoreOps):
     async def _grant(self, lease_id: int, ttl_s: float) -> None:
         ttl_s = check_ttl(ttl_s)
         req = rpc.LeaseGrantRequest(TTL=max(1, math.ceil(ttl_s)), ID=lease_id)
+        self._ttls.pop(lease_id, None)
         resp = await self._call(lambda m: m.lease.LeaseGrant(req, timeout=self.call_timeout_s))
         if resp.error:
             if "exist" in resp.error:
@@ -604,6 +605,7 @@ class EtcdStore(StoreOps):
         return lease_id
 
     async def _revoke_only(self, lease_id: int) -> int:
+        self._ttls.pop(lease_id, None)  # the id may be granted again, with another TTL
         req = rpc.LeaseRevokeRequest(ID=lease_id)
         resp = await self._call(lambda m: m.lease.LeaseRevoke(req, timeout=self.call_timeout_s))
         return int(resp.header.revision)
