@@ -51,6 +51,13 @@ TokenOpt = Annotated[
     str | None, typer.Option("--token", envvar="WAYPOST_TOKEN", help="Bearer token for writes.")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+CommandChecksOpt = Annotated[
+    bool,
+    typer.Option(
+        "--enable-command-checks",
+        help="Run command checks of instances registered through the API (off: 403).",
+    ),
+]
 
 
 def _friendly(fn: Callable[P, R]) -> Callable[P, R]:
@@ -93,13 +100,7 @@ def _serve(flags: dict[str, Any], config: Path | None) -> None:
 def dev(
     http: Annotated[str, typer.Option(help="HOST:PORT of the HTTP API.")] = "127.0.0.1:8500",
     data_dir: Annotated[Path, typer.Option(help="Where the SQLite file lives.")] = Path(".waypost"),
-    enable_command_checks: Annotated[
-        bool,
-        typer.Option(
-            "--enable-command-checks",
-            help="Run command checks of instances registered through the API (off: 403).",
-        ),
-    ] = False,
+    enable_command_checks: CommandChecksOpt = False,
     dns: Annotated[str, typer.Option(help="DNS HOST:PORT, UDP and TCP.")] = "127.0.0.1:8600",
     no_dns: Annotated[bool, typer.Option("--no-dns", help="Serve no DNS.")] = False,
     dns_domain: Annotated[str, typer.Option(help="The DNS zone.")] = "waypost",
@@ -118,7 +119,7 @@ def server(
         str | None,
         typer.Option(
             help="sqlite:///PATH (default: DATA_DIR/waypost.db), "
-            "etcd://HOST:PORT,HOST:PORT[/prefix/] (cluster mode) or memory://"
+            "etcd://HOST:PORT,HOST:PORT (cluster mode; a /prefix/ may follow) or memory://"
         ),
     ] = None,
     http: Annotated[
@@ -136,13 +137,7 @@ def server(
         str | None, typer.Option(help="The longest a blocking query waits (default 10m).")
     ] = None,
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error.")] = None,
-    enable_command_checks: Annotated[
-        bool,
-        typer.Option(
-            "--enable-command-checks",
-            help="Run command checks of instances registered through the API (off: 403).",
-        ),
-    ] = False,
+    enable_command_checks: CommandChecksOpt = False,
     dns: Annotated[
         str | None,
         typer.Option(help="DNS HOST:PORT, UDP and TCP (comma list; default 127.0.0.1:8600)."),

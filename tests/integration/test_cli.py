@@ -177,3 +177,18 @@ def test_checks_and_nodes(server: ServerProcess, tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert [(n["id"], n["registered"]) for n in json.loads(r.stdout)] == [("n1", False)]
     assert "n1" in cli("nodes", "--server", server.url).stdout
+
+
+def test_every_command_prints_its_help() -> None:
+    """Help texts go through rich markup: a "[...]" in one broke `waypost server --help`."""
+    from typer.main import get_command
+
+    from waypost.cli import app
+
+    group = get_command(app)
+    names = [*group.commands, "agent status"]  # type: ignore[attr-defined]
+    assert "server" in names
+    for name in ["", *names]:
+        done = cli(*name.split(), "--help")
+        assert done.returncode == 0, (name, done.stderr[-500:])
+        assert "Usage" in done.stdout
