@@ -6,6 +6,17 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import Callable, Iterable
+from typing import Any
+
+
+def settle(fut: asyncio.Future[Any], result: object) -> None:
+    """Answer ``fut`` with ``result`` (raised if it is an exception) unless it is done."""
+    if fut.done():
+        return
+    if isinstance(result, BaseException):
+        fut.set_exception(result)
+    else:
+        fut.set_result(result)
 
 
 async def cancel_all(tasks: Iterable[asyncio.Task[None]]) -> None:

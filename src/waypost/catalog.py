@@ -18,6 +18,7 @@ import collections
 import heapq
 from collections.abc import Callable, Iterable, Sequence
 
+from waypost.aio import settle
 from waypost.model import (
     Entry,
     Event,
@@ -276,7 +277,7 @@ class Catalog:
             self._in_targets.discard(target)
             group = self._waiters.pop(target, None)
             for fut in group or ():
-                _settle(fut, True)
+                settle(fut, True)
         for listener in tuple(self._listeners):
             listener(self.revision)
 
@@ -294,7 +295,7 @@ class Catalog:
                 heapq.heappush(self._targets, revision)
         group.add(fut)
         # A timer, not asyncio.wait_for: that costs a task per call on the write path.
-        timer = loop.call_later(timeout_s, _settle, fut, False)
+        timer = loop.call_later(timeout_s, settle, fut, False)
         try:
             return await fut
         finally:
@@ -497,11 +498,6 @@ class Catalog:
             out.append(ev)
         out.reverse()
         return out
-
-
-def _settle(fut: asyncio.Future[bool], value: bool) -> None:
-    if not fut.done():
-        fut.set_result(value)
 
 
 def _order(inst: Instance) -> tuple[str, str]:

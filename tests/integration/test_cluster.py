@@ -21,6 +21,29 @@ from waypost.testing import EtcdCluster
 StartServer = Callable[..., ServerProcess]
 
 
+def on_etcd(cluster: EtcdCluster, prefix: str, fn: Callable[[EtcdStore], Any]) -> Any:
+    """Run ``fn(store)`` on a store of its own under ``prefix``, straight on etcd (as an
+    operator's tool would, with no Waypost server in between)."""
+
+    async def go() -> Any:
+        store = EtcdStore(cluster.endpoints, prefix=prefix)
+        await store.open()
+        try:
+            return await fn(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(go())
+
+
+async def _keys(store: EtcdStore) -> list[str]:
+    return [e.key for e in await store.list()]
+
+
+def _prefix(store_url: str) -> str:
+    return "/" + store_url.split("/", 3)[3]
+
+
 @pytest.fixture
 def store_url(etcd_cluster: EtcdCluster, tmp_path: Path) -> str:
     """The shared cluster, under a prefix of this test's own."""
@@ -81,18 +104,8 @@ def test_ttl_instances_expire_with_no_waypost_server_running(
         kept = http.put("/api/v1/instances/kept-1", json=instance("kept-1"))
         assert kept.status_code == 200
     server.stop()
-    prefix = "/" + store_url.split("/", 3)[3]
-
-    async def keys() -> list[str]:
-        store = EtcdStore(etcd_cluster.endpoints, prefix=prefix)
-        await store.open()
-        try:
-            return [e.key for e in await store.list()]
-        finally:
-            await store.close()
-
     deadline = time.monotonic() + 20
-    while asyncio.run(keys()) != ["kept-1"]:
+    while on_etcd(etcd_cluster, _prefix(store_url), _keys) != ["kept-1"]:
         assert time.monotonic() < deadline, "etcd never expired the TTL instance"
         time.sleep(0.2)
     # A server started now sees what etcd holds.
@@ -188,17 +201,7 @@ def test_a_lease_revoked_behind_a_live_agent_is_granted_again(
 
             first = wait_until(node, 15, "the node on its lease")
             wait_until(api_passing, 15, "the agent's instance")
-            prefix = "/" + store_url.split("/", 3)[3]
-
-            async def revoke() -> None:
-                store = EtcdStore(etcd_cluster.endpoints, prefix=prefix)
-                await store.open()
-                try:
-                    await store.revoke(first["lease"])
-                finally:
-                    await store.close()
-
-            asyncio.run(revoke())
+            on_etcd(etcd_cluster, _prefix(store_url), lambda s: s.revoke(first["lease"]))
             revoked = time.monotonic()
             again = wait_until(
                 lambda: (n := node()) is not None and n["lease"] != first["lease"] and n,
@@ -445,15 +448,7 @@ def test_the_etcd_prefix_keeps_two_registries_apart(
     assert httpx.put(f"{a.url}/api/v1/instances/w1", json=instance("w1")).status_code == 200
     assert httpx.get(f"{b.url}/api/v1/instances").json() == []
 
-    async def keys() -> list[str]:
-        store = EtcdStore(etcd_cluster.endpoints, prefix=team)
-        await store.open()
-        try:
-            return [e.key for e in await store.list()]
-        finally:
-            await store.close()
-
-    assert asyncio.run(keys()) == ["w1"]
+    assert on_etcd(etcd_cluster, team, _keys) == ["w1"]
 
 
 def test_writes_that_touch_no_entry_still_move_the_catalog(

@@ -34,6 +34,7 @@ import grpc
 import msgspec
 from aetcd import rpc
 
+from waypost.aio import settle
 from waypost.errors import Conflict, Gone, InvalidInput, NotFound, StoreError, Unavailable
 from waypost.members import Members
 from waypost.model import MAX_LEASE_ID, Entry, Event
@@ -897,20 +898,20 @@ class _GroupCommit:
                 revision, _ = await self.store._txn(ops)
             except Exception as exc:
                 if len(group) == 1:
-                    _settle(group[0][1], exc)
+                    settle(group[0][1], exc)
                     return
                 for puts, fut in group:  # alone, each gets its own answer
                     try:
-                        _settle(fut, (await self.store._txn(puts))[0])
+                        settle(fut, (await self.store._txn(puts))[0])
                     except Exception as own:
-                        _settle(fut, own)
+                        settle(fut, own)
                 return
             for _, fut in group:
-                _settle(fut, revision)
+                settle(fut, revision)
         finally:
             # Whatever ended this (the store closing cancels it): no writer waits forever.
             for _, fut in group:
-                _settle(fut, Unavailable("the etcd store closed before the write was answered"))
+                settle(fut, Unavailable("the etcd store closed before the write was answered"))
             self._in_flight -= 1
             self._pump()
 
@@ -922,16 +923,7 @@ class _GroupCommit:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for fut in list(self._waiting):
-            _settle(fut, Unavailable("the etcd store closed before the write was answered"))
-
-
-def _settle(fut: asyncio.Future[int], result: int | BaseException) -> None:
-    if fut.done():
-        return
-    if isinstance(result, BaseException):
-        fut.set_exception(result)
-    else:
-        fut.set_result(result)
+            settle(fut, Unavailable("the etcd store closed before the write was answered"))
 
 
 class _KeepAlive:

@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from waypost.aio import settle
 from waypost.errors import StoreError, Unavailable, WaypostError
 from waypost.model import SCHEMA_VERSION, Entry, Event
 from waypost.store.base import (
@@ -334,9 +335,9 @@ class SqliteStore(LocalLeases, StoreOps):
             leases = conn.execute("SELECT id, ttl_ms FROM leases").fetchall()
         except (sqlite3.Error, OSError, WaypostError) as exc:
             err = exc if isinstance(exc, WaypostError) else _store_error(exc, self.path)
-            self._call(_settle, ready, err)
+            self._call(settle, ready, err)
             return
-        self._call(_settle, ready, leases)
+        self._call(settle, ready, leases)
         try:
             self._serve(conn)
         finally:
@@ -584,10 +585,10 @@ class SqliteStore(LocalLeases, StoreOps):
         if committed:
             self._feed.publish(committed)
         for fut, result in settled:
-            _settle(fut, result)
+            settle(fut, result)
 
     def _resolve(self, fut: asyncio.Future[Any], result: object) -> None:
-        self._call(_settle, fut, result)
+        self._call(settle, fut, result)
 
     # --- the async face ------------------------------------------------------------------
 
@@ -679,15 +680,6 @@ class SqliteStore(LocalLeases, StoreOps):
 
         refs = await self._read(read)
         return LeaseState(id=lease_id, ttl_s=ttl_s, remaining_s=remaining_s, entries=refs)
-
-
-def _settle(fut: asyncio.Future[Any], result: object) -> None:
-    if fut.done():
-        return
-    if isinstance(result, BaseException):
-        fut.set_exception(result)
-    else:
-        fut.set_result(result)
 
 
 def _store_error(exc: BaseException, path: Path) -> StoreError:
