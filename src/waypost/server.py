@@ -11,7 +11,8 @@ from pathlib import Path
 from aiohttp import web
 
 from waypost.aio import until_signalled
-from waypost.api.app import build_app
+from waypost.api.app import API, build_app
+from waypost.api.hot import HotPath
 from waypost.catalog import Catalog
 from waypost.checking import CheckHost
 from waypost.dns.server import DnsServer
@@ -93,6 +94,10 @@ class WaypostServer:
                 app, access_log=None, handle_signals=False, handler_cancellation=True
             )
             await self._runner.setup()
+            # The routes that carry load skip the router and the middleware (api/hot.py).
+            server = self._runner.server
+            assert server is not None
+            server.request_handler = HotPath(app[API], server.request_handler)
             host, port = self.settings.http_host_port()
             site = web.TCPSite(self._runner, host, port, reuse_address=True, backlog=4096)
             try:
@@ -104,9 +109,9 @@ class WaypostServer:
         except BaseException:
             await self.stop()
             raise
-        server = site._server
-        assert server is not None
-        sockets = getattr(server, "sockets", None) or []
+        listening = site._server
+        assert listening is not None
+        sockets = getattr(listening, "sockets", None) or []
         bound = sockets[0].getsockname()[1] if sockets else port
         shown = f"[{host}]" if ":" in host else host
         self.url = f"http://{shown}:{bound}"

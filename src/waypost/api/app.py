@@ -11,7 +11,7 @@ import asyncio
 import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 import msgspec
 from aiohttp import web
@@ -45,6 +45,7 @@ from waypost.model import (
     LeaseGrant,
     MaintenanceUpdate,
     Node,
+    Query,
     Route,
     ServerStatus,
     ServiceConfig,
@@ -76,13 +77,10 @@ CACHE = web.AppKey("cache", AnswerCache)
 BLOCKING = web.AppKey("blocking", BlockingQueries)
 TOKEN = web.AppKey("token", str)
 OPENAPI = web.AppKey("openapi", bytes)
-CONFIG = web.AppKey("config", dict[str, str])
 STATS = web.AppKey("stats", dict[str, int])
 STREAMS = web.AppKey("streams", set[asyncio.Task[object]])
-MAX_WAIT = web.AppKey("max_wait", float)
 CHECKS = web.AppKey("checks", CheckHost)
 DnsStatusFn = Callable[[], DnsStatus | None]
-DNS_STATUS: web.AppKey[DnsStatusFn] = web.AppKey("dns_status")
 
 
 def _json(body: bytes, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -93,7 +91,7 @@ def _error_response(err: WaypostError) -> web.Response:
     return _json(_encode(err.to_dict()), status=err.http_status)
 
 
-_READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _HTTP_ERRORS: dict[int, type[WaypostError]] = {
     404: NotFound,
     405: InvalidInput,
@@ -101,25 +99,16 @@ _HTTP_ERRORS: dict[int, type[WaypostError]] = {
 }
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every failure leaves as a JSON error with the right status; nothing else leaks.
-
-    It also checks the token of writes: one middleware, since each costs a wrapper call
-    on every request."""
-    try:
-        if request.method not in _READ_METHODS:
-            _check_token(request)
-        return await handler(request)
-    except WaypostError as err:
-        return _error_response(err)
-    except web.HTTPRequestEntityTooLarge:
+def failure_response(request: web.BaseRequest, exc: Exception) -> web.Response:
+    """The JSON error a failed request answers: a ``WaypostError`` as itself, aiohttp's own
+    HTTP errors in our shape, anything else as a logged internal error."""
+    if isinstance(exc, WaypostError):
+        return _error_response(exc)
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
         return _error_response(
             PayloadTooLarge(f"body: larger than the {MAX_BODY_BYTES} byte limit", field="body")
         )
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
+    if isinstance(exc, web.HTTPException) and exc.status >= 400:
         cls = _HTTP_ERRORS.get(exc.status, WaypostError)
         message = {
             404: f"no such endpoint: {request.method} {request.path}",
@@ -129,16 +118,30 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status == 405 and "Allow" in exc.headers:
             resp.headers["Allow"] = exc.headers["Allow"]
         return resp
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return _error_response(WaypostError("internal error; see the server log"))
+    log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
+    return _error_response(WaypostError("internal error; see the server log"))
 
 
-def _check_token(request: web.Request) -> None:
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure leaves as a JSON error with the right status; nothing else leaks.
+
+    It also checks the token of writes: one middleware, since each costs a wrapper call
+    on every request."""
+    try:
+        if request.method not in READ_METHODS:
+            check_token(request, request.app[TOKEN])
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return failure_response(request, exc)
+    except Exception as exc:  # CancelledError is not an Exception: it goes through
+        return failure_response(request, exc)
+
+
+def check_token(request: web.BaseRequest, token: str) -> None:
     """With a token configured, every write must carry ``Authorization: Bearer TOKEN``."""
-    token = request.app[TOKEN]
     if token:
         given = request.headers.get("Authorization", "")
         scheme, _, value = given.partition(" ")
@@ -148,7 +151,7 @@ def _check_token(request: web.Request) -> None:
             )
 
 
-async def _body(request: web.Request) -> bytes:
+async def _body(request: web.BaseRequest) -> bytes:
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise PayloadTooLarge(f"body: larger than the {MAX_BODY_BYTES} byte limit", field="body")
     data = await request.read()
@@ -157,15 +160,23 @@ async def _body(request: web.Request) -> bytes:
     return data
 
 
-def _path_label(request: web.Request, name: str, field: str = "id") -> str:
+def _label(value: str, field: str = "id") -> str:
     """A DNS-safe label from the path, exactly (a stray byte is a 400 naming ``field``)."""
-    value = request.match_info[name]
-    if not is_label(value):
+    if LABEL_RE.match(value) is None:
         raise InvalidInput(
             f"{field}: {value!r} is not a DNS-safe label (letters, digits, hyphens; at most 63)",
             field=field,
         )
     return value
+
+
+def _path_label(request: web.Request, name: str, field: str = "id") -> str:
+    return _label(request.match_info[name], field)
+
+
+def _params(request: web.BaseRequest) -> Iterable[tuple[str, str]]:
+    """The query string's ``(name, value)`` pairs; none parsed when there is none."""
+    return request.query.items() if "?" in request.raw_path else ()
 
 
 def _keyed(entry_id: str, path_id: str, what: str) -> None:
@@ -196,41 +207,10 @@ def _write(entry_id: str, index: int) -> web.Response:
 # --- instances ---------------------------------------------------------------------------
 
 
-async def put_instance(request: web.Request) -> web.Response:
-    iid = request.match_info["id"]
-    if LABEL_RE.match(iid) is None:  # inline: this is the hottest write route
-        _path_label(request, "id")
-    inst = _instance_from(await _body(request), iid)
-    return _write(iid, await _registry(request).register(inst))
-
-
-async def delete_instance(request: web.Request) -> web.Response:
-    iid = _path_label(request, "id")
-    return _write(iid, await _registry(request).deregister(iid))
-
-
-async def heartbeat(request: web.Request) -> web.Response:
-    iid = _path_label(request, "id")
-    return _write(iid, await _registry(request).heartbeat(iid))
-
-
-async def put_status(request: web.Request) -> web.Response:
-    iid = _path_label(request, "id")
-    upd = decode(await _body(request), StatusUpdate)
-    index = await _registry(request).set_status(iid, parse_status(upd.status), upd.output)
-    return _write(iid, index)
-
-
 async def put_maintenance(request: web.Request) -> web.Response:
     iid = _path_label(request, "id")
     upd = decode(await _body(request), MaintenanceUpdate)
     return _write(iid, await _registry(request).set_maintenance(iid, upd.enable, upd.reason))
-
-
-async def put_health(request: web.Request) -> web.Response:
-    iid = _path_label(request, "id")
-    report = decode(await _body(request), HealthReport)
-    return _write(iid, await _registry(request).report_health(iid, report.health, agent=True))
 
 
 def _checks(request: web.Request) -> CheckHost:
@@ -377,8 +357,7 @@ def _lease_body(state: LeaseState) -> bytes:
     )
 
 
-def _lease_id(request: web.Request) -> int:
-    text = request.match_info["id"]
+def _lease_id(text: str) -> int:
     lease_id = parse_index(text, "id") if text.isascii() and text.isdigit() else 0
     if not 1 <= lease_id <= MAX_LEASE_ID:
         raise InvalidInput(f"id: {text!r} is not a lease id (a whole number)", field="id")
@@ -395,14 +374,8 @@ async def post_lease(request: web.Request) -> web.Response:
     return _json(_lease_body(LeaseState(id=lease_id, ttl_s=ttl_s, remaining_s=ttl_s)))
 
 
-async def keepalive_lease(request: web.Request) -> web.Response:
-    lease_id = _lease_id(request)
-    ttl_s = await _registry(request).keepalive(lease_id)
-    return _json(_lease_body(LeaseState(id=lease_id, ttl_s=ttl_s, remaining_s=ttl_s)))
-
-
 async def get_lease(request: web.Request) -> web.Response:
-    return _json(_lease_body(await _registry(request).lease(_lease_id(request))))
+    return _json(_lease_body(await _registry(request).lease(_lease_id(request.match_info["id"]))))
 
 
 async def list_leases(request: web.Request) -> web.Response:
@@ -412,7 +385,7 @@ async def list_leases(request: web.Request) -> web.Response:
 
 
 async def delete_lease(request: web.Request) -> web.Response:
-    lease_id = _lease_id(request)
+    lease_id = _lease_id(request.match_info["id"])
     index = await _registry(request).revoke(lease_id)
     return _write(str(lease_id), index)
 
@@ -420,72 +393,30 @@ async def delete_lease(request: web.Request) -> web.Response:
 # --- reads -------------------------------------------------------------------------------
 
 
-async def _answer(request: web.Request, key: Key, index: int | None, wait_s: float) -> web.Response:
-    if index is None:
-        ans: Answer = request.app[CACHE].get(key)
-    else:
-        app = request.app
-        ans = await app[BLOCKING].wait(key, index, min(wait_s, app[MAX_WAIT]))
-    return web.Response(body=ans.body, headers=ans.headers(), content_type=JSON)
-
-
-async def get_instance(request: web.Request) -> web.Response:
-    iid = _path_label(request, "id")
-    inst = _registry(request).catalog.get(iid)
-    if inst is None:
-        raise missing("instance", iid)
-    return _json(
-        _encode(inst),
-        headers={"X-Waypost-Index": str(_registry(request).catalog.mod_revision(iid))},
-    )
-
-
-async def list_instances(request: web.Request) -> web.Response:
-    query, index, wait_s = parse_query(request.query.items())
-    return await _answer(request, ("instances", query), index, wait_s)
-
-
-async def service_instances(request: web.Request) -> web.Response:
-    name = request.match_info["name"]
-    if LABEL_RE.match(name) is None:  # inline: this is the hottest read route
-        _path_label(request, "name", "service")
-    query, index, wait_s = parse_query(request.query.items(), service=name)
-    return await _answer(request, ("instances", query), index, wait_s)
-
-
-async def list_services(request: web.Request) -> web.Response:
-    index, wait_s = _blocking_params(request)
-    return await _answer(request, ("services", None), index, wait_s)
-
-
-async def list_nodes(request: web.Request) -> web.Response:
-    index, wait_s = _blocking_params(request)
-    return await _answer(request, ("nodes", None), index, wait_s)
-
-
 async def list_configs(request: web.Request) -> web.Response:
     index, wait_s = _blocking_params(request)
-    return await _answer(request, ("configs", None), index, wait_s)
+    return await request.app[API].answer(("configs", None), index, wait_s)
 
 
 async def list_routes(request: web.Request) -> web.Response:
     index, wait_s = _blocking_params(request)
-    return await _answer(request, ("routes", None), index, wait_s)
+    return await request.app[API].answer(("routes", None), index, wait_s)
 
 
-def _no_params(request: web.Request) -> None:
-    for name in request.query:
+def _no_params(request: web.BaseRequest) -> None:
+    for name, _ in _params(request):
         raise InvalidInput(
             f"{name}: unknown query parameter (this endpoint takes none)", field=name
         )
 
 
-def _blocking_params(request: web.Request) -> tuple[int | None, float]:
+def _blocking_params(request: web.BaseRequest) -> tuple[int | None, float]:
     """``index`` and ``wait`` of an endpoint that takes no filters."""
-    for name in request.query:
+    items = _params(request)
+    for name, _ in items:
         if name not in ("index", "wait"):
             raise InvalidInput(f"{name}: unknown query parameter (known: index, wait)", field=name)
-    _, index, wait_s = parse_query(request.query.items())
+    _, index, wait_s = parse_query(items)
     return index, wait_s
 
 
@@ -501,40 +432,163 @@ async def _problem(reg: Registry) -> str | None:
     return problem
 
 
-async def health(request: web.Request) -> web.Response:
-    problem = await _problem(_registry(request))
-    if problem is not None:
-        return _json(_encode({"status": "failing", "message": problem}), status=503)
-    return _json(b'{"status":"serving"}')
+# --- the routes that carry load ----------------------------------------------------------
+
+# A handler of a route that carries load: the request and the identifier its path names
+# ("" for paths that name none).
+Routed = Callable[[web.BaseRequest, str], Awaitable[web.StreamResponse]]
+# Plain service queries (no query string) by service name; cleared when full.
+MAX_PLAIN_KEYS = 10_000
 
 
-async def status(request: web.Request) -> web.Response:
-    reg = _registry(request)
-    cat = reg.catalog
-    problem = await _problem(reg)
-    dns = request.app[DNS_STATUS]()
-    if dns is not None and problem is not None:
-        dns = msgspec.structs.replace(dns, stale=True)
-    body = ServerStatus(
-        version=__version__,
-        node=reg.node_name,
-        uptime_s=round(time.time() - reg.started_at, 3),
-        revision=cat.revision,
-        instances=len(cat),
-        services=cat.service_count(),
-        nodes=cat.node_count(),
-        store=reg.store.kind,
-        store_member=getattr(reg.store, "endpoint", None),
-        servers=sorted(reg.members.names) if reg.members is not None else [],
-        blocking_waiters=request.app[BLOCKING].count,
-        event_streams=request.app[STATS]["event_streams"],
-        following=reg.problem is None,
-        problem=problem,
-        skipped_records=reg.store.skipped_records,
-        config=request.app[CONFIG],
-        dns=dns,
-    )
-    return _json(_encode(body))
+class Api:
+    """What every request reads, and the handlers of the routes that carry load.
+
+    Each handler takes the request and the identifier from its path, so the application
+    (through its router and middleware) and the hot path (``api/hot.py``, which splits
+    the path itself) run the same code and give the same answers, byte for byte.
+    """
+
+    def __init__(
+        self,
+        registry: Registry,
+        *,
+        token: str,
+        max_wait_s: float,
+        config: dict[str, str],
+        dns_status: DnsStatusFn,
+    ) -> None:
+        self.registry = registry
+        self.catalog = registry.catalog
+        self.cache = AnswerCache(registry.catalog)
+        self.blocking = BlockingQueries(registry.catalog, self.cache)
+        self.token = token
+        self.max_wait_s = max_wait_s
+        self.config = config
+        self.dns_status = dns_status
+        self.stats = {"event_streams": 0}
+        self._plain: dict[str, Key] = {}
+
+    async def answer(self, key: Key, index: int | None, wait_s: float) -> web.Response:
+        """A read from the answer cache, or a blocking query parked until ``index`` passes."""
+        if index is None:
+            ans: Answer = self.cache.get(key)
+        else:
+            ans = await self.blocking.wait(key, index, min(wait_s, self.max_wait_s))
+        return web.Response(body=ans.body, headers=ans.headers(), content_type=JSON)
+
+    # instances
+
+    async def put_instance(self, request: web.BaseRequest, iid: str) -> web.Response:
+        _label(iid)
+        inst = _instance_from(await _body(request), iid)
+        return _write(iid, await self.registry.register(inst))
+
+    async def delete_instance(self, request: web.BaseRequest, iid: str) -> web.Response:
+        return _write(iid, await self.registry.deregister(_label(iid)))
+
+    async def heartbeat(self, request: web.BaseRequest, iid: str) -> web.Response:
+        return _write(iid, await self.registry.heartbeat(_label(iid)))
+
+    async def put_status(self, request: web.BaseRequest, iid: str) -> web.Response:
+        _label(iid)
+        upd = decode(await _body(request), StatusUpdate)
+        index = await self.registry.set_status(iid, parse_status(upd.status), upd.output)
+        return _write(iid, index)
+
+    async def put_health(self, request: web.BaseRequest, iid: str) -> web.Response:
+        _label(iid)
+        report = decode(await _body(request), HealthReport)
+        return _write(iid, await self.registry.report_health(iid, report.health, agent=True))
+
+    async def get_instance(self, request: web.BaseRequest, iid: str) -> web.Response:
+        inst = self.catalog.get(_label(iid))
+        if inst is None:
+            raise missing("instance", iid)
+        return _json(
+            _encode(inst), headers={"X-Waypost-Index": str(self.catalog.mod_revision(iid))}
+        )
+
+    # reads
+
+    async def list_instances(self, request: web.BaseRequest, _: str = "") -> web.Response:
+        query, index, wait_s = parse_query(_params(request))
+        return await self.answer(("instances", query), index, wait_s)
+
+    async def service_instances(self, request: web.BaseRequest, name: str) -> web.Response:
+        _label(name, "service")
+        if "?" not in request.raw_path:  # the common case: the key is kept by name
+            key = self._plain.get(name)
+            if key is None:
+                if len(self._plain) >= MAX_PLAIN_KEYS:
+                    self._plain.clear()
+                key = self._plain[name] = ("instances", Query(service=name))
+            return await self.answer(key, None, 0.0)
+        query, index, wait_s = parse_query(request.query.items(), service=name)
+        return await self.answer(("instances", query), index, wait_s)
+
+    async def list_services(self, request: web.BaseRequest, _: str = "") -> web.Response:
+        index, wait_s = _blocking_params(request)
+        return await self.answer(("services", None), index, wait_s)
+
+    async def list_nodes(self, request: web.BaseRequest, _: str = "") -> web.Response:
+        index, wait_s = _blocking_params(request)
+        return await self.answer(("nodes", None), index, wait_s)
+
+    # leases
+
+    async def keepalive_lease(self, request: web.BaseRequest, text: str) -> web.Response:
+        lease_id = _lease_id(text)
+        ttl_s = await self.registry.keepalive(lease_id)
+        return _json(_lease_body(LeaseState(id=lease_id, ttl_s=ttl_s, remaining_s=ttl_s)))
+
+    # the server
+
+    async def health(self, request: web.BaseRequest, _: str = "") -> web.Response:
+        problem = await _problem(self.registry)
+        if problem is not None:
+            return _json(_encode({"status": "failing", "message": problem}), status=503)
+        return _json(b'{"status":"serving"}')
+
+    async def status(self, request: web.BaseRequest, _: str = "") -> web.Response:
+        reg = self.registry
+        cat = self.catalog
+        problem = await _problem(reg)
+        dns = self.dns_status()
+        if dns is not None and problem is not None:
+            dns = msgspec.structs.replace(dns, stale=True)
+        body = ServerStatus(
+            version=__version__,
+            node=reg.node_name,
+            uptime_s=round(time.time() - reg.started_at, 3),
+            revision=cat.revision,
+            instances=len(cat),
+            services=cat.service_count(),
+            nodes=cat.node_count(),
+            store=reg.store.kind,
+            store_member=getattr(reg.store, "endpoint", None),
+            servers=sorted(reg.members.names) if reg.members is not None else [],
+            blocking_waiters=self.blocking.count,
+            event_streams=self.stats["event_streams"],
+            following=reg.problem is None,
+            problem=problem,
+            skipped_records=reg.store.skipped_records,
+            config=self.config,
+            dns=dns,
+        )
+        return _json(_encode(body))
+
+
+API = web.AppKey("api", Api)
+
+
+def _routed(handler: Routed, param: str = "") -> Handler:
+    """The application's handler for a route the hot path also serves."""
+
+    async def route(request: web.Request) -> web.StreamResponse:
+        return await handler(request, request.match_info[param] if param else "")
+
+    return route
 
 
 async def openapi(request: web.Request) -> web.Response:
@@ -743,43 +797,47 @@ def build_app(
     """The aiohttp application serving one registry; ``config`` is shown by /status
     (already redacted); blocking queries wait at most ``max_wait_s``."""
     app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY_BYTES)
-    cache = AnswerCache(registry.catalog)
+    api = Api(
+        registry,
+        token=token,
+        max_wait_s=max_wait_s,
+        config=dict(config or {}),
+        dns_status=dns_status or (lambda: None),
+    )
+    app[API] = api
     app[REGISTRY] = registry
-    app[CACHE] = cache
-    app[BLOCKING] = BlockingQueries(registry.catalog, cache)
+    app[CACHE] = api.cache
+    app[BLOCKING] = api.blocking
     app[TOKEN] = token
-    app[CONFIG] = dict(config or {})
     app[FRAMES] = FrameCache()
-    app[STATS] = {"event_streams": 0}
+    app[STATS] = api.stats
     app[OPENAPI] = _encode(openapi_spec(__version__))
-    app[MAX_WAIT] = max_wait_s
     if checks is not None:
         app[CHECKS] = checks
-    app[DNS_STATUS] = dns_status or (lambda: None)
     streams: set[asyncio.Task[object]] = set()
     app[STREAMS] = streams
     app.on_shutdown.append(_release_long_requests)
     r = app.router
-    r.add_put("/api/v1/instances/{id}", put_instance)
-    r.add_get("/api/v1/instances/{id}", get_instance)
-    r.add_delete("/api/v1/instances/{id}", delete_instance)
-    r.add_put("/api/v1/instances/{id}/heartbeat", heartbeat)
-    r.add_put("/api/v1/instances/{id}/status", put_status)
+    r.add_put("/api/v1/instances/{id}", _routed(api.put_instance, "id"))
+    r.add_get("/api/v1/instances/{id}", _routed(api.get_instance, "id"))
+    r.add_delete("/api/v1/instances/{id}", _routed(api.delete_instance, "id"))
+    r.add_put("/api/v1/instances/{id}/heartbeat", _routed(api.heartbeat, "id"))
+    r.add_put("/api/v1/instances/{id}/status", _routed(api.put_status, "id"))
     r.add_put("/api/v1/instances/{id}/maintenance", put_maintenance)
-    r.add_put("/api/v1/instances/{id}/health", put_health)
+    r.add_put("/api/v1/instances/{id}/health", _routed(api.put_health, "id"))
     r.add_post("/api/v1/instances/{id}/check", run_instance_checks)
     r.add_post("/api/v1/check", run_checks)
     r.add_get("/api/v1/checks", list_checks)
-    r.add_get("/api/v1/instances", list_instances)
+    r.add_get("/api/v1/instances", _routed(api.list_instances))
     r.add_post("/api/v1/batch", post_batch)
-    r.add_get("/api/v1/services", list_services)
-    r.add_get("/api/v1/services/{name}", service_instances)
+    r.add_get("/api/v1/services", _routed(api.list_services))
+    r.add_get("/api/v1/services/{name}", _routed(api.service_instances, "name"))
     put_config, get_config, delete_config = _keyed_handlers("service_config")
     r.add_get("/api/v1/configs", list_configs)
     r.add_get("/api/v1/services/{name}/config", get_config)
     r.add_put("/api/v1/services/{name}/config", put_config)
     r.add_delete("/api/v1/services/{name}/config", delete_config)
-    r.add_get("/api/v1/nodes", list_nodes)
+    r.add_get("/api/v1/nodes", _routed(api.list_nodes))
     r.add_put("/api/v1/nodes/{id}", put_node)
     r.add_get("/api/v1/nodes/{id}", get_node)
     r.add_delete("/api/v1/nodes/{id}", delete_node)
@@ -791,10 +849,10 @@ def build_app(
     r.add_post("/api/v1/leases", post_lease)
     r.add_get("/api/v1/leases", list_leases)
     r.add_get("/api/v1/leases/{id}", get_lease)
-    r.add_put("/api/v1/leases/{id}/keepalive", keepalive_lease)
+    r.add_put("/api/v1/leases/{id}/keepalive", _routed(api.keepalive_lease, "id"))
     r.add_delete("/api/v1/leases/{id}", delete_lease)
     r.add_get("/api/v1/events", events)
-    r.add_get("/health", health)
-    r.add_get("/status", status)
+    r.add_get("/health", _routed(api.health))
+    r.add_get("/status", _routed(api.status))
     r.add_get("/openapi.json", openapi)
     return app
