@@ -30,7 +30,14 @@ HERE = Path(__file__).resolve().parent
 # DNS server: this folder goes last on sys.path, not first.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 sys.path.append(str(HERE))
-from _harness import etcd_member, percentile, waypost_server, write_results, wrk  # noqa: E402
+from _harness import (  # noqa: E402
+    announced,
+    etcd_member,
+    percentile,
+    waypost_server,
+    write_results,
+    wrk,
+)
 
 ENC = msgspec.json.encode
 JSON = {"Content-Type": "application/json"}
@@ -293,6 +300,17 @@ async def propagation(a: str, b: str, rounds: int) -> dict[str, list[float]]:
     return {"after_ack": after_ack, "after_send": after_send}
 
 
+def ceiling(url: str, secs: int) -> dict[str, float]:
+    """wrk on the bare aiohttp server (``_ceiling.py``) serving the very bytes Waypost
+    answers at ``url``: the most aiohttp gives for this read on this machine, now."""
+    import urllib.request
+
+    with urllib.request.urlopen(url) as r:
+        body = r.read()
+    with announced([sys.executable, str(HERE / "_ceiling.py")], stdin=body) as bare:
+        return wrk(f"{bare}/api/v1/services/q", connections=64, seconds=secs)
+
+
 def wrk_many(urls: list[str], seconds: int) -> float:
     """Requests/s of one wrk per URL running at once (32 connections each), summed: the
     read capacity of several stateless servers."""
@@ -321,6 +339,7 @@ def cluster_section(secs: int, conc: int, rounds: int) -> None:
             ours_wrk = wrk(a, connections=64, seconds=secs, script=str(HERE / "put.lua"))
             uvloop.run(seed_waypost(a, 100))
             q = wrk(f"{b}/api/v1/services/q", connections=64, seconds=secs)
+            bare = ceiling(f"{b}/api/v1/services/q", secs)
             q_both = wrk_many([f"{a}/api/v1/services/q", f"{b}/api/v1/services/q"], secs)
             prop = uvloop.run(propagation(a, b, rounds))
     ack99 = percentile(prop["after_ack"], 99)
@@ -332,6 +351,7 @@ def cluster_section(secs: int, conc: int, rounds: int) -> None:
             "put_64_wrk": ours_wrk,
             "query_100": q,
             "query_100_both_servers": q_both,
+            "ceiling_query_100": bare,
             "propagation_ms": {
                 "after_ack_p50": percentile(prop["after_ack"], 50),
                 "after_ack_p99": ack99,
@@ -366,6 +386,12 @@ def cluster_section(secs: int, conc: int, rounds: int) -> None:
             f"{q['rps']:,.0f}",
             f"{raw_reads['range_64']:,.0f}",
             f"{q['rps'] / raw_reads['range_64']:.2f}x",
+        ),
+        (
+            "queries/s, same bytes: server B / bare aiohttp handler (the ceiling)",
+            f"{q['rps']:,.0f}",
+            f"{bare['rps']:,.0f}",
+            f"{q['rps'] / bare['rps']:.2f}x",
         ),
         (
             "queries/s, both servers at once (2 wrk / 2 aetcd processes, 32 conns each)",
@@ -427,6 +453,7 @@ def main() -> None:
     with waypost_server() as url:
         uvloop.run(seed_waypost(url, 100))
         q = wrk(f"{url}/api/v1/services/q", connections=64, seconds=secs)
+        bare = ceiling(f"{url}/api/v1/services/q", secs)
         wake = uvloop.run(waypost_wakeups(url, rounds))
     with etcd_member() as port:
         eq = uvloop.run(etcd_reads(port, 100, secs))
@@ -437,6 +464,7 @@ def main() -> None:
             **w,
             "put_64_wrk": wput,
             "query_100": q,
+            "ceiling_query_100": bare,
             "wakeup_ms": {"p50": percentile(wake, 50), "p99": wp99},
         },
         "etcd": {**e, **eq, "wakeup_ms": {"p50": percentile(ewake, 50), "p99": ep99}},
@@ -480,6 +508,12 @@ def main() -> None:
             f"{q['rps']:,.0f}",
             f"{eq['range_64']:,.0f}",
             f"{q['rps'] / eq['range_64']:.2f}x",
+        ),
+        (
+            "queries/s, same bytes: Waypost / bare aiohttp handler (the ceiling)",
+            f"{q['rps']:,.0f}",
+            f"{bare['rps']:,.0f}",
+            f"{q['rps'] / bare['rps']:.2f}x",
         ),
         ("query p99 ms (wrk)", f"{q['p99_ms']:.2f}", "-", "-"),
         (

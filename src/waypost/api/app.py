@@ -475,7 +475,7 @@ class Api:
             ans: Answer = self.cache.get(key)
         else:
             ans = await self.blocking.wait(key, index, min(wait_s, self.max_wait_s))
-        return web.Response(body=ans.body, headers=ans.headers(), content_type=JSON)
+        return web.Response(body=ans.body, headers=ans.headers())
 
     # instances
 
@@ -523,7 +523,8 @@ class Api:
                 if len(self._plain) >= MAX_PLAIN_KEYS:
                     self._plain.clear()
                 key = self._plain[name] = ("instances", Query(service=name))
-            return await self.answer(key, None, 0.0)
+            ans = self.cache.get(key)
+            return web.Response(body=ans.body, headers=ans.headers())
         query, index, wait_s = parse_query(request.query.items(), service=name)
         return await self.answer(("instances", query), index, wait_s)
 

@@ -16,6 +16,7 @@ import random
 from dataclasses import dataclass
 
 import msgspec
+from multidict import CIMultiDict
 
 from waypost.catalog import Catalog
 from waypost.model import Query
@@ -33,19 +34,24 @@ class Answer:
     index: int
     body: bytes
     checked: int  # the catalog revision this answer is known to be current at
-    _headers: dict[str, str] | None = None
+    _headers: CIMultiDict[str] | None = None
     _headers_at: int = -1
 
-    def headers(self) -> dict[str, str]:
-        """``X-Waypost-Index`` to block on; ``X-Waypost-Revision`` to watch from.
+    def headers(self) -> CIMultiDict[str]:
+        """``Content-Type``; ``X-Waypost-Index`` to block on; ``X-Waypost-Revision`` to
+        watch from.
 
-        Built once per revision and shared, like the body: 10,000 woken waiters reuse it.
+        Built once per revision and shared, like the body: 10,000 woken waiters reuse it
+        (each response copies it, so none can change the shared one).
         """
         if self._headers is None or self._headers_at != self.checked:
-            self._headers = {
-                "X-Waypost-Index": str(self.index),
-                "X-Waypost-Revision": str(self.checked),
-            }
+            self._headers = CIMultiDict(
+                {
+                    "Content-Type": "application/json",
+                    "X-Waypost-Index": str(self.index),
+                    "X-Waypost-Revision": str(self.checked),
+                }
+            )
             self._headers_at = self.checked
         return self._headers
 

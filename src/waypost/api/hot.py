@@ -23,6 +23,8 @@ from waypost.model import LABEL_RE
 
 Fallback = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 PREFIX = "/api/v1/"
+# Request targets whose route is remembered; forgotten all at once when full.
+MAX_MEMO = 4096
 
 
 class HotPath:
@@ -33,6 +35,7 @@ class HotPath:
         self._api = api
         self._fallback = fallback
         self._token = api.token
+        self._memo: dict[tuple[str, str], tuple[Routed, str] | None] = {}
         # Whole paths: (method, path).
         self._static: dict[tuple[str, str], Routed] = {
             ("GET", "/api/v1/instances"): api.list_instances,
@@ -58,7 +61,18 @@ class HotPath:
 
     def resolve(self, method: str, target: str) -> tuple[Routed, str] | None:
         """The hot handler of a request target and the identifier its path names, or
-        None for whatever the application should answer."""
+        None for whatever the application should answer (remembered per target: the
+        same few targets carry the load)."""
+        key = (method, target)
+        if key in self._memo:
+            return self._memo[key]
+        found = self._resolve(method, target)
+        if len(self._memo) >= MAX_MEMO:
+            self._memo.clear()
+        self._memo[key] = found
+        return found
+
+    def _resolve(self, method: str, target: str) -> tuple[Routed, str] | None:
         path = target.partition("?")[0]
         handler = self._static.get((method, path))
         if handler is not None:
