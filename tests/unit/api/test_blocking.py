@@ -83,4 +83,8 @@ def test_a_service_never_seen_answers_with_the_current_revision() -> None:
     c.load([(inst(f"w{n}"), n + 1) for n in range(5)], 5)
     ans = AnswerCache(c).get(("instances", Query(service="nothing")))
     assert (ans.index, ans.body) == (5, b"[]")
-    assert ans.headers() == {"X-Waypost-Index": "5", "X-Waypost-Revision": "5"}
+    assert dict(ans.headers()) == {
+        "Content-Type": "application/json",
+        "X-Waypost-Index": "5",
+        "X-Waypost-Revision": "5",
+    }
