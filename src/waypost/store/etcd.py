@@ -160,6 +160,8 @@ class EtcdStore(StoreOps):
         # The highest revision etcd has shown us, and the watches open now: a revision
         # that goes back means etcd's data was replaced (a restore, a new cluster).
         self._high = 0
+        # Times etcd's history was seen to go back (each re-lists every watch).
+        self.resets = 0
         self._streams: set[_WatchStream] = set()
         self.skipped_records = 0
 
@@ -229,10 +231,11 @@ class EtcdStore(StoreOps):
                     lease = random.randrange(1, MAX_LEASE_ID)
                     await self._join_once(key, lease, ttl_s)
                     self._member_lease = lease
+                floor = self._high
                 resp = await self._call(
                     self._range(rpc.RangeRequest(key=start, range_end=prefix_end(start)))
                 )
-                self._saw(int(resp.header.revision))
+                self._saw(int(resp.header.revision), floor)
                 members.update(kv.key[len(start) :].decode("utf-8", "replace") for kv in resp.kvs)
             except asyncio.CancelledError:
                 raise
@@ -319,16 +322,20 @@ class EtcdStore(StoreOps):
             self._own.clear()  # writes whose events never came (a failed batch): start over
         self._own[key] = (value, entry)
 
-    def _saw(self, revision: int) -> None:
-        """etcd answered at ``revision``: notice if its history went back."""
-        if revision >= self._high:
-            self._high = revision
+    def _saw(self, revision: int, floor: int) -> None:
+        """etcd answered a linearizable request at ``revision``; ``floor`` is the highest
+        revision seen before that request was sent. Only an answer below its floor shows
+        etcd's history went back: answers to requests in flight together may come in any
+        order, and a watch answer may lag a transaction's (so watches are not checked)."""
+        if revision >= floor:
+            self._high = max(self._high, revision)
             return
         why = (
-            f"etcd's revision went back from {self._high} to {revision}: its data was "
+            f"etcd's revision went back from {floor} to {revision}: its data was "
             "replaced (a restore from backup, or a new cluster); listing again"
         )
         log.error(why)
+        self.resets += 1
         self._high = revision
         for stream in list(self._streams):
             stream.reset(why)
@@ -373,10 +380,11 @@ class EtcdStore(StoreOps):
             req = rpc.RangeRequest(
                 key=start, range_end=self._end, limit=RANGE_PAGE, revision=revision
             )
+            floor = self._high
             resp = await self._call(self._range(req))
             if revision == 0:
                 revision = resp.header.revision
-                self._saw(int(revision))
+                self._saw(int(revision), floor)
             for kv in resp.kvs:
                 entry = self._decode(kv.key, kv.value)
                 if entry is not None:
@@ -565,8 +573,9 @@ class EtcdStore(StoreOps):
             for key in checked
         ]
         req = rpc.TxnRequest(compare=compares, success=list(writes.values()), failure=failure)
+        floor = self._high
         resp = await self._call(lambda m: m.kv.Txn(req, timeout=self.call_timeout_s))
-        self._saw(int(resp.header.revision))
+        self._saw(int(resp.header.revision), floor)
         if resp.succeeded:
             return int(resp.header.revision), revoked
         # Which compare failed: the same error the other stores give.
@@ -808,7 +817,6 @@ class _WatchStream:
                     raise StoreError(f"etcd cancelled the watch: {resp.cancel_reason}")
                 if not resp.events:
                     continue
-                store._saw(int(resp.header.revision))
                 if self.marker_at is not None:
                     raw = [ev for ev in resp.events if ev.kv.mod_revision < self.marker_at]
                     if len(raw) < len(resp.events):
