@@ -342,6 +342,9 @@ def cluster_section(secs: int, conc: int, rounds: int) -> None:
             bare = ceiling(f"{b}/api/v1/services/q", secs)
             q_both = wrk_many([f"{a}/api/v1/services/q", f"{b}/api/v1/services/q"], secs)
             prop = uvloop.run(propagation(a, b, rounds))
+        with waypost_server("--store", store, "--http-workers", "2") as c:
+            q_workers = wrk(f"{c}/api/v1/services/q", connections=64, seconds=secs)
+            put_workers = wrk(c, connections=64, seconds=secs, script=str(HERE / "put.lua"))
     ack99 = percentile(prop["after_ack"], 99)
     send99 = percentile(prop["after_send"], 99)
     data = {
@@ -352,6 +355,8 @@ def cluster_section(secs: int, conc: int, rounds: int) -> None:
             "query_100": q,
             "query_100_both_servers": q_both,
             "ceiling_query_100": bare,
+            "query_100_http_workers_2": q_workers,
+            "put_64_wrk_http_workers_2": put_workers,
             "propagation_ms": {
                 "after_ack_p50": percentile(prop["after_ack"], 50),
                 "after_ack_p99": ack99,
@@ -382,6 +387,12 @@ def cluster_section(secs: int, conc: int, rounds: int) -> None:
             f"{ours_wrk['rps'] / raw['put_64']:.2f}x",
         ),
         (
+            "registrations/s, 64 connections, one server with --http-workers 2 (wrk PUT / aetcd)",
+            f"{put_workers['rps']:,.0f}",
+            f"{raw['put_64']:,.0f}",
+            f"{put_workers['rps'] / raw['put_64']:.2f}x",
+        ),
+        (
             "queries/s, 100-instance service, 64 conns (wrk on server B / aetcd range)",
             f"{q['rps']:,.0f}",
             f"{raw_reads['range_64']:,.0f}",
@@ -392,6 +403,12 @@ def cluster_section(secs: int, conc: int, rounds: int) -> None:
             f"{q['rps']:,.0f}",
             f"{bare['rps']:,.0f}",
             f"{q['rps'] / bare['rps']:.2f}x",
+        ),
+        (
+            "queries/s, one server with --http-workers 2 (wrk / aetcd range)",
+            f"{q_workers['rps']:,.0f}",
+            f"{raw_reads['range_64']:,.0f}",
+            f"{q_workers['rps'] / raw_reads['range_64']:.2f}x",
         ),
         (
             "queries/s, both servers at once (2 wrk / 2 aetcd processes, 32 conns each)",

@@ -12,6 +12,7 @@ LAYERS = {
     "_version": 0,
     "errors": 0,
     "aio": 0,
+    "processes": 0,
     "durations": 1,
     "versions": 1,
     "sse": 1,

@@ -160,6 +160,12 @@ def server(
         str | None,
         typer.Option(help="Key prefix on etcd (default /waypost/): servers on one share it."),
     ] = None,
+    http_workers: Annotated[
+        int | None,
+        typer.Option(
+            help="Processes serving the HTTP API on its port (etcd store only; default 1)."
+        ),
+    ] = None,
     config: Annotated[
         Path | None, typer.Option(help="YAML/JSON settings file (flags and env win).")
     ] = None,
@@ -183,6 +189,7 @@ def server(
         "recursors": ",".join(recursor) if recursor else None,
         "dns_workers": dns_workers,
         "etcd_prefix": etcd_prefix,
+        "http_workers": http_workers,
     }
     _serve(flags, config)
 

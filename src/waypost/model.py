@@ -685,6 +685,9 @@ class ServerStatus(Struct, frozen=True, kw_only=True):
     store_member: str | None = None
     # The servers sharing the store (this one too); they split server-run checks.
     servers: list[str] = []
+    # This server's own name among them (node.host.pid): with --http-workers, which of
+    # the processes sharing the port answered.
+    server: str = ""
     blocking_waiters: int
     event_streams: int
     following: bool = True

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
+import os
+import socket
 import sys
 from pathlib import Path
 
@@ -20,18 +23,27 @@ from waypost.dns.workers import DnsWorkers, worker_command
 from waypost.errors import WaypostError
 from waypost.members import Members, member_id
 from waypost.model import DnsStatus
+from waypost.processes import Workers
 from waypost.registry import Registry
 from waypost.settings import Settings
 from waypost.store import Store, open_store
 
 log = logging.getLogger("waypost.server")
 
+# Set in the environment of the HTTP workers a server starts (``--http-workers``): such
+# a process binds the port the server already holds, and starts no workers of its own.
+HTTP_WORKER_ENV = "WAYPOST_HTTP_WORKER"
+
 
 class WaypostServer:
     """A running registry server; ``start`` then ``stop`` (or ``async with``)."""
 
-    def __init__(self, settings: Settings, *, store: Store | None = None) -> None:
+    def __init__(
+        self, settings: Settings, *, store: Store | None = None, http_worker: bool = False
+    ) -> None:
         self.settings = settings
+        # An HTTP worker: one of the processes another server started to share its port.
+        self.http_worker = http_worker
         self.store = store or open_store(
             settings.store,
             data_dir=Path(settings.data_dir),
@@ -63,6 +75,7 @@ class WaypostServer:
                 reuse_port=settings.dns_workers > 1,
             )
         self.dns_workers: DnsWorkers | None = None
+        self.http_workers: Workers | None = None
         self._runner: web.AppRunner | None = None
         self.url = ""
 
@@ -99,8 +112,20 @@ class WaypostServer:
             assert server is not None
             server.request_handler = HotPath(app[API], server.request_handler)
             host, port = self.settings.http_host_port()
-            site = web.TCPSite(self._runner, host, port, reuse_address=True, backlog=4096)
+            # HTTP workers share the port (SO_REUSEPORT); the first binds only if no
+            # other process holds it, so two servers never split one port by mistake.
+            shared = self.http_worker or self.settings.http_workers > 1
+            site = web.TCPSite(
+                self._runner,
+                host,
+                port,
+                reuse_address=True,
+                reuse_port=shared or None,
+                backlog=4096,
+            )
             try:
+                if shared and not self.http_worker and port != 0:
+                    _check_free(host, port)
                 await site.start()
             except OSError as exc:
                 raise WaypostError(
@@ -115,6 +140,27 @@ class WaypostServer:
         bound = sockets[0].getsockname()[1] if sockets else port
         shown = f"[{host}]" if ":" in host else host
         self.url = f"http://{shown}:{bound}"
+        if self.settings.http_workers > 1 and not self.http_worker:
+            env = {
+                **os.environ,
+                **self.settings.as_env(),
+                "WAYPOST_HTTP": f"{shown}:{bound}",
+                "WAYPOST_HTTP_WORKERS": "1",
+                "WAYPOST_DNS": "",
+                "WAYPOST_DNS_WORKERS": "1",
+                HTTP_WORKER_ENV: "1",
+            }
+            self.http_workers = Workers(
+                [sys.executable, "-m", "waypost", "server"],
+                self.settings.http_workers - 1,
+                what="HTTP worker",
+                env=env,
+            )
+            try:
+                await self.http_workers.start()
+            except BaseException:
+                await self.stop()
+                raise
         if self.dns is not None and self.settings.dns_workers > 1:
             local = self.url.replace("://0.0.0.0:", "://127.0.0.1:").replace(
                 "://[::]:", "://[::1]:"
@@ -140,6 +186,9 @@ class WaypostServer:
         return self.dns.status(workers=self.settings.dns_workers)
 
     async def stop(self) -> None:
+        if self.http_workers is not None:
+            await self.http_workers.stop()
+            self.http_workers = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -162,7 +211,8 @@ class WaypostServer:
 
 async def serve(settings: Settings) -> None:
     """Run until SIGINT or SIGTERM, announcing the address on stdout once serving."""
-    server = WaypostServer(settings)
+    http_worker = os.environ.get(HTTP_WORKER_ENV) == "1"
+    server = WaypostServer(settings, http_worker=http_worker)
     await server.start()
     # What start-up loaded (the whole catalog) lives as long as the process: keep it out
     # of every later collection.
@@ -173,10 +223,44 @@ async def serve(settings: Settings) -> None:
         flush=True,
     )
     try:
-        await until_signalled()
+        if http_worker:
+            await _until_signalled_or_orphaned()
+        else:
+            await until_signalled()
     finally:
         log.info("shutting down")
         await server.stop()
+
+
+def _check_free(host: str, port: int) -> None:
+    """Raise EADDRINUSE if another process holds the TCP ``port``, even one that set
+    SO_REUSEPORT (whose port we would otherwise join silently)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host, port))
+
+
+async def _until_signalled_or_orphaned() -> None:
+    """An HTTP worker's life: until a signal, or until the server that started it is
+    gone (killed outright, it could not stop its workers: they stop themselves). The
+    server holds the other end of this process's stdin: its end means the server's."""
+
+    async def orphaned() -> None:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+        await reader.read()
+        log.warning("the server that started this HTTP worker is gone; stopping")
+
+    tasks = [asyncio.create_task(until_signalled()), asyncio.create_task(orphaned())]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 def run(settings: Settings) -> None:

@@ -55,6 +55,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     recursors: str = ""
     # Processes answering DNS (the server and N-1 workers sharing its ports).
     dns_workers: int = 1
+    # Processes serving the HTTP API (the server and N-1 whole servers sharing its port;
+    # the etcd store only, where servers keep no state of their own).
+    http_workers: int = 1
 
     def dns_listeners(self) -> list[tuple[str, int]]:
         """``dns`` as (host, port) pairs; InvalidInput when one is not HOST:PORT."""
@@ -78,6 +81,15 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     def max_wait_s(self) -> float:
         return parse_duration(self.max_wait, field="max_wait")
+
+    def as_env(self) -> dict[str, str]:
+        """These settings as ``WAYPOST_*`` variables (how a server hands its own to the
+        worker processes it starts: the token never appears in a command line)."""
+        out = {}
+        for name, value in msgspec.structs.asdict(self).items():
+            text = ("true" if value else "false") if isinstance(value, bool) else str(value)
+            out[f"WAYPOST_{name.upper()}"] = text
+        return out
 
     def redacted(self) -> dict[str, str]:
         """The settings for display (``waypost status``): the token is never shown."""
@@ -140,6 +152,14 @@ def load_settings(
     settings.dns_ttl_s()
     if not 1 <= settings.dns_workers <= 64:
         raise InvalidInput("dns_workers: between 1 and 64", field="dns_workers")
+    if not 1 <= settings.http_workers <= 64:
+        raise InvalidInput("http_workers: between 1 and 64", field="http_workers")
+    if settings.http_workers > 1 and not settings.store.startswith("etcd://"):
+        raise InvalidInput(
+            "http_workers: more than one process serves HTTP only on the etcd store "
+            "(each worker is a whole server, and servers share state only through etcd)",
+            field="http_workers",
+        )
     if not all(is_label(part) for part in settings.dns_domain.strip(".").split(".")):
         raise InvalidInput(
             f"dns_domain: {settings.dns_domain!r} is not a DNS name", field="dns_domain"

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -480,3 +484,72 @@ def test_a_server_started_without_etcd_exits_with_one_line() -> None:
     assert run.returncode == 8
     assert "etcd did not answer" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def _answering(url: str) -> str:
+    """Which process answered a request on a new connection (``/status`` ``server``)."""
+    with httpx.Client(base_url=url, timeout=15) as fresh:
+        return str(fresh.get("/status").json()["server"])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_http_workers_share_the_port_answer_alike_and_are_kept_running(
+    start_server: StartServer, store_url: str
+) -> None:
+    server = start_server("--store", store_url, "--no-dns", "--http-workers", "2")
+    with httpx.Client(base_url=server.url, timeout=15) as http:
+
+        def workers() -> list[str]:
+            # A new connection each time: one held by a killed worker is reset with it.
+            with httpx.Client(base_url=server.url, timeout=15) as fresh:
+                servers = fresh.get("/status").json()["servers"]
+            return [m for m in servers if not m.endswith(f".{server.pid}")]
+
+        def one_worker(but: str = "") -> list[str] | None:
+            found = workers()
+            return found if len(found) == 1 and found[0] != but else None
+
+        (worker,) = wait_until(one_worker, what="the worker joins")
+        worker_pid = int(worker.rsplit(".", 1)[1])
+        # New connections land on both processes; each answers from the same store.
+        seen: set[str] = set()
+        wait_until(lambda: seen.add(_answering(server.url)) or len(seen) == 2, what="both")
+        r = http.put("/api/v1/instances/web-1", json=instance("web-1"))
+        assert r.status_code == 200, r.text
+        index = r.json()["index"]
+        for _ in range(20):
+            with httpx.Client(base_url=server.url, timeout=15) as fresh:
+                got = fresh.get("/api/v1/services/web", params={"index": index - 1, "wait": "5s"})
+                assert [i["id"] for i in got.json()] == ["web-1"]
+        # A worker that dies is started again; the port answers throughout.
+        os.kill(worker_pid, signal.SIGKILL)
+        (again,) = wait_until(
+            lambda: one_worker(but=worker), timeout_s=30, what="the worker is started again"
+        )
+        new_pid = int(again.rsplit(".", 1)[1])
+    # The server killed outright cannot stop its worker: the worker stops by itself.
+    assert server.proc is not None
+    server.proc.kill()
+    server.proc.wait()
+    wait_until(lambda: not _alive(new_pid), timeout_s=20, what="the orphaned worker stops")
+
+
+def test_http_workers_need_the_etcd_store(tmp_path: Path) -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "waypost", "server", "--http-workers", "2", "--no-dns",
+         "--http", "127.0.0.1:0", "--data-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert r.returncode != 0
+    assert "http_workers" in r.stderr, r.stderr
+    assert "etcd" in r.stderr, r.stderr
+    assert not (tmp_path / "waypost.db").exists()

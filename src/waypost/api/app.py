@@ -569,6 +569,7 @@ class Api:
             store=reg.store.kind,
             store_member=getattr(reg.store, "endpoint", None),
             servers=sorted(reg.members.names) if reg.members is not None else [],
+            server=reg.members.me if reg.members is not None else "",
             blocking_waiters=self.blocking.count,
             event_streams=self.stats["event_streams"],
             following=reg.problem is None,

@@ -18,10 +18,9 @@ from waypost.aio import cancel_all, until_signalled
 from waypost.client import AsyncClient
 from waypost.dns.follower import Feed, follow
 from waypost.dns.server import DnsServer
+from waypost.processes import Workers
 
 log = logging.getLogger("waypost.dns.workers")
-
-RESTART_S = 1.0
 
 
 def worker_command(
@@ -54,52 +53,11 @@ def worker_command(
     return cmd
 
 
-class DnsWorkers:
-    """``count`` worker processes running ``command``, kept running until ``stop``."""
+class DnsWorkers(Workers):
+    """``count`` DNS worker processes running ``command``, kept running until ``stop``."""
 
     def __init__(self, command: list[str], count: int) -> None:
-        self.command = command
-        self.count = count
-        self._procs: list[asyncio.subprocess.Process | None] = [None] * count
-        self._tasks: list[asyncio.Task[None]] = []
-        self.restarts = 0
-
-    async def start(self) -> None:
-        started = [asyncio.Event() for _ in range(self.count)]
-        self._tasks = [
-            asyncio.create_task(self._keep(n, started[n]), name=f"dns-worker-{n}")
-            for n in range(self.count)
-        ]
-        await asyncio.wait_for(asyncio.gather(*(e.wait() for e in started)), 30)
-
-    async def _keep(self, n: int, started: asyncio.Event) -> None:
-        while True:
-            proc = await asyncio.create_subprocess_exec(
-                *self.command, stdout=asyncio.subprocess.PIPE
-            )
-            self._procs[n] = proc
-            assert proc.stdout is not None
-            line = await proc.stdout.readline()
-            if b"serving" in line:
-                started.set()
-            code = await proc.wait()
-            self._procs[n] = None
-            self.restarts += 1
-            log.warning("DNS worker %d exited (%s); starting it again", n, code)
-            await asyncio.sleep(RESTART_S)
-
-    async def stop(self) -> None:
-        await cancel_all(self._tasks)
-        self._tasks = []
-        for proc in self._procs:
-            if proc is not None and proc.returncode is None:
-                proc.terminate()
-                try:
-                    await asyncio.wait_for(proc.wait(), 10)
-                except TimeoutError:
-                    proc.kill()
-                    await proc.wait()
-        self._procs = [None] * self.count
+        super().__init__(command, count, what="DNS worker")
 
 
 async def run_worker(
