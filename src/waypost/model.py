@@ -604,10 +604,15 @@ class MaintenanceUpdate(Struct, frozen=True, kw_only=True, forbid_unknown_fields
 class Batch(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Body of ``POST /api/v1/batch``: registrations and deregistrations, all or nothing.
 
-    Every registration names its ``id`` (there is no path to take it from)."""
+    Every registration names its ``id`` (there is no path to take it from). With
+    ``atomic: false`` each item (heartbeats too) succeeds or fails on its own, exactly as
+    its own call would, and the answer is a ``BatchOutcome`` (clients use it to send
+    many concurrent calls as one request)."""
 
     register: Annotated[list[Instance], Meta(max_length=1000)] = field(default_factory=list)
     deregister: Annotated[list[Label], Meta(max_length=1000)] = field(default_factory=list)
+    heartbeat: Annotated[list[Label], Meta(max_length=1000)] = field(default_factory=list)
+    atomic: bool = True
 
 
 class WriteResult(Struct, frozen=True, kw_only=True):
@@ -623,6 +628,29 @@ class BatchResult(Struct, frozen=True, kw_only=True):
     index: int
     registered: list[str]
     deregistered: list[str]
+
+
+class ItemResult(Struct, frozen=True, kw_only=True):
+    """One item of a batch with ``atomic: false``: what its own call would have answered,
+    its HTTP ``status`` and either the ``index`` of its change or the error's
+    ``error``/``message``/``field``."""
+
+    id: str
+    status: int
+    index: int | None = None
+    error: str | None = None
+    message: str | None = None
+    field: str | None = None
+
+
+class BatchOutcome(Struct, frozen=True, kw_only=True):
+    """Answer to a batch with ``atomic: false``: one result per item, in the order given,
+    and the revision the registry had reached once every item was done."""
+
+    index: int
+    register: list[ItemResult]
+    deregister: list[ItemResult]
+    heartbeat: list[ItemResult]
 
 
 class LeaseGrant(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -35,12 +35,14 @@ from waypost.model import (
     LABEL_RE,
     MAX_LEASE_ID,
     Batch,
+    BatchOutcome,
     BatchResult,
     DnsStatus,
     EntryRef,
     Event,
     HealthReport,
     Instance,
+    ItemResult,
     Lease,
     LeaseGrant,
     MaintenanceUpdate,
@@ -263,24 +265,6 @@ async def list_checks(request: web.Request) -> web.Response:
     )
 
 
-async def post_batch(request: web.Request) -> web.Response:
-    batch = decode(await _body(request), Batch)
-    register = []
-    for i, inst in enumerate(batch.register):
-        try:
-            register.append(validate_instance(inst))
-        except WaypostError as exc:
-            field = f"register[{i}].{exc.field}" if exc.field else f"register[{i}]"
-            raise type(exc)(f"register[{i}].{exc.message}", field=field) from None
-    index = await _registry(request).batch(register, batch.deregister)
-    result = BatchResult(
-        index=index,
-        registered=[i.id for i in batch.register],
-        deregistered=list(batch.deregister),
-    )
-    return _json(_encode(result))
-
-
 # --- nodes, service configs, routes ------------------------------------------------------
 
 
@@ -441,6 +425,12 @@ Routed = Callable[[web.BaseRequest, str], Awaitable[web.StreamResponse]]
 MAX_PLAIN_KEYS = 10_000
 
 
+def _failed_item(iid: str, err: WaypostError) -> ItemResult:
+    return ItemResult(
+        id=iid, status=err.http_status, error=err.code, message=err.message, field=err.field
+    )
+
+
 class Api:
     """What every request reads, and the handlers of the routes that carry load.
 
@@ -542,6 +532,68 @@ class Api:
         lease_id = _lease_id(text)
         ttl_s = await self.registry.keepalive(lease_id)
         return _json(_lease_body(LeaseState(id=lease_id, ttl_s=ttl_s, remaining_s=ttl_s)))
+
+    # batches
+
+    async def post_batch(self, request: web.BaseRequest, _: str = "") -> web.Response:
+        batch = decode(await _body(request), Batch)
+        if not batch.atomic:
+            return await self._loose_batch(batch)
+        if batch.heartbeat:
+            raise InvalidInput(
+                "heartbeat: only in a batch with atomic false (heartbeats are not all-or-nothing)",
+                field="heartbeat",
+            )
+        register = []
+        for i, inst in enumerate(batch.register):
+            try:
+                register.append(validate_instance(inst))
+            except WaypostError as exc:
+                field = f"register[{i}].{exc.field}" if exc.field else f"register[{i}]"
+                raise type(exc)(f"register[{i}].{exc.message}", field=field) from None
+        index = await self.registry.batch(register, batch.deregister)
+        result = BatchResult(
+            index=index,
+            registered=[i.id for i in batch.register],
+            deregistered=list(batch.deregister),
+        )
+        return _json(_encode(result))
+
+    async def _loose_batch(self, batch: Batch) -> web.Response:
+        """Each item as its own call, all at once: the store's group commit still writes
+        the registrations that come together in one transaction."""
+        results = await asyncio.gather(
+            *(self._item("register", inst) for inst in batch.register),
+            *(self._item("deregister", iid) for iid in batch.deregister),
+            *(self._item("heartbeat", iid) for iid in batch.heartbeat),
+        )
+        first_deregister = len(batch.register)
+        first_heartbeat = first_deregister + len(batch.deregister)
+        indexes = [r.index for r in results if r.index is not None]
+        outcome = BatchOutcome(
+            index=max([self.catalog.revision, *indexes]),
+            register=results[:first_deregister],
+            deregister=results[first_deregister:first_heartbeat],
+            heartbeat=results[first_heartbeat:],
+        )
+        return _json(_encode(outcome))
+
+    async def _item(self, kind: str, item: Instance | str) -> ItemResult:
+        """One item of a non-atomic batch: the answer its own call would have had."""
+        iid = item.id if isinstance(item, Instance) else item
+        try:
+            if isinstance(item, Instance):
+                index = await self.registry.register(validate_instance(item))
+            elif kind == "deregister":
+                index = await self.registry.deregister(iid)
+            else:
+                index = await self.registry.heartbeat(iid)
+            return ItemResult(id=iid, status=200, index=index)
+        except WaypostError as err:
+            return _failed_item(iid, err)
+        except Exception as exc:  # as the middleware: logged, answered as an internal error
+            log.error("unhandled error on a batch item %s %r", kind, iid, exc_info=exc)
+            return _failed_item(iid, WaypostError("internal error; see the server log"))
 
     # the server
 
@@ -831,7 +883,7 @@ def build_app(
     r.add_post("/api/v1/check", run_checks)
     r.add_get("/api/v1/checks", list_checks)
     r.add_get("/api/v1/instances", _routed(api.list_instances))
-    r.add_post("/api/v1/batch", post_batch)
+    r.add_post("/api/v1/batch", _routed(api.post_batch))
     r.add_get("/api/v1/services", _routed(api.list_services))
     r.add_get("/api/v1/services/{name}", _routed(api.service_instances, "name"))
     put_config, get_config, delete_config = _keyed_handlers("service_config")

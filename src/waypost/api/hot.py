@@ -43,6 +43,7 @@ class HotPath:
             ("GET", "/api/v1/nodes"): api.list_nodes,
             ("GET", "/health"): api.health,
             ("GET", "/status"): api.status,
+            ("POST", "/api/v1/batch"): api.post_batch,
         }
         # /api/v1/{collection}/{id}: (method, collection).
         self._one: dict[tuple[str, str], Routed] = {

@@ -19,12 +19,14 @@ from waypost.model import (
     LABEL_PATTERN,
     MAX_LEASE_ID,
     Batch,
+    BatchOutcome,
     BatchResult,
     CheckRow,
     DnsStatus,
     ErrorBody,
     HealthReport,
     Instance,
+    ItemResult,
     Lease,
     LeaseGrant,
     MaintenanceUpdate,
@@ -205,6 +207,8 @@ def _components() -> dict[str, Any]:
             Route,
             WriteResult,
             BatchResult,
+            BatchOutcome,
+            ItemResult,
             Batch,
             StatusUpdate,
             MaintenanceUpdate,
@@ -229,6 +233,16 @@ def _components() -> dict[str, Any]:
     named["title"] = "NamedInstance"
     components["NamedInstance"] = named
     components["Batch"]["properties"]["register"]["items"] = _ref("NamedInstance")
+    # Two bodies: all or nothing (no heartbeats), or calls answered one by one.
+    calls = copy.deepcopy(components["Batch"])
+    calls["properties"]["atomic"] = {"const": False}
+    calls["required"] = ["atomic"]
+    calls["title"] = "BatchCalls"
+    components["BatchCalls"] = calls
+    atomic = components["Batch"]
+    del atomic["properties"]["heartbeat"]
+    atomic["properties"]["atomic"] = {"const": True, "default": True}
+    components["BatchBody"] = {"oneOf": [_ref("Batch"), _ref("BatchCalls")]}
     return dict(components)
 
 
@@ -292,9 +306,10 @@ def openapi_spec(version: str) -> dict[str, Any]:
         },
         "/api/v1/batch": {
             "post": _op(
-                "Register and deregister, all or nothing, at one revision",
-                {"200": _ok(_ref("BatchResult"))},
-                body="Batch",
+                "Register and deregister, all or nothing, at one revision; or, with "
+                "atomic false, many calls in one request, each answered on its own",
+                {"200": _ok({"anyOf": [_ref("BatchResult"), _ref("BatchOutcome")]})},
+                body="BatchBody",
             ),
         },
         "/api/v1/instances": {

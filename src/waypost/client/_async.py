@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 
 from waypost.client import _core
+from waypost.client._coalesce import Coalescer, encode_id
 from waypost.client._core import QueryResult, Request, ServerList, WatchState
 from waypost.durations import parse_duration
 from waypost.errors import NotFound, Unavailable, WaypostError
@@ -27,11 +28,17 @@ from waypost.model import (
     ServiceSummary,
     Status,
     WriteResult,
+    is_label,
 )
 from waypost.model import Lease as LeaseInfo
 from waypost.sse import SseParser, SseTooLarge
 
 log = logging.getLogger("waypost.client")
+
+# Concurrent writes gathered into one batch request: at most this many, waiting at most
+# this long while another batch is in flight (see _coalesce.py).
+BATCH_WINDOW_S = 0.001
+BATCH_MAX = 64
 
 
 class AsyncKeepAlive:
@@ -97,11 +104,21 @@ class AsyncClient:
         *,
         token: str | None = None,
         timeout_s: float = _core.DEFAULT_TIMEOUT_S,
+        coalesce: bool = True,
+        batch_window_s: float = BATCH_WINDOW_S,
+        batch_max: int = BATCH_MAX,
     ) -> None:
+        """``coalesce``: send concurrent register, deregister and heartbeat calls as one
+        request (each caller still gets exactly its own call's answer, see
+        ``_coalesce.py``); while a batch is in flight, calls wait at most
+        ``batch_window_s`` or until ``batch_max`` are waiting."""
         self._servers = ServerList(servers)
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._timeout_s = timeout_s
         self._session: aiohttp.ClientSession | None = None
+        self.coalescer: Coalescer | None = None
+        if coalesce:
+            self.coalescer = Coalescer(self._call, window_s=batch_window_s, max_calls=batch_max)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -110,7 +127,9 @@ class AsyncClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the connection pool."""
+        """Send the writes still gathering, then close the connection pool."""
+        if self.coalescer is not None:
+            await self.coalescer.close()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -155,17 +174,24 @@ class AsyncClient:
     ) -> WriteResult:
         """Register or replace an instance (an Instance, a mapping, or keyword fields)."""
         inst = _core.instance_of(instance, fields)
-        body, _ = await self._call(_core.register_request(inst))
-        return _core.decode_as(body, WriteResult)
+        req = _core.register_request(inst)
+        return await self._write("register", req.body or b"", req, inst.id)
 
     async def deregister(self, instance_id: str) -> WriteResult:
         """Remove an instance; NotFound when it is not registered."""
-        body, _ = await self._call(_core.deregister_request(instance_id))
-        return _core.decode_as(body, WriteResult)
+        req = _core.deregister_request(instance_id)
+        return await self._write("deregister", encode_id(instance_id), req, instance_id)
 
     async def heartbeat(self, instance_id: str) -> WriteResult:
         """Renew a TTL instance."""
-        body, _ = await self._call(_core.heartbeat_request(instance_id))
+        req = _core.heartbeat_request(instance_id)
+        return await self._write("heartbeat", encode_id(instance_id), req, instance_id)
+
+    async def _write(self, kind: str, item: bytes, req: Request, iid: str) -> WriteResult:
+        # An id a batch cannot carry (not a DNS label) goes alone, for its own answer.
+        if self.coalescer is not None and is_label(iid):
+            return await self.coalescer.submit(kind, item, req)
+        body, _ = await self._call(req)
         return _core.decode_as(body, WriteResult)
 
     async def set_status(

@@ -18,7 +18,7 @@ from waypost.store.memory import MemoryStore
 
 SEGMENTS = [
     "api", "v1", "services", "instances", "leases", "nodes", "heartbeat", "keepalive",
-    "status", "health", "check", "config", "web", "web-1", "123", "", "..", ".", "%77eb",
+    "status", "health", "check", "config", "batch", "web", "web-1", "123", "", "..", ".", "%77eb",
     "WEB", "a_b", "x" * 64, "health?x=1", "web?tag=a&tag=b",
 ]  # fmt: skip
 
@@ -39,12 +39,13 @@ CANONICAL = {
     "put_status": "/api/v1/instances/{id}/status",
     "put_health": "/api/v1/instances/{id}/health",
     "keepalive_lease": "/api/v1/leases/{id}/keepalive",
+    "post_batch": "/api/v1/batch",
 }
 
 METHODS = {
     name: "PUT" if name.startswith("put") or name in ("heartbeat", "keepalive_lease") else "GET"
     for name in CANONICAL
-} | {"delete_instance": "DELETE"}
+} | {"delete_instance": "DELETE", "post_batch": "POST"}
 
 
 def routed(method: str, target: str) -> UrlMappingMatchInfo | None:
@@ -100,6 +101,7 @@ def test_each_hot_route_is_resolved() -> None:
         ("GET", "/api/v1/nodes", "list_nodes", ""),
         ("GET", "/status", "status", ""),
         ("GET", "/health", "health", ""),
+        ("POST", "/api/v1/batch", "post_batch", ""),
     ]:
         found = HOT.resolve(method, target)
         assert found is not None, target
