@@ -79,6 +79,20 @@ async def waypost_writes(url: str, seq: int, conc: int) -> dict[str, float]:
     return {"put_seq": seq_rate, "put_64": conc_rate}
 
 
+async def client_writes(url: str, conc: int, coalesce: bool) -> float:
+    """Registrations/s from 64 concurrent ``AsyncClient.register`` calls in this process,
+    with the client's batching on or off."""
+    from waypost import AsyncClient
+
+    tag = "b" if coalesce else "s"
+    async with AsyncClient(url, coalesce=coalesce) as c:
+
+        async def put(n: int) -> None:
+            await c.register(body(n) | {"id": f"c{tag}-{n}"})
+
+        return await timed(conc, 64, put)
+
+
 async def etcd_writes(port: int, seq: int, conc: int) -> dict[str, float]:
     import aetcd
 
@@ -337,6 +351,8 @@ def cluster_section(secs: int, conc: int, rounds: int) -> None:
             ours = uvloop.run(waypost_writes(a, 1, conc))
             ours["put_64_2proc"] = spread_writes("waypost", a, conc)
             ours_wrk = wrk(a, connections=64, seconds=secs, script=str(HERE / "put.lua"))
+            ours_client = uvloop.run(client_writes(a, conc, coalesce=False))
+            ours_batched = uvloop.run(client_writes(a, conc, coalesce=True))
             uvloop.run(seed_waypost(a, 100))
             q = wrk(f"{b}/api/v1/services/q", connections=64, seconds=secs)
             bare = ceiling(f"{b}/api/v1/services/q", secs)
@@ -352,6 +368,8 @@ def cluster_section(secs: int, conc: int, rounds: int) -> None:
             "put_64": ours["put_64"],
             "put_64_2proc": ours["put_64_2proc"],
             "put_64_wrk": ours_wrk,
+            "put_64_client": ours_client,
+            "put_64_client_batched": ours_batched,
             "query_100": q,
             "query_100_both_servers": q_both,
             "ceiling_query_100": bare,
@@ -379,6 +397,18 @@ def cluster_section(secs: int, conc: int, rounds: int) -> None:
             f"{ours['put_64_2proc']:,.0f}",
             f"{raw['put_64_2proc']:,.0f}",
             f"{ours['put_64_2proc'] / raw['put_64_2proc']:.2f}x",
+        ),
+        (
+            "registrations/s, 64 concurrent AsyncClient calls, batching off / aetcd puts",
+            f"{ours_client:,.0f}",
+            f"{raw['put_64']:,.0f}",
+            f"{ours_client / raw['put_64']:.2f}x",
+        ),
+        (
+            "registrations/s, 64 concurrent AsyncClient calls, batching on / aetcd puts",
+            f"{ours_batched:,.0f}",
+            f"{raw['put_64']:,.0f}",
+            f"{ours_batched / raw['put_64']:.2f}x",
         ),
         (
             "registrations/s, 64 connections, C client for Waypost (wrk PUT / aetcd puts)",
