@@ -93,6 +93,20 @@ async def client_writes(url: str, conc: int, coalesce: bool) -> float:
         return await timed(conc, 64, put)
 
 
+async def client_latency(url: str, n: int, coalesce: bool) -> float:
+    """p50 ms of one ``AsyncClient.register`` call at a time (nothing to batch with)."""
+    from waypost import AsyncClient
+
+    tag = "lb" if coalesce else "ls"
+    took = []
+    async with AsyncClient(url, coalesce=coalesce) as c:
+        for i in range(n):
+            start = time.perf_counter()
+            await c.register(body(i) | {"id": f"{tag}-{i}"})
+            took.append((time.perf_counter() - start) * 1000)
+    return percentile(took, 50)
+
+
 async def etcd_writes(port: int, seq: int, conc: int) -> dict[str, float]:
     import aetcd
 
@@ -491,6 +505,12 @@ def main() -> None:
         with waypost_server() as url:
             wruns.append(uvloop.run(waypost_writes(url, seq, conc)))
             wruns[-1]["put_64_2proc"] = spread_writes("waypost", url, conc)
+        with waypost_server() as url:
+            run = wruns[-1]
+            run["put_64_client"] = uvloop.run(client_writes(url, conc, coalesce=False))
+            run["put_64_client_batched"] = uvloop.run(client_writes(url, conc, coalesce=True))
+            run["p50_ms_client"] = uvloop.run(client_latency(url, seq, coalesce=False))
+            run["p50_ms_client_batched"] = uvloop.run(client_latency(url, seq, coalesce=True))
         with etcd_member() as port:
             eruns.append(uvloop.run(etcd_writes(port, seq, conc)))
             eruns[-1]["put_64_2proc"] = spread_writes("etcd", str(port), conc)
@@ -542,6 +562,24 @@ def main() -> None:
             f"{w['put_64_2proc']:,.0f}",
             f"{e['put_64_2proc']:,.0f}",
             f"{w['put_64_2proc'] / e['put_64_2proc']:.2f}x",
+        ),
+        (
+            "registrations/s, 64 concurrent AsyncClient calls, batching off / aetcd",
+            f"{w['put_64_client']:,.0f}",
+            f"{e['put_64']:,.0f}",
+            f"{w['put_64_client'] / e['put_64']:.2f}x",
+        ),
+        (
+            "registrations/s, 64 concurrent AsyncClient calls, batching on / aetcd",
+            f"{w['put_64_client_batched']:,.0f}",
+            f"{e['put_64']:,.0f}",
+            f"{w['put_64_client_batched'] / e['put_64']:.2f}x",
+        ),
+        (
+            "one AsyncClient.register at a time, p50 ms: batching on / off",
+            f"{w['p50_ms_client_batched']:.3f}",
+            f"{w['p50_ms_client']:.3f}",
+            f"{w['p50_ms_client_batched'] / w['p50_ms_client']:.2f}x",
         ),
         (
             "registrations/s, 64 connections, C client for Waypost (wrk PUT / aetcd)",
