@@ -114,3 +114,9 @@ def test_dns_examples_run(server: ServerProcess, n: int) -> None:
 def test_cluster_examples_run(n: int) -> None:
     code = blocks("cluster.md")[n]
     exec(compile(code, f"cluster.md[{n}]", "exec"), {"__name__": "docs_example"})
+
+
+@pytest.mark.parametrize("n", range(len(blocks("traffic.md"))))
+def test_traffic_examples_run(n: int) -> None:
+    code = blocks("traffic.md")[n]
+    exec(compile(code, f"traffic.md[{n}]", "exec"), {"__name__": "docs_example"})
