@@ -1,5 +1,5 @@
-"""Traffic management, pure: balancers (and, next, outlier detection, retries, splits and
-routes) that choose among endpoints without sockets or clocks of their own."""
+"""Traffic management, pure: balancers and circuit breaking (and, next, retries, splits
+and routes) that choose among endpoints without sockets or clocks of their own."""
 
 from __future__ import annotations
 
@@ -19,6 +19,13 @@ from waypost.traffic.balancers import (
     balancer,
     eligible,
 )
+from waypost.traffic.outlier import (
+    Limits,
+    LimitsPolicy,
+    OutlierDetector,
+    OutlierPolicy,
+    Overloaded,
+)
 
 __all__ = [
     "STRATEGIES",
@@ -26,7 +33,12 @@ __all__ = [
     "ConsistentHash",
     "Endpoint",
     "LeastConnections",
+    "Limits",
+    "LimitsPolicy",
     "NoEndpoint",
+    "OutlierDetector",
+    "OutlierPolicy",
+    "Overloaded",
     "PeakEwma",
     "RandomPick",
     "RoundRobin",
