@@ -22,7 +22,7 @@ from rich.table import Table
 from waypost._version import __version__
 from waypost.client import Client
 from waypost.durations import parse_duration
-from waypost.errors import InvalidInput, Unavailable, WaypostError
+from waypost.errors import InvalidInput, NotFound, Unavailable, WaypostError
 from waypost.model import Instance, convert_instance
 
 app = typer.Typer(
@@ -452,6 +452,113 @@ def nodes(server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOpt = F
 
 
 # --- the node agent -----------------------------------------------------------------------
+
+# --- traffic policies ----------------------------------------------------------------------
+
+config_app = typer.Typer(
+    help="A service's config: traffic policies, check template, DNS TTL.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(config_app, name="config")
+
+
+def _read_mapping(path: Path, what: str) -> dict[str, Any]:
+    """A YAML or JSON object from ``path`` (``-``: stdin)."""
+    try:
+        text = sys.stdin.read() if str(path) == "-" else path.read_text()
+    except OSError as exc:
+        raise InvalidInput(f"file: cannot read {path}: {exc.strerror}", field="file") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise InvalidInput(f"file: {path} is not YAML or JSON: {exc}", field="file") from None
+    if not isinstance(data, dict):
+        raise InvalidInput(f"file: {path} must hold one {what} (a mapping)", field="file")
+    return data
+
+
+@config_app.command("get")
+@_friendly
+def config_get(
+    service: Annotated[str, typer.Argument(help="The service.")],
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Print a service's config as JSON (exit 4 when it has none)."""
+    with _client(server, token) as c:
+        cfg = c.service_config(service)
+    if cfg is None:
+        raise NotFound(f"service {service!r} has no config", field="service")
+    _print_json(cfg)
+
+
+@config_app.command("set")
+@_friendly
+def config_set(
+    service: Annotated[str, typer.Argument(help="The service.")],
+    file: Annotated[Path, typer.Argument(help="YAML or JSON file with the config; - for stdin.")],
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Write a service's config (replacing the one it had); clients follow it live."""
+    data = _read_mapping(file, "service config")
+    with _client(server, token) as c:
+        res = c.set_service_config(service, data)
+    out.print(f"config of {service} written at revision {res.index}")
+
+
+@config_app.command("delete")
+@_friendly
+def config_delete(
+    service: Annotated[str, typer.Argument(help="The service.")],
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Remove a service's config (its clients go back to the defaults)."""
+    with _client(server, token) as c:
+        res = c.delete_service_config(service)
+    out.print(f"config of {service} deleted at revision {res.index}")
+
+
+@app.command()
+@_friendly
+def routes(
+    set_file: Annotated[
+        Path | None, typer.Option("--set", help="Write the route in this YAML/JSON file.")
+    ] = None,
+    delete: Annotated[str | None, typer.Option("--delete", help="Delete this route.")] = None,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List routing rules (or write one with --set FILE, delete one with --delete NAME)."""
+    with _client(server, token) as c:
+        if set_file is not None:
+            res = c.set_route(_read_mapping(set_file, "route"))
+            out.print(f"route {res.id} written at revision {res.index}")
+            return
+        if delete is not None:
+            res = c.delete_route(delete)
+            out.print(f"route {delete} deleted at revision {res.index}")
+            return
+        rows = c.routes()
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table("ROUTE", "PRIORITY", "SERVICE", "PATH PREFIX", "METHODS", "HEADERS")
+    for r in rows:
+        table.add_row(
+            r.name,
+            str(r.priority),
+            r.service,
+            r.match.path_prefix or "",
+            ",".join(r.match.methods),
+            ", ".join(f"{k}={v}" for k, v in sorted(r.match.headers.items())),
+        )
+    out.print(table)
+
 
 agent_app = typer.Typer(
     help="Run the node agent (or: waypost agent status).",

@@ -20,7 +20,7 @@ from msgspec import UNSET, Meta, Struct, UnsetType, field
 
 from waypost.durations import DURATION_PATTERN, ZERO_DURATION_PATTERN, parse_duration
 from waypost.errors import Conflict, InvalidInput
-from waypost.versions import SEMVER_PATTERN
+from waypost.versions import CONSTRAINT_PATTERN, SEMVER_PATTERN
 
 # Patterns are anchored with \A and \Z: Python's "$" also matches before a trailing
 # newline, which let "web\n" in as a name. Digits are [0-9]: Python's \d takes every
@@ -442,11 +442,92 @@ class ServiceCheck(CheckTiming, frozen=True, kw_only=True, forbid_unknown_fields
         return Check(http=url, **common)
 
 
+VersionConstraint = Annotated[
+    str, Meta(pattern=CONSTRAINT_PATTERN, max_length=128, description="e.g. ^1, 1.4.x, >=2,<3")
+]
+BalancerStrategy = Literal[
+    "round_robin",
+    "weighted_round_robin",
+    "least_connections",
+    "random",
+    "weighted_random",
+    "peak_ewma",
+    "consistent_hash",
+]
+RetryOn = Literal["5xx", "gateway-error", "reset", "connect-failure", "retriable-status-codes"]
+Percent = Annotated[float, Meta(ge=0, le=100)]
+Limit = Annotated[int, Meta(ge=0, le=1_000_000)]
+# What consistent hashing hashes on: the client's address, or a request header, cookie
+# or query parameter by name.
+HASH_ON_PATTERN = r"\A(?:client_ip|(?:header|cookie|query):[A-Za-z0-9_.-]{1,128})\Z"
+
+
+class LoadBalancerPolicy(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, gc=False):
+    """How clients and proxies pick an endpoint of the service (``docs/traffic.md``)."""
+
+    strategy: BalancerStrategy = "round_robin"
+    # What consistent_hash hashes on: client_ip (the default), header:NAME, cookie:NAME
+    # or query:NAME. Other strategies ignore it.
+    hash_on: Annotated[str, Meta(pattern=HASH_ON_PATTERN)] = "client_ip"
+    # Endpoints in the client's own zone (their meta.zone) first.
+    prefer_zone: bool = False
+    # Below this share of healthy endpoints, balance over all of them (Envoy's panic).
+    panic_threshold: Percent = 50.0
+
+
+class RetryConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, gc=False):
+    """When a failed request is tried again, on another endpoint (``docs/traffic.md``)."""
+
+    max_retries: Annotated[int, Meta(ge=0, le=10)] = 2
+    retry_on: Annotated[list[RetryOn], Meta(max_length=5)] = field(
+        default_factory=lambda: ["5xx", "connect-failure"]
+    )
+    retriable_status_codes: Annotated[
+        list[Annotated[int, Meta(ge=100, le=599)]], Meta(max_length=32)
+    ] = field(default_factory=list)
+    per_try_timeout: PositiveDuration | None = None
+    backoff_base: PositiveDuration = "25ms"
+    backoff_max: PositiveDuration = "250ms"
+    retry_non_idempotent: bool = False
+    # Retries in flight at most this share of requests in flight, but at least min.
+    budget_percent: Percent = 20.0
+    budget_min_concurrency: Annotated[int, Meta(ge=0, le=10_000)] = 3
+
+    def __post_init__(self) -> None:
+        _positive(self, "per_try_timeout", "backoff_base", "backoff_max")
+
+
+class CircuitBreakerConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, gc=False):
+    """Outlier detection per endpoint and limits per service (Hivemind's
+    ``CircuitBreakerPolicy``, Envoy's outlier detection; ``docs/traffic.md``)."""
+
+    max_connections: Limit = 1024
+    max_pending_requests: Limit = 1024
+    max_requests: Limit = 1024
+    max_retries: Limit = 3
+    consecutive_errors: Annotated[int, Meta(ge=1, le=1000)] = 5
+    interval: PositiveDuration = "10s"
+    base_ejection_time: PositiveDuration = "30s"
+    max_ejection_time: PositiveDuration = "300s"
+    max_ejection_percent: Percent = 50.0
+    half_open_successes: Annotated[int, Meta(ge=1, le=1000)] = 1
+
+    def __post_init__(self) -> None:
+        _positive(self, "interval", "base_ejection_time", "max_ejection_time")
+
+
+class SplitSide(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, gc=False):
+    """One side of a traffic split: the instances whose version meets ``version``."""
+
+    version: VersionConstraint
+    weight: Annotated[int, Meta(ge=0, le=10_000)]
+
+
 class ServiceConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, gc=False):
     """Policy for every instance of one service (``/api/v1/services/{name}/config``).
 
-    The health issue adds the check template, the traffic issue load balancing, retries,
-    circuit breaking and splits; ``meta`` holds free-form settings until then."""
+    The check template for instances without checks, the DNS TTL, and the traffic
+    policies clients and proxies apply; ``meta`` holds free-form settings."""
 
     KIND: ClassVar[str] = "service_config"
 
@@ -456,8 +537,19 @@ class ServiceConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     check: ServiceCheck | None = None
     # The TTL of this service's DNS answers (default: the server's --dns-ttl).
     dns_ttl: Duration | UnsetType = UNSET
+    # Traffic policies every client and proxy applies (None: the SDK's defaults).
+    load_balancer: LoadBalancerPolicy | None = None
+    retry: RetryConfig | None = None
+    circuit_breaker: CircuitBreakerConfig | None = None
+    # The whole request's deadline, retries included.
+    timeout: PositiveDuration | None = None
+    # Shares by version (a canary); empty, or weights that add up to zero: no split.
+    split: Annotated[list[SplitSide], Meta(max_length=16)] = field(default_factory=list)
     meta: MetaMap = field(default_factory=dict)
     updated_at: float = 0.0
+
+    def __post_init__(self) -> None:
+        _positive(self, "timeout")
 
     @property
     def key(self) -> str:
@@ -885,6 +977,9 @@ def _plain(problem: str) -> str:
     return problem
 
 
+_SUBFIELD_RE = re.compile(r"\A([a-z_]+): (.+)\Z", re.S)
+
+
 def translate_validation_error(exc: msgspec.ValidationError | msgspec.DecodeError) -> InvalidInput:
     """Turn msgspec's message into ours: the field first, then what is wrong with it."""
     text = str(exc)
@@ -897,14 +992,24 @@ def translate_validation_error(exc: msgspec.ValidationError | msgspec.DecodeErro
     m = _PATH_RE.search(text)
     if m is None:
         if isinstance(exc, msgspec.ValidationError):
+            # A struct's own check names its field first ("split: ..."), as ours do.
+            sub = _SUBFIELD_RE.match(text)
+            if sub is not None:
+                return InvalidInput(text, field=sub.group(1))
             return InvalidInput(f"body: {text}", field="body")
         return InvalidInput(f"body: malformed JSON ({text})", field="body")
     fld = _field_of(m.group(1))
     problem = text[: m.start()]
+    sub = _SUBFIELD_RE.match(problem)
+    if sub is not None:  # a nested struct's own check: "retry.backoff_base: ..."
+        fld = sub.group(1) if fld == "body" else f"{fld}.{sub.group(1)}"
+        return InvalidInput(f"{fld}: {sub.group(2)}", field=fld)
     if "`key` in" in text:
         problem = f"key {problem[0].lower()}{problem[1:]}"
     leaf = re.sub(r"\[\d+\]", "", fld).rsplit(".", 1)[-1]
-    if "matching regex" in problem and leaf in _FRIENDLY_PATTERN:
+    if "matching regex" in problem and fld.startswith("split[") and leaf == "version":
+        problem = "must be a version constraint such as ^1, 1.4.x or >=2,<3"
+    elif "matching regex" in problem and leaf in _FRIENDLY_PATTERN:
         problem = _FRIENDLY_PATTERN[leaf]
     elif "matching regex" in problem and "`key` in" in text:
         problem = "meta keys use letters, digits and _ . - / only"

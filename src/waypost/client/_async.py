@@ -23,6 +23,7 @@ from waypost.model import (
     Instance,
     Kind,
     Node,
+    Route,
     ServerStatus,
     ServiceConfig,
     ServiceSummary,
@@ -376,6 +377,33 @@ class AsyncClient:
         except NotFound:
             return None
         return _core.decode_as(body, ServiceConfig)
+
+    async def set_service_config(
+        self, service: str, config: ServiceConfig | Mapping[str, Any]
+    ) -> WriteResult:
+        """Write a service's config (policies every client and proxy applies)."""
+        cfg = _core.config_of(service, config)
+        body, _ = await self._call(_core.put_config_request(service, cfg))
+        return _core.decode_as(body, WriteResult)
+
+    async def delete_service_config(self, service: str) -> WriteResult:
+        """Remove a service's config (its clients go back to the defaults)."""
+        body, _ = await self._call(_core.delete_config_request(service))
+        return _core.decode_as(body, WriteResult)
+
+    async def routes(self) -> list[Route]:
+        """Every routing rule."""
+        body, _ = await self._call(_core.simple_get("/api/v1/routes"))
+        return _core.decode_as(body, list[Route])
+
+    async def set_route(self, route: Route | Mapping[str, Any]) -> WriteResult:
+        """Write a routing rule (by its name)."""
+        body, _ = await self._call(_core.put_route_request(_core.route_of(route)))
+        return _core.decode_as(body, WriteResult)
+
+    async def delete_route(self, name: str) -> WriteResult:
+        body, _ = await self._call(_core.delete_route_request(name))
+        return _core.decode_as(body, WriteResult)
 
     async def service_configs(self) -> list[ServiceConfig]:
         """Every service's config entry, ordered by service."""

@@ -28,6 +28,8 @@ from waypost.model import (
     LeaseGrant,
     MaintenanceUpdate,
     Node,
+    Route,
+    ServiceConfig,
     Status,
     StatusUpdate,
     convert_instance,
@@ -188,6 +190,50 @@ def run_instance_checks_request(instance_id: str) -> Request:
 def batch_request(register: Sequence[Instance], deregister: Sequence[str]) -> Request:
     body = _encode(Batch(register=list(register), deregister=list(deregister)))
     return Request("POST", "/api/v1/batch", [], body)
+
+
+def config_of(service: str, config: ServiceConfig | Mapping[str, Any]) -> ServiceConfig:
+    """A service config to write, validated here, early (the server checks it again)."""
+    if isinstance(config, ServiceConfig):
+        data: object = msgspec.to_builtins(config)
+    else:
+        data = dict(config)
+    try:
+        cfg = msgspec.convert(data, ServiceConfig)
+    except msgspec.ValidationError as exc:
+        raise translate_validation_error(exc) from None
+    if cfg.service and cfg.service != service:
+        raise InvalidInput(
+            f"service: the config names {cfg.service!r}, not {service!r}", field="service"
+        )
+    return msgspec.structs.replace(cfg, service=service)
+
+
+def put_config_request(service: str, config: ServiceConfig) -> Request:
+    return Request("PUT", f"/api/v1/services/{_iid(service)}/config", [], _encode(config))
+
+
+def delete_config_request(service: str) -> Request:
+    return Request("DELETE", f"/api/v1/services/{_iid(service)}/config", [])
+
+
+def route_of(route: Route | Mapping[str, Any]) -> Route:
+    data: object = msgspec.to_builtins(route) if isinstance(route, Route) else dict(route)
+    try:
+        got = msgspec.convert(data, Route)
+    except msgspec.ValidationError as exc:
+        raise translate_validation_error(exc) from None
+    if not got.name:
+        raise InvalidInput("name: a route needs a name", field="name")
+    return got
+
+
+def put_route_request(route: Route) -> Request:
+    return Request("PUT", f"/api/v1/routes/{_iid(route.name)}", [], _encode(route))
+
+
+def delete_route_request(name: str) -> Request:
+    return Request("DELETE", f"/api/v1/routes/{_iid(name)}", [])
 
 
 def node_of(

@@ -14,7 +14,7 @@ import httpx
 from waypost.client import _core
 from waypost.client._core import QueryResult, Request, ServerList, WatchState
 from waypost.durations import parse_duration
-from waypost.errors import Unavailable, WaypostError
+from waypost.errors import NotFound, Unavailable, WaypostError
 from waypost.model import (
     BatchResult,
     CheckRow,
@@ -23,6 +23,7 @@ from waypost.model import (
     Instance,
     Kind,
     Node,
+    Route,
     ServerStatus,
     ServiceConfig,
     ServiceSummary,
@@ -312,6 +313,40 @@ class Client:
         """Every service with its instance counts by status, tags and versions."""
         resp = self._call(_core.simple_get("/api/v1/services"))
         return _core.decode_as(resp.content, list[ServiceSummary])
+
+    def service_config(self, service: str) -> ServiceConfig | None:
+        """A service's config entry, or None when it has none."""
+        try:
+            resp = self._call(_core.simple_get(f"/api/v1/services/{service}/config"))
+        except NotFound:
+            return None
+        return _core.decode_as(resp.content, ServiceConfig)
+
+    def set_service_config(
+        self, service: str, config: ServiceConfig | Mapping[str, Any]
+    ) -> WriteResult:
+        """Write a service's config (policies every client and proxy applies)."""
+        cfg = _core.config_of(service, config)
+        resp = self._call(_core.put_config_request(service, cfg))
+        return _core.decode_as(resp.content, WriteResult)
+
+    def delete_service_config(self, service: str) -> WriteResult:
+        """Remove a service's config (its clients go back to the defaults)."""
+        resp = self._call(_core.delete_config_request(service))
+        return _core.decode_as(resp.content, WriteResult)
+
+    def routes(self) -> list[Route]:
+        """Every routing rule."""
+        return _core.decode_as(self._call(_core.simple_get("/api/v1/routes")).content, list[Route])
+
+    def set_route(self, route: Route | Mapping[str, Any]) -> WriteResult:
+        """Write a routing rule (by its name)."""
+        resp = self._call(_core.put_route_request(_core.route_of(route)))
+        return _core.decode_as(resp.content, WriteResult)
+
+    def delete_route(self, name: str) -> WriteResult:
+        resp = self._call(_core.delete_route_request(name))
+        return _core.decode_as(resp.content, WriteResult)
 
     def service_configs(self) -> list[ServiceConfig]:
         """Every service's config entry, ordered by service."""

@@ -15,21 +15,12 @@ import bisect
 import itertools
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
 
+from waypost.model import SplitSide
 from waypost.traffic.balancers import Endpoint
 from waypost.versions import matches, parse_constraint
 
-
-@dataclass(frozen=True, slots=True)
-class SplitSide:
-    version: str
-    weight: int
-
-    def __post_init__(self) -> None:
-        parse_constraint(self.version)  # InvalidInput naming the bad constraint
-        if not 0 <= self.weight <= 10_000:
-            raise ValueError(f"split: weight {self.weight} of {self.version!r} not in 0-10000")
+__all__ = ["Split", "SplitSide"]
 
 
 class Split:
@@ -38,6 +29,10 @@ class Split:
     def __init__(self, sides: Sequence[SplitSide], rng: random.Random | None = None) -> None:
         if not sides:
             raise ValueError("split: at least one side")
+        for side in sides:
+            parse_constraint(side.version)  # InvalidInput naming the bad constraint
+            if not 0 <= side.weight <= 10_000:
+                raise ValueError(f"split: weight {side.weight} of {side.version!r} not in 0-10000")
         if sum(s.weight for s in sides) <= 0:
             raise ValueError("split: the weights add up to zero")
         self.sides = tuple(sides)

@@ -72,6 +72,9 @@ def test_the_retry_budget_caps_retries_under_a_storm() -> None:
     assert budget.try_retry()  # a quiet service still gets its minimum
 
 
+CANARY = [SplitSide(version="^1", weight=80), SplitSide(version="^2", weight=20)]
+
+
 def versions_of(n1: int, n2: int) -> tuple[list[Endpoint], dict[str, str | None]]:
     eps, versions = [], {}
     for i in range(n1):
@@ -85,7 +88,9 @@ def versions_of(n1: int, n2: int) -> tuple[list[Endpoint], dict[str, str | None]
 
 def test_an_80_20_split_lands_within_two_percent() -> None:
     eps, versions = versions_of(3, 2)
-    split = Split([SplitSide("^1", 80), SplitSide("^2", 20)], random.Random(9))
+    split = Split(
+        [SplitSide(version="^1", weight=80), SplitSide(version="^2", weight=20)], random.Random(9)
+    )
     got = Counter(split.choose(eps, versions)[0] for _ in range(10_000))
     assert abs(got["^1"] / 10_000 - 0.80) <= 0.02
     assert abs(got["^2"] / 10_000 - 0.20) <= 0.02
@@ -93,11 +98,15 @@ def test_an_80_20_split_lands_within_two_percent() -> None:
 
 def test_a_side_with_no_endpoint_gives_its_share_to_the_others() -> None:
     eps, versions = versions_of(3, 0)
-    split = Split([SplitSide("^1", 80), SplitSide("^2", 20)], random.Random(9))
+    split = Split(
+        [SplitSide(version="^1", weight=80), SplitSide(version="^2", weight=20)], random.Random(9)
+    )
     sides = {split.choose(eps, versions)[0] for _ in range(200)}
     assert sides == {"^1"}
     # Blue/green: all on green; green gone, blue takes it all rather than nothing.
-    switch = Split([SplitSide("^1", 0), SplitSide("^2", 100)], random.Random(1))
+    switch = Split(
+        [SplitSide(version="^1", weight=0), SplitSide(version="^2", weight=100)], random.Random(1)
+    )
     eps2, versions2 = versions_of(2, 2)
     assert {switch.choose(eps2, versions2)[0] for _ in range(100)} == {"^2"}
     assert {switch.choose(eps, versions)[0] for _ in range(100)} == {"^1"}
@@ -105,6 +114,6 @@ def test_a_side_with_no_endpoint_gives_its_share_to_the_others() -> None:
 
 def test_splits_are_checked() -> None:
     with pytest.raises(InvalidInput, match="version"):
-        SplitSide("not a version", 1)
+        Split([SplitSide(version="not a version", weight=1)])
     with pytest.raises(ValueError, match="add up to zero"):
-        Split([SplitSide("^1", 0)])
+        Split([SplitSide(version="^1", weight=0)])
