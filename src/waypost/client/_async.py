@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import aiohttp
@@ -435,19 +435,21 @@ class AsyncClient:
         index: int | None = None,
         after: Event | None = None,
         kinds: Sequence[str] = ("instance",),
+        on_connection: Callable[[bool], None] | None = None,
     ) -> AsyncIterator[Event]:
         """Every change after ``index`` (default: now), in order, exactly once, across
         reconnects and server restarts; of instances unless ``kinds`` names others
         (``node``, ``service_config``, ``route``). ``after=event`` resumes right after an
         event a watch gave (also inside a revision of several). Raises Gone when ``index``
-        is older than the log."""
+        is older than the log. ``on_connection(True)`` is called each time the stream is
+        (re)connected, ``on_connection(False)`` each time it is lost."""
         state = WatchState(service, index, kinds)
         if after is not None:
             state.position = (after.revision, after.index)
         while True:
             for url in self._servers.order():
                 try:
-                    async for event in self._stream(url, *state.request(), state):
+                    async for event in self._stream(url, *state.request(), state, on_connection):
                         yield event
                     break  # the server ended the stream (shutting down): reconnect
                 except (
@@ -456,11 +458,18 @@ class AsyncClient:
                     TimeoutError,
                     SseTooLarge,
                 ):
+                    if on_connection is not None:
+                        on_connection(False)
                     continue
             await asyncio.sleep(state.next_delay())
 
     async def _stream(
-        self, url: str, req: Request, headers: dict[str, str], state: WatchState
+        self,
+        url: str,
+        req: Request,
+        headers: dict[str, str],
+        state: WatchState,
+        on_connection: Callable[[bool], None] | None = None,
     ) -> AsyncIterator[Event]:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self._timeout_s)
         async with self._pool().get(
@@ -470,6 +479,8 @@ class AsyncClient:
                 _core.raise_for_answer(resp.status, await resp.read())
             self._servers.worked(url)
             state.connected(resp.headers.get("X-Waypost-Index"))
+            if on_connection is not None:
+                on_connection(True)
             parser = SseParser()
             async for chunk in resp.content.iter_any():
                 for msg in parser.feed(chunk):
