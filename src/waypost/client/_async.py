@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
@@ -33,6 +33,10 @@ from waypost.model import (
 )
 from waypost.model import Lease as LeaseInfo
 from waypost.sse import SseParser, SseTooLarge
+
+if TYPE_CHECKING:
+    from waypost.client.cache import AsyncServiceCache
+    from waypost.client.http import ServiceHttp
 
 log = logging.getLogger("waypost.client")
 
@@ -118,6 +122,8 @@ class AsyncClient:
         self._timeout_s = timeout_s
         self._session: aiohttp.ClientSession | None = None
         self.coalescer: Coalescer | None = None
+        self._cache: AsyncServiceCache | None = None
+        self._service_pool: aiohttp.ClientSession | None = None
         if coalesce:
             self.coalescer = Coalescer(self._call, window_s=batch_window_s, max_calls=batch_max)
 
@@ -128,12 +134,42 @@ class AsyncClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Send the writes still gathering, then close the connection pool."""
+        """Send the writes still gathering, then close the connection pools."""
         if self.coalescer is not None:
             await self.coalescer.close()
+        if self._cache is not None:
+            await self._cache.aclose()
+            self._cache = None
+        if self._service_pool is not None:
+            await self._service_pool.close()
+            self._service_pool = None
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+    # --- calling services -------------------------------------------------------------------
+
+    @property
+    def cache(self) -> AsyncServiceCache:
+        """The watch-fed service cache ``http()`` reads (made on first use)."""
+        if self._cache is None:
+            from waypost.client.cache import AsyncServiceCache
+
+            self._cache = AsyncServiceCache(self)
+        return self._cache
+
+    def http(self, service: str, *, zone: str = "") -> ServiceHttp:
+        """Requests to ``service`` by name, with its traffic policies applied (balancing,
+        circuit breaking, retries, splits): ``async with client.http("api") as api:
+        await api.get("/users/7")``. ``zone``: this program's zone, for services whose
+        load balancer prefers the caller's zone."""
+        from waypost.client.http import ServiceHttp
+
+        if self._service_pool is None:
+            self._service_pool = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, limit_per_host=0)
+            )
+        return ServiceHttp(self.cache, service, zone=zone, session=self._service_pool)
 
     def _pool(self) -> aiohttp.ClientSession:
         if self._session is None:
