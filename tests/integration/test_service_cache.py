@@ -31,9 +31,9 @@ def test_the_cache_follows_changes_and_outlives_the_registry(
     server: ServerProcess, tmp_path: Path
 ) -> None:
     snapshot = tmp_path / "cache.json"
-    http = httpx.Client(base_url=server.url, timeout=10)
-    for n in range(3):
-        http.put(f"/api/v1/instances/web-{n}", json=instance(f"web-{n}", version="1.0.0"))
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        for n in range(3):
+            http.put(f"/api/v1/instances/web-{n}", json=instance(f"web-{n}", version="1.0.0"))
 
     async def first_run() -> None:
         async with (
@@ -45,9 +45,9 @@ def test_the_cache_follows_changes_and_outlives_the_registry(
             kept = view.endpoints[0]
             kept.started()  # a counter the balancer keeps must survive updates
             # A registration, a failing instance and a config arrive through the stream.
-            http.put("/api/v1/instances/web-3", json=instance("web-3"))
-            http.put("/api/v1/instances/web-1/status", json={"status": "critical"})
-            http.put("/api/v1/services/web/config", json={"timeout": "3s"})
+            await client.register(instance("web-3"))
+            await client.set_status("web-1", "critical")
+            await client.set_service_config("web", {"timeout": "3s"})
             await until(lambda: len(view.endpoints) == 4, "web-3 arrives")
             await until(lambda: view.config is not None, "the config arrives")
             assert view.config is not None
@@ -61,7 +61,7 @@ def test_the_cache_follows_changes_and_outlives_the_registry(
             stats = cache.stats()
             assert (stats["entries"], stats["hits"], stats["misses"]) == (1, 1, 1)
             # The registry goes away: the view stays, marked stale, its age growing.
-            server.stop()
+            await asyncio.to_thread(server.stop)
             await until(lambda: view.stale, "the stream is lost")
             again = await cache.get("web")
             assert len(again.endpoints) == 4
@@ -83,9 +83,9 @@ def test_the_cache_follows_changes_and_outlives_the_registry(
             assert sorted(e.id for e in view.endpoints) == [f"web-{n}" for n in range(4)]
             assert view.config is not None
             # The registry comes back: the view is current again, and follows it.
-            server.start(f"127.0.0.1:{server.port}")
+            await asyncio.to_thread(server.start, f"127.0.0.1:{server.port}")
             await until(lambda: not view.stale, "the registry is back", timeout_s=20)
-            httpx.delete(f"{server.url}/api/v1/instances/web-0")
+            await client.deregister("web-0")
             await until(lambda: len(view.endpoints) == 3, "web-0 leaves", timeout_s=20)
             assert not view.from_snapshot
 
