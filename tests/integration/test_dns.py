@@ -264,36 +264,47 @@ def dnsmasq(tmp_path: Path) -> Iterator[tuple[str, int]]:
     exe = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
     if not Path(exe).exists():
         pytest.fail("dnsmasq is not installed: make test installs dnsmasq-base")
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [
-            exe,
-            "--keep-in-foreground",
-            "--no-resolv",
-            "--no-hosts",
-            "--bind-interfaces",
-            "--listen-address=127.0.0.1",
-            f"--port={port}",
-            "--address=/upstream.test/192.0.2.7",
-            f"--pid-file={tmp_path / 'dnsmasq.pid'}",
-            # As root it would switch to a "dnsmasq" user that dnsmasq-base does not add.
-            *(["--user=root"] if os.geteuid() == 0 else []),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+
+    def spawn() -> tuple[subprocess.Popen[bytes], int]:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        proc = subprocess.Popen(
+            [
+                exe,
+                "--keep-in-foreground",
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+                "--listen-address=127.0.0.1",
+                f"--port={port}",
+                "--address=/upstream.test/192.0.2.7",
+                f"--pid-file={tmp_path / 'dnsmasq.pid'}",
+                # As root it would switch to a "dnsmasq" user that dnsmasq-base does not add.
+                *(["--user=root"] if os.geteuid() == 0 else []),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        return proc, port
+
+    def up(port: int) -> bool:
+        try:
+            q = dns.message.make_query("upstream.test", "A")
+            return bool(dns.query.udp(q, "127.0.0.1", port=port, timeout=0.5).answer)
+        except Exception:
+            return False
+
+    # The port is free when picked but may be taken before dnsmasq binds it (the suite
+    # starts many servers): then dnsmasq exits at once, and another port is tried.
+    for _ in range(3):
+        proc, port = spawn()
+        wait_until(lambda: up(port) or proc.poll() is not None, 10, "dnsmasq")  # noqa: B023
+        if proc.poll() is None:
+            break
+    else:
+        pytest.fail("dnsmasq did not start on any of three ports")
     try:
-
-        def up() -> bool:
-            try:
-                q = dns.message.make_query("upstream.test", "A")
-                return bool(dns.query.udp(q, "127.0.0.1", port=port, timeout=0.5).answer)
-            except Exception:
-                return False
-
-        wait_until(up, 10, "dnsmasq")
         yield ("127.0.0.1", port)
     finally:
         proc.terminate()
