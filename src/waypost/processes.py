@@ -14,6 +14,7 @@ import logging
 from collections.abc import Mapping
 
 from waypost.aio import cancel_all
+from waypost.errors import WaypostError
 
 log = logging.getLogger("waypost.processes")
 
@@ -51,26 +52,37 @@ class Workers:
             asyncio.create_task(self._keep(n, started[n]), name=f"{self.what}-{n}")
             for n in range(self.count)
         ]
-        await asyncio.wait_for(asyncio.gather(*(e.wait() for e in started)), START_TIMEOUT_S)
+        try:
+            await asyncio.wait_for(asyncio.gather(*(e.wait() for e in started)), START_TIMEOUT_S)
+        except TimeoutError:
+            raise WaypostError(
+                f"the {self.what}s did not start within {START_TIMEOUT_S:g} s "
+                "(their errors are in the log above)"
+            ) from None
 
     async def _keep(self, n: int, started: asyncio.Event) -> None:
         while True:
-            # stdin is a pipe this process holds: when it dies, the worker reads EOF.
-            proc = await asyncio.create_subprocess_exec(
-                *self.command,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                env=self.env,
-            )
-            self._procs[n] = proc
-            assert proc.stdout is not None
-            line = await proc.stdout.readline()
-            if b"serving" in line:
-                started.set()
-            code = await proc.wait()
+            try:
+                # stdin is a pipe this process holds: when it dies, the worker reads EOF.
+                proc = await asyncio.create_subprocess_exec(
+                    *self.command,
+                    stdin=asyncio.subprocess.PIPE,
+                    stdout=asyncio.subprocess.PIPE,
+                    env=self.env,
+                )
+                self._procs[n] = proc
+                assert proc.stdout is not None
+                line = await proc.stdout.readline()
+                if b"serving" in line:
+                    started.set()
+                code = await proc.wait()
+                log.warning("%s %d exited (%s); starting it again", self.what, n, code)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # cannot start it (out of processes, memory): try again
+                log.exception("%s %d could not be started; trying again", self.what, n)
             self._procs[n] = None
             self.restarts += 1
-            log.warning("%s %d exited (%s); starting it again", self.what, n, code)
             await asyncio.sleep(RESTART_S)
 
     async def stop(self) -> None:

@@ -40,6 +40,8 @@ log = logging.getLogger("waypost.client.cache")
 
 DEFAULT_TTL_S = 60.0
 SNAPSHOT_EVERY_S = 1.0
+# Services kept in the snapshot beyond those held now (the most recent ones stay).
+MAX_SAVED = 1000
 RELIST_PAUSE_S = 1.0
 
 
@@ -305,12 +307,18 @@ class AsyncServiceCache:
     def _remember(self, view: ServiceView) -> None:
         if self.snapshot is None:
             return
+        self._saved.pop(view.service, None)  # re-inserted last: the newest
         self._saved[view.service] = _Saved(
             instances=list(view.instances.values()),
             config=view.config,
             revision=view.revision,
             saved_at=time.time(),
         )
+        while len(self._saved) > MAX_SAVED:  # the oldest not held now go first
+            oldest = next((k for k in self._saved if k not in self._views), None)
+            if oldest is None:
+                break
+            del self._saved[oldest]
         if self._save_handle is None:
             loop = asyncio.get_running_loop()
             self._save_handle = loop.call_later(SNAPSHOT_EVERY_S, self._save_now)
