@@ -117,6 +117,6 @@ def test_cluster_examples_run(n: int) -> None:
 
 
 @pytest.mark.parametrize("n", range(len(blocks("traffic.md"))))
-def test_traffic_examples_run(n: int) -> None:
-    code = blocks("traffic.md")[n]
+def test_traffic_examples_run(server: ServerProcess, n: int) -> None:
+    code = blocks("traffic.md")[n].replace("http://127.0.0.1:8500", server.url)
     exec(compile(code, f"traffic.md[{n}]", "exec"), {"__name__": "docs_example"})
