@@ -206,3 +206,26 @@ def test_a_policy_changed_in_the_registry_applies_without_a_restart(
                 await asyncio.sleep(0.05)
 
     asyncio.run(go())
+
+
+def test_when_a_split_side_is_all_failing_the_last_retry_goes_to_the_other_versions(
+    server: ServerProcess,
+) -> None:
+    httpx.put(
+        f"{server.url}/api/v1/services/api/config",
+        json={"split": [{"version": "^1", "weight": 0}, {"version": "^2", "weight": 100}]},
+    ).raise_for_status()
+
+    async def go() -> None:
+        versions = {"v1-a": "1.0.0", "v1-b": "1.0.0", "v2-a": "2.0.0", "v2-b": "2.0.0"}
+        async with (
+            service(server, list(versions), versions) as (backends, client),
+            client.http("api") as api,
+        ):
+            backends.mode["v2-a"] = backends.mode["v2-b"] = "fail"
+            r = await api.get("/x")
+            # Both 2.x endpoints tried and failed; the third try goes to a 1.x one.
+            assert (r.status, r.attempts) == (200, 3), r
+            assert r.json()["backend"].startswith("v1-")
+
+    asyncio.run(go())

@@ -279,7 +279,7 @@ class ServiceHttp:
                 f"({len(endpoints)} registered, none healthy and closed)",
                 field="service",
             )
-        return p.balancer.pick(tuple(fresh) if len(fresh) != len(candidates) else candidates, key)
+        return p.balancer.pick(fresh, key)
 
     async def _send(
         self,
