@@ -34,6 +34,16 @@ def wait_until(cond: Callable[[], Any], timeout_s: float = 10.0, what: str = "co
         time.sleep(0.01)
 
 
+async def until(cond: Callable[[], Any], what: str, timeout_s: float = 10.0) -> Any:
+    """``wait_until`` for asyncio tests: the loop keeps running while it polls."""
+    deadline = time.monotonic() + timeout_s
+    while not (got := cond()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        await asyncio.sleep(0.01)
+    return got
+
+
 # A callback that holds the event loop longer than this fails its test (as
 # python-zeroconf's tests guard theirs): a blocked loop stalls every request, DNS included.
 LOOP_BLOCK_LIMIT_S = 0.1

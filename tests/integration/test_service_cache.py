@@ -4,27 +4,15 @@ serving when the registry is gone, and a restarted program starts from its snaps
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import ServerProcess, instance
+from tests.conftest import ServerProcess, instance, until
 from waypost import AsyncClient
 from waypost.client.cache import AsyncServiceCache
 from waypost.errors import Unavailable
-
-
-async def until(cond: Callable[[], Any], what: str, timeout_s: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while not (got := cond()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
-    return got
 
 
 def test_the_cache_follows_changes_and_outlives_the_registry(

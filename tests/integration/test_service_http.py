@@ -7,9 +7,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import httpx
 from aiohttp import web
@@ -74,15 +73,6 @@ async def service(
             yield backends, client
         finally:
             await backends.stop()
-
-
-async def until(cond: Callable[[], Any], what: str, timeout_s: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while not (got := cond()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
-    return got
 
 
 def test_round_robin_by_default(server: ServerProcess) -> None:
