@@ -4,14 +4,13 @@ the field named, read back as written, and turned into the objects that apply th
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.conftest import ServerProcess
+from tests.integration.test_cli import cli as waypost
 from waypost import Client
 from waypost.errors import InvalidInput
 from waypost.traffic import ConsistentHash, ZonePreference
@@ -111,16 +110,6 @@ def test_the_client_checks_before_sending(server: ServerProcess) -> None:
     with Client(server.url) as c, pytest.raises(InvalidInput) as exc:
         c.set_service_config("web", {"retry": {"max_retries": -1}})
     assert exc.value.field == "retry.max_retries"
-
-
-def waypost(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "waypost", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def test_cli_config_and_routes(server: ServerProcess, tmp_path: Path) -> None:
