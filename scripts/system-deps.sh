@@ -17,6 +17,7 @@ case "${1:-test}" in
     need wrk wrk
     need dnsperf dnsperf
     need dnsmasq dnsmasq-base
+    need nginx nginx-light
     ;;
   *) echo "usage: $0 test|bench" >&2; exit 2 ;;
 esac

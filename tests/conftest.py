@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import re
 import threading
@@ -35,9 +36,15 @@ def wait_until(cond: Callable[[], Any], timeout_s: float = 10.0, what: str = "co
 
 
 async def until(cond: Callable[[], Any], what: str, timeout_s: float = 10.0) -> Any:
-    """``wait_until`` for asyncio tests: the loop keeps running while it polls."""
+    """``wait_until`` for asyncio tests: the loop keeps running while it polls; ``cond``
+    may be a coroutine function."""
     deadline = time.monotonic() + timeout_s
-    while not (got := cond()):
+    while True:
+        got = cond()
+        if inspect.isawaitable(got):
+            got = await got
+        if got:
+            break
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
         await asyncio.sleep(0.01)

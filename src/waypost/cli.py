@@ -547,17 +547,77 @@ def routes(
     if as_json:
         _print_json(rows)
         return
-    table = Table("ROUTE", "PRIORITY", "SERVICE", "PATH PREFIX", "METHODS", "HEADERS")
+    table = Table("ROUTE", "PRIORITY", "HOSTS", "PATH PREFIX", "METHODS", "HEADERS", "SERVICE")
     for r in rows:
+        heads = [f"{k}={v}" for k, v in sorted(r.match.headers.items())]
+        heads += [f"{k}~{v}" for k, v in sorted(r.match.headers_regex.items())]
+        target = r.service + "".join(f" {k}={v}" for k, v in sorted(r.subset.items()))
         table.add_row(
             r.name,
             str(r.priority),
-            r.service,
-            r.match.path_prefix or "",
+            ",".join(r.match.hosts),
+            (r.match.path_prefix or "") + (" (stripped)" if r.strip_prefix else ""),
             ",".join(r.match.methods),
-            ", ".join(f"{k}={v}" for k, v in sorted(r.match.headers.items())),
+            ", ".join(heads),
+            target,
         )
     out.print(table)
+
+
+@app.command()
+@_friendly
+def proxy(
+    listen: Annotated[
+        str, typer.Option(help="HOST:PORT to serve HTTP on (port 0: any; printed at start).")
+    ] = "127.0.0.1:8080",
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    zone: Annotated[str, typer.Option(help="This proxy's zone (meta.zone preferred).")] = "",
+    snapshot: Annotated[
+        Path | None,
+        typer.Option(help="Keep the endpoints known in this file, to start without the registry."),
+    ] = None,
+    upstream_timeout: Annotated[
+        str, typer.Option(help="An upstream's answer deadline when its policy sets none.")
+    ] = "15s",
+    log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
+) -> None:
+    """Reverse-proxy HTTP to services by Host or route, with their traffic policies."""
+    import asyncio
+    import logging
+
+    from waypost.proxy import ProxySettings, run_proxy
+    from waypost.settings import host_port
+
+    urls = [u for s in (server or ["http://127.0.0.1:8500"]) for u in s.split(",") if u]
+    try:
+        host_port(listen, "listen")
+    except InvalidInput as exc:
+        raise InvalidInput(f"--{exc.message}", field="listen") from None
+    try:
+        parse_duration(upstream_timeout, field="upstream-timeout")
+    except InvalidInput as exc:
+        raise InvalidInput(f"--{exc.message}", field="upstream_timeout") from None
+    settings = ProxySettings(
+        servers=urls,
+        listen=listen,
+        token=token or "",
+        zone=zone,
+        snapshot=str(snapshot) if snapshot is not None else "",
+        upstream_timeout=upstream_timeout,
+    )
+    logging.basicConfig(
+        level=log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover
+        code = asyncio.run(run_proxy(settings))
+    else:
+        code = uvloop.run(run_proxy(settings))
+    raise typer.Exit(code)
 
 
 agent_app = typer.Typer(

@@ -557,27 +557,62 @@ class ServiceConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
         return self.service
 
 
-class RouteMatch(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, gc=False):
-    """What a request must look like for a route to take it; every given part must hold."""
+HeaderName = Annotated[str, Meta(pattern=r"\A[A-Za-z0-9-]+\Z", max_length=128)]
+# A regular expression (Python's ``re``), matched against the whole value.
+Regex = Annotated[str, Meta(max_length=256, extra_json_schema={"format": "regex"})]
+HostPattern = Annotated[
+    str,
+    Meta(
+        pattern=r"\A(?:\*\.)?[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}))*\Z",
+        max_length=253,
+    ),
+]
 
+
+class RouteMatch(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, gc=False):
+    """What a request must look like for a route to take it; every given part must hold.
+
+    ``hosts``: the Host the request is addressed to (``api.example.com``, or
+    ``*.example.com`` for any name under it; a client's requests to service S are
+    addressed to host S); ``path_prefix``; ``methods``; ``headers``: exact values;
+    ``headers_regex``: values matching the whole expression. Names are case-insensitive."""
+
+    hosts: Annotated[tuple[HostPattern, ...], Meta(max_length=32)] = ()
     path_prefix: Annotated[str, Meta(max_length=1024, pattern=r"\A/[^\x00-\x20\x7f]*\Z")] | None = (
         None
     )
     methods: Annotated[tuple[HttpMethod, ...], Meta(max_length=7)] = ()
-    headers: Annotated[
-        dict[Annotated[str, Meta(pattern=r"\A[A-Za-z0-9-]+\Z", max_length=128)], MetaValue],
-        Meta(max_length=32),
-    ] = field(default_factory=dict)
+    headers: Annotated[dict[HeaderName, MetaValue], Meta(max_length=32)] = field(
+        default_factory=dict
+    )
+    headers_regex: Annotated[dict[HeaderName, Regex], Meta(max_length=32)] = field(
+        default_factory=dict
+    )
+
+    def __post_init__(self) -> None:
+        for name, expr in self.headers_regex.items():
+            try:
+                re.compile(expr)
+            except (re.error, RecursionError, OverflowError) as exc:
+                raise ValueError(
+                    f"headers_regex.{name}: not a regular expression ({exc})"
+                ) from None
 
 
 class Route(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, gc=False):
-    """A routing rule: requests that ``match`` go to ``service`` (``/api/v1/routes``)."""
+    """A routing rule: requests that ``match`` go to ``service`` (``/api/v1/routes``).
+
+    Routes are tried by ``priority`` (lowest first), then name; the first that matches
+    wins. ``subset``: only the service's endpoints whose meta holds every one of these
+    pairs. ``strip_prefix``: the matched ``path_prefix`` is taken off the path sent on."""
 
     KIND: ClassVar[str] = "route"
 
     name: OptionalLabel = ""
     service: Label
     match: RouteMatch = field(default_factory=RouteMatch)
+    subset: MetaMap = field(default_factory=dict)
+    strip_prefix: bool = False
     priority: Annotated[int, Meta(ge=0, le=10_000)] = 100
     updated_at: float = 0.0
 
@@ -945,6 +980,7 @@ _FRIENDLY_PATTERN = {
     "version": "must be a semantic version (MAJOR.MINOR.PATCH, e.g. 1.4.2)",
     "name": "must be a DNS-safe label (letters, digits, hyphens; at most 63 characters)",
     "address": "must be an IPv4 or IPv6 address or a host name",
+    "hosts": "must be a host name such as api.example.com, or *.example.com for any under it",
     "domain": "must be a DNS name such as web.local",
     "ttl": "must be a duration such as 500ms, 10s or 1m30s",
     "deregister_after": "must be a duration such as 500ms, 10s or 1m30s",
@@ -977,7 +1013,7 @@ def _plain(problem: str) -> str:
     return problem
 
 
-_SUBFIELD_RE = re.compile(r"\A([a-z_]+): (.+)\Z", re.S)
+_SUBFIELD_RE = re.compile(r"\A([a-z_]+(?:\.[A-Za-z0-9_-]+)*): (.+)\Z", re.S)
 
 
 def translate_validation_error(exc: msgspec.ValidationError | msgspec.DecodeError) -> InvalidInput:

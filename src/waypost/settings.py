@@ -61,10 +61,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     def dns_listeners(self) -> list[tuple[str, int]]:
         """``dns`` as (host, port) pairs; InvalidInput when one is not HOST:PORT."""
-        return [_host_port(part, "dns") for part in self.dns.split(",") if part.strip()]
+        return [host_port(part, "dns") for part in self.dns.split(",") if part.strip()]
 
     def recursor_list(self) -> list[tuple[str, int]]:
-        return [_host_port(part, "recursor") for part in self.recursors.split(",") if part.strip()]
+        return [host_port(part, "recursor") for part in self.recursors.split(",") if part.strip()]
 
     def dns_ttl_s(self) -> float:
         return parse_duration(self.dns_ttl, field="dns_ttl")
@@ -99,7 +99,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         return out
 
 
-def _host_port(text: str, field: str) -> tuple[str, int]:
+def host_port(text: str, field: str) -> tuple[str, int]:
     host, sep, port = text.strip().rpartition(":")
     host = host.strip("[]")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:

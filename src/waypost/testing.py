@@ -173,6 +173,76 @@ def server_process(*args: str, data_dir: str | Path | None = None) -> Iterator[S
         proc.stop()
 
 
+class ProxyProcess:
+    """A ``waypost proxy`` child process; ``url`` once it serves. Its stderr goes to
+    ``log``. ``restart`` keeps the port."""
+
+    def __init__(self, servers: str, *args: str, log: str | Path | None = None) -> None:
+        self.servers = servers
+        self.args = list(args)
+        self.log = Path(log or tempfile.mkstemp(prefix="waypost-proxy-", suffix=".log")[1])
+        self.proc: subprocess.Popen[str] | None = None
+        self.url = ""
+
+    def start(self, listen: str = "127.0.0.1:0") -> ProxyProcess:
+        cmd = [
+            sys.executable,
+            "-m",
+            "waypost",
+            "proxy",
+            "--listen",
+            listen,
+            "--server",
+            self.servers,
+            *self.args,
+        ]
+        with open(self.log, "a") as log:
+            self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        found = SERVING.search(line)
+        if found is None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc.stdout.close()
+            raise RuntimeError(f"waypost proxy did not start: {line!r}\n{self.log.read_text()}")
+        self.url = found.group(1)
+        return self
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 10 s."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+    def restart(self) -> ProxyProcess:
+        port = self.port
+        self.stop()
+        return self.start(f"127.0.0.1:{port}")
+
+
+@contextlib.contextmanager
+def proxy_process(servers: str, *args: str) -> Iterator[ProxyProcess]:
+    """A started ``ProxyProcess`` for ``servers`` (URL[,URL...]), stopped on exit."""
+    proc = ProxyProcess(servers, *args).start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 now."""
     with socket.socket() as s:

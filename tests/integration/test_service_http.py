@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 import httpx
 from aiohttp import web
 
-from tests.conftest import ServerProcess
+from tests.conftest import ServerProcess, until
 from waypost import AsyncClient
 
 
@@ -217,5 +217,63 @@ def test_when_a_split_side_is_all_failing_the_last_retry_goes_to_the_other_versi
             # Both 2.x endpoints tried and failed; the third try goes to a 1.x one.
             assert (r.status, r.attempts) == (200, 3), r
             assert r.json()["backend"].startswith("v1-")
+
+    asyncio.run(go())
+
+
+def test_routes_for_the_service_apply_in_the_client_and_follow_changes(
+    server: ServerProcess,
+) -> None:
+    async def go() -> None:
+        async with service(server, ["a", "b"]) as (backends, client):
+            other = Backends()
+            await other.start(["v2"])
+            try:
+                await client.register(
+                    id="v2", service="api-v2", address="127.0.0.1", port=other.ports["v2"]
+                )
+                await client.register(
+                    id="b",
+                    service="api",
+                    address="127.0.0.1",
+                    port=backends.ports["b"],
+                    meta={"track": "beta"},
+                )
+                await client.set_route(
+                    {
+                        "name": "api-v2",
+                        "service": "api-v2",
+                        "match": {"hosts": ["api"], "path_prefix": "/v2/"},
+                        "strip_prefix": True,
+                    }
+                )
+                await client.set_route(
+                    {
+                        "name": "beta",
+                        "service": "api",
+                        "match": {"hosts": ["api"], "headers_regex": {"x-user": ".*@beta"}},
+                        "subset": {"track": "beta"},
+                    }
+                )
+                # A route for another service's traffic does not touch this one's.
+                await client.set_route(
+                    {"name": "elsewhere", "service": "api-v2", "match": {"hosts": ["web"]}}
+                )
+                async with client.http("api") as api:
+                    r = await api.get("/v2/users")
+                    assert r.json() == {"backend": "v2", "path": "/users"}
+                    for _ in range(4):
+                        r = await api.get("/x", headers={"X-User": "ann@beta"})
+                        assert r.json()["backend"] == "b"
+                    got = {(await api.get("/x")).json()["backend"] for _ in range(4)}
+                    assert got == {"a", "b"}
+                    await client.delete_route("api-v2")
+
+                    async def v2_route_gone() -> bool:
+                        return (await api.get("/v2/users")).json()["backend"] != "v2"
+
+                    await until(v2_route_gone, "the deleted route to stop applying")
+            finally:
+                await other.stop()
 
     asyncio.run(go())

@@ -429,8 +429,12 @@ class AsyncClient:
 
     async def routes(self) -> list[Route]:
         """Every routing rule."""
-        body, _ = await self._call(_core.simple_get("/api/v1/routes"))
-        return _core.decode_as(body, list[Route])
+        return (await self.routes_at())[0]
+
+    async def routes_at(self) -> tuple[list[Route], int]:
+        """Every routing rule, and the revision they are current at (to watch from)."""
+        body, headers = await self._call(_core.simple_get("/api/v1/routes"))
+        return _core.decode_as(body, list[Route]), int(headers.get("X-Waypost-Revision", "0"))
 
     async def set_route(self, route: Route | Mapping[str, Any]) -> WriteResult:
         """Write a routing rule (by its name)."""

@@ -6,7 +6,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -337,7 +337,13 @@ class Client:
 
     def routes(self) -> list[Route]:
         """Every routing rule."""
-        return _core.decode_as(self._call(_core.simple_get("/api/v1/routes")).content, list[Route])
+        return self.routes_at()[0]
+
+    def routes_at(self) -> tuple[list[Route], int]:
+        """Every routing rule, and the revision they are current at (to watch from)."""
+        resp = self._call(_core.simple_get("/api/v1/routes"))
+        revision = int(resp.headers.get("X-Waypost-Revision", "0"))
+        return _core.decode_as(resp.content, list[Route]), revision
 
     def set_route(self, route: Route | Mapping[str, Any]) -> WriteResult:
         """Write a routing rule (by its name)."""
@@ -376,26 +382,41 @@ class Client:
         index: int | None = None,
         after: Event | None = None,
         kinds: Sequence[str] = ("instance",),
+        on_connection: Callable[[bool], None] | None = None,
+        stop: threading.Event | None = None,
     ) -> Iterator[Event]:
         """Every change after ``index`` (default: now), in order, exactly once, across
         reconnects and server restarts; of instances unless ``kinds`` names others
         (``node``, ``service_config``, ``route``). ``after=event`` resumes right after an
         event a watch gave (also inside a revision of several). Raises Gone when ``index``
-        is older than the log."""
+        is older than the log. ``on_connection(True)`` is called each time the stream is
+        (re)connected, ``on_connection(False)`` each time it is lost. The iteration ends
+        soon after ``stop`` is set (at the latest at the server's next keep-alive, 15 s)."""
         state = WatchState(service, index, kinds)
         if after is not None:
             state.position = (after.revision, after.index)
-        while True:
+        while stop is None or not stop.is_set():
             for url in self._servers.order():
                 try:
-                    yield from self._stream(url, *state.request(), state)
+                    yield from self._stream(url, *state.request(), state, on_connection, stop)
                     break  # the server ended the stream (shutting down): reconnect
                 except (httpx.TransportError, httpx.StreamError, SseTooLarge):
+                    if on_connection is not None:
+                        on_connection(False)
                     continue
-            time.sleep(state.next_delay())
+            if stop is None:
+                time.sleep(state.next_delay())
+            elif stop.wait(state.next_delay()):
+                return
 
     def _stream(
-        self, url: str, req: Request, headers: dict[str, str], state: WatchState
+        self,
+        url: str,
+        req: Request,
+        headers: dict[str, str],
+        state: WatchState,
+        on_connection: Callable[[bool], None] | None = None,
+        stop: threading.Event | None = None,
     ) -> Iterator[Event]:
         timeout = httpx.Timeout(self._timeout_s, read=None)
         with self._http.stream(
@@ -405,8 +426,12 @@ class Client:
                 _core.raise_for_answer(resp.status_code, resp.read())
             self._servers.worked(url)
             state.connected(resp.headers.get("X-Waypost-Index"))
+            if on_connection is not None:
+                on_connection(True)
             parser = SseParser()
             for chunk in resp.iter_raw():
+                if stop is not None and stop.is_set():
+                    return
                 for msg in parser.feed(chunk):
                     event = state.seen(msg)
                     if event is not None:

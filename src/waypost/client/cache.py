@@ -1,17 +1,21 @@
 """The watch-fed service cache: a local view of each service a program calls, kept current
 by the registry's event stream, that keeps answering when the registry does not.
 
-``AsyncServiceCache.get(service)`` lists the service's instances and config once, then
-follows the event stream from the listing's revision (``AsyncClient.watch``: resumes
-across reconnects and server failover; a revision the server no longer keeps means list
-again). Every later ``get`` is a dict lookup. A service not asked for during ``ttl_s``
-is dropped and its watch stopped, so the cache holds what the program uses, not the
-registry.
+``get(service)`` lists the service's instances and config once, then follows the event
+stream from the listing's revision (``watch``: resumes across reconnects and server
+failover; a revision the server no longer keeps means list again). Every later ``get``
+is a dict lookup. A service not asked for during ``ttl_s`` is dropped and its watch
+stopped, so the cache holds what the program uses, not the registry. ``routes()`` gives
+the routing rules, kept current the same way.
 
 When the registry cannot be reached the cache keeps serving the last endpoints it had and
 says how old they are (``ServiceView.age_s``, ``stale``), as Eureka's clients do. With
 ``snapshot=PATH`` it also writes what it holds to a file (atomically, at most once a
 second), so a program restarted while the registry is still down starts from it.
+
+One core, two drivers: ``ServiceView``, ``RouteView`` and ``Snapshot`` hold the state and
+apply listings and events without I/O; ``AsyncServiceCache`` (for ``AsyncClient``) drives
+them with a task per view, ``ServiceCache`` (for ``Client``) with a thread per view.
 
 Endpoints are ``waypost.traffic.Endpoint`` objects kept per instance id across changes,
 so the balancers' counters (requests, in flight, errors, latency) survive updates; the
@@ -25,52 +29,90 @@ import contextlib
 import functools
 import logging
 import os
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 import msgspec
 
-from waypost.client._async import AsyncClient
 from waypost.errors import Gone, NotFound, Unavailable, WaypostError
-from waypost.model import Event, Instance, ServiceConfig, Status
+from waypost.model import Event, Instance, Route, ServiceConfig, Status
 from waypost.traffic import Endpoint
+from waypost.traffic.routes import RouteTable
+
+if TYPE_CHECKING:
+    from waypost.client._async import AsyncClient
+    from waypost.client._sync import Client
 
 log = logging.getLogger("waypost.client.cache")
 
 DEFAULT_TTL_S = 60.0
+MAX_ENTRIES = 1000  # services held at once; the least recently used goes first
 SNAPSHOT_EVERY_S = 1.0
 # Services kept in the snapshot beyond those held now (the most recent ones stay).
 MAX_SAVED = 1000
 RELIST_PAUSE_S = 1.0
+_V = TypeVar("_V", "ServiceView", "RouteView")
+ROUTES_KEY = ""  # the snapshot's entry for the routes (no service has an empty name)
 
 
 class _Saved(msgspec.Struct, kw_only=True):
-    instances: list[Instance]
+    instances: list[Instance] = msgspec.field(default_factory=list)
     config: ServiceConfig | None = None
+    routes: list[Route] = msgspec.field(default_factory=list)
     revision: int = 0
     saved_at: float = 0.0  # wall-clock time
 
 
-class ServiceView:
-    """What the cache knows of one service."""
+class _View:
+    """What every view has: its revision, freshness and watch."""
 
-    def __init__(self, service: str, now: float) -> None:
-        self.service = service
-        self.instances: dict[str, Instance] = {}
-        self.config: ServiceConfig | None = None
+    def __init__(self, now: float) -> None:
         self.revision = 0
         self.synced_at = now  # monotonic time of the last listing or event
         self.last_used = now
         self.stale = False  # True while the registry cannot be reached
         self.from_snapshot = False
-        self.endpoints: tuple[Endpoint, ...] = ()
-        self._by_id: dict[str, Endpoint] = {}
-        self.watch: asyncio.Task[None] | None = None
+        self.watch: asyncio.Task[None] | threading.Thread | None = None
+        self.stop = threading.Event()  # the sync driver's way to end a watch
 
     def age_s(self, now: float | None = None) -> float:
         """Seconds since the view was last known current."""
         return (time.monotonic() if now is None else now) - self.synced_at
+
+    def connection(self, up: bool, now: float, name: str) -> None:
+        """The stream came up (the view is current as of now) or went down (stale)."""
+        if up:
+            self.stale = False
+            self.synced_at = now
+        else:
+            if not self.stale:
+                log.warning("lost the registry's stream for %s; serving what it had", name)
+            self.stale = True
+
+    def _current(self, revision: int, now: float) -> None:
+        self.revision = max(self.revision, revision)
+        self.synced_at = now
+        self.stale = self.from_snapshot = False
+
+    def _restored(self, saved: _Saved, now: float) -> None:
+        self.revision = saved.revision
+        self.synced_at = now - max(0.0, time.time() - saved.saved_at)
+        self.stale = self.from_snapshot = True
+
+
+class ServiceView(_View):
+    """What the cache knows of one service."""
+
+    def __init__(self, service: str, now: float) -> None:
+        super().__init__(now)
+        self.service = service
+        self.instances: dict[str, Instance] = {}
+        self.config: ServiceConfig | None = None
+        self.endpoints: tuple[Endpoint, ...] = ()
+        self._by_id: dict[str, Endpoint] = {}
 
     def rebuild(self) -> None:
         """The endpoint tuple from the instances, keeping each endpoint's counters."""
@@ -90,6 +132,155 @@ class ServiceView:
     def versions(self) -> dict[str, str | None]:
         return {iid: inst.version for iid, inst in self.instances.items()}
 
+    def load(
+        self, instances: Iterable[Instance], config: ServiceConfig | None, revision: int, now: float
+    ) -> None:
+        """A listing: the whole service as of ``revision``."""
+        self.instances = {i.id: i for i in instances}
+        self.config = config
+        self.revision = revision
+        self._current(revision, now)
+        self.rebuild()
+
+    def restore(self, saved: _Saved, now: float) -> None:
+        """What a snapshot kept: served (stale) until the registry answers."""
+        self.instances = {i.id: i for i in saved.instances}
+        self.config = saved.config
+        self._restored(saved, now)
+        self.rebuild()
+
+    def apply(self, ev: Event, now: float) -> None:
+        """One event of the service's watch."""
+        entry = ev.entry
+        if isinstance(entry, Instance):
+            if ev.type == "delete":
+                self.instances.pop(entry.id, None)
+            else:
+                self.instances[entry.id] = entry
+            self.rebuild()
+        elif isinstance(entry, ServiceConfig):
+            self.config = None if ev.type == "delete" else entry
+        self._current(ev.revision, now)
+
+    def saved(self) -> _Saved:
+        return _Saved(
+            instances=list(self.instances.values()),
+            config=self.config,
+            revision=self.revision,
+            saved_at=time.time(),
+        )
+
+
+class RouteView(_View):
+    """The routing rules, as one table rebuilt on each change."""
+
+    def __init__(self, now: float) -> None:
+        super().__init__(now)
+        self.entries: dict[str, Route] = {}
+        self.table = RouteTable()
+
+    def load(self, routes: Iterable[Route], revision: int, now: float) -> None:
+        self.entries = {r.name: r for r in routes}
+        self.revision = revision
+        self._current(revision, now)
+        self.table = RouteTable(self.entries.values())
+
+    def restore(self, saved: _Saved, now: float) -> None:
+        self.entries = {r.name: r for r in saved.routes}
+        self._restored(saved, now)
+        self.table = RouteTable(self.entries.values())
+
+    def apply(self, ev: Event, now: float) -> None:
+        entry = ev.entry
+        if isinstance(entry, Route):
+            if ev.type == "delete":
+                self.entries.pop(entry.name, None)
+            else:
+                self.entries[entry.name] = entry
+            self.table = RouteTable(self.entries.values())
+        self._current(ev.revision, now)
+
+    def saved(self) -> _Saved:
+        return _Saved(
+            routes=list(self.entries.values()), revision=self.revision, saved_at=time.time()
+        )
+
+
+class Snapshot:
+    """The file a cache keeps what it holds in, for a restart without the registry."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.saved: dict[str, _Saved] = self._read()
+        self.errors = 0
+        self.dirty = False
+        self.written_at = 0.0
+
+    def remember(self, key: str, saved: _Saved, held: Callable[[str], bool]) -> None:
+        if self.path is None:
+            return
+        self.saved.pop(key, None)  # re-inserted last: the newest
+        self.saved[key] = saved
+        while len(self.saved) > MAX_SAVED:  # the oldest not held now go first
+            oldest = next((k for k in self.saved if not held(k)), None)
+            if oldest is None:
+                break
+            del self.saved[oldest]
+        self.dirty = True
+
+    def write(self) -> None:
+        self.dirty = False
+        self.written_at = time.monotonic()
+        if self.path is None:
+            return
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        try:
+            tmp.write_bytes(msgspec.json.encode(self.saved))
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            self.errors += 1
+            log.warning("cannot write the cache snapshot %s: %s", self.path, exc)
+
+    def _read(self) -> dict[str, _Saved]:
+        """What an earlier run saved; read leniently: a damaged file or entry is skipped
+        (logged), never fatal."""
+        if self.path is None or not self.path.exists():
+            return {}
+        try:
+            raw = msgspec.json.decode(self.path.read_bytes())
+        except (OSError, msgspec.DecodeError) as exc:
+            log.warning("ignoring the cache snapshot %s: %s", self.path, exc)
+            return {}
+        out: dict[str, _Saved] = {}
+        if isinstance(raw, dict):
+            for name, item in raw.items():
+                try:
+                    out[str(name)] = msgspec.convert(item, _Saved, strict=False)
+                except msgspec.ValidationError as exc:
+                    log.warning("skipping %s in the cache snapshot: %s", name or "routes", exc)
+        return out
+
+
+def _stats(
+    views: dict[str, ServiceView], hits: int, misses: int, errors: int, now: float
+) -> dict[str, object]:
+    return {
+        "entries": len(views),
+        "hits": hits,
+        "misses": misses,
+        "errors": errors,
+        "services": {
+            name: {
+                "instances": len(v.instances),
+                "revision": v.revision,
+                "age_s": round(v.age_s(now), 3),
+                "stale": v.stale,
+                "from_snapshot": v.from_snapshot,
+            }
+            for name, v in sorted(views.items())
+        },
+    }
+
 
 class AsyncServiceCache:
     """Per-service views for one ``AsyncClient``; ``async with`` or ``aclose()``."""
@@ -101,14 +292,18 @@ class AsyncServiceCache:
         ttl_s: float = DEFAULT_TTL_S,
         snapshot: str | Path | None = None,
         clock: Callable[[], float] = time.monotonic,
+        max_entries: int = MAX_ENTRIES,
     ) -> None:
         self.client = client
         self.ttl_s = ttl_s
+        self.max_entries = max_entries
+        self._next_evict = 0.0
         self.snapshot = Path(snapshot) if snapshot is not None else None
         self._clock = clock
         self._views: dict[str, ServiceView] = {}
-        self._loading: dict[str, asyncio.Future[ServiceView]] = {}
-        self._saved: dict[str, _Saved] = self._read_snapshot()
+        self._loading: dict[str, asyncio.Future[_View]] = {}
+        self._routes: RouteView | None = None
+        self._file = Snapshot(self.snapshot)
         self._save_handle: asyncio.TimerHandle | None = None
         self.hits = 0
         self.misses = 0
@@ -134,13 +329,28 @@ class AsyncServiceCache:
             view.last_used = now
             return view
         self.misses += 1
-        pending = self._loading.get(service)
+        got = await self._once(service, functools.partial(self._load, service, now))
+        assert isinstance(got, ServiceView)
+        return got
+
+    async def routes(self) -> RouteTable:
+        """The routing rules (listed and watched from the first call on)."""
+        view = self._routes
+        if view is None:
+            got = await self._once(ROUTES_KEY, self._load_routes)
+            assert isinstance(got, RouteView)
+            view = got
+        return view.table
+
+    async def _once(self, key: str, load: Callable[[], Awaitable[_View]]) -> _View:
+        """``load()``, once for all who ask for ``key`` at the same time."""
+        pending = self._loading.get(key)
         if pending is not None:  # another caller is listing it: wait for that
             return await asyncio.shield(pending)
-        fut: asyncio.Future[ServiceView] = asyncio.get_running_loop().create_future()
-        self._loading[service] = fut
+        fut: asyncio.Future[_View] = asyncio.get_running_loop().create_future()
+        self._loading[key] = fut
         try:
-            view = await self._load(service, now)
+            view = await load()
             fut.set_result(view)
             return view
         except BaseException as exc:
@@ -148,30 +358,14 @@ class AsyncServiceCache:
             fut.exception()  # retrieved: waiters get it, nobody else must
             raise
         finally:
-            del self._loading[service]
+            del self._loading[key]
 
     async def endpoints(self, service: str) -> tuple[Endpoint, ...]:
         return (await self.get(service)).endpoints
 
     def stats(self) -> dict[str, object]:
         """Entries, hits, misses, errors and each service's age and staleness."""
-        now = self._clock()
-        return {
-            "entries": len(self._views),
-            "hits": self.hits,
-            "misses": self.misses,
-            "errors": self.errors,
-            "services": {
-                name: {
-                    "instances": len(v.instances),
-                    "revision": v.revision,
-                    "age_s": round(v.age_s(now), 3),
-                    "stale": v.stale,
-                    "from_snapshot": v.from_snapshot,
-                }
-                for name, v in sorted(self._views.items())
-            },
-        }
+        return _stats(self._views, self.hits, self.misses, self.errors, self._clock())
 
     # --- keeping current -------------------------------------------------------------------
 
@@ -181,13 +375,13 @@ class AsyncServiceCache:
             config = await self.client.service_config(view.service)
         except NotFound:
             config = None
-        view.instances = {i.id: i for i in got.instances}
-        view.config = config
-        view.revision = got.revision
-        view.synced_at = self._clock()
-        view.stale = view.from_snapshot = False
-        view.rebuild()
-        self._remember(view)
+        view.load(got.instances, config, got.revision, self._clock())
+        self._remember(view.service, view)
+
+    async def _list_routes(self, view: RouteView) -> None:
+        routes, revision = await self.client.routes_at()
+        view.load(routes, revision, self._clock())
+        self._remember(ROUTES_KEY, view)
 
     async def _load(self, service: str, now: float) -> ServiceView:
         view = ServiceView(service, now)
@@ -195,38 +389,60 @@ class AsyncServiceCache:
             await self._list(view)
         except Unavailable:
             self.errors += 1
-            saved = self._saved.get(service)
+            saved = self._file.saved.get(service)
             if saved is None:
                 raise
-            view.instances = {i.id: i for i in saved.instances}
-            view.config = saved.config
-            view.revision = saved.revision
-            view.synced_at = now - max(0.0, time.time() - saved.saved_at)
-            view.stale = view.from_snapshot = True
-            view.rebuild()
-            log.warning(
-                "the registry is unreachable: %s served from the snapshot of %s",
-                service,
-                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(saved.saved_at)),
-            )
+            view.restore(saved, now)
+            _restored(service, saved)
         self._views[service] = view
-        view.watch = asyncio.create_task(self._follow(view), name=f"cache-{service}")
+        view.watch = asyncio.create_task(
+            self._follow(view, service, ("instance", "service_config"), self._list),
+            name=f"cache-{service}",
+        )
         return view
 
-    async def _follow(self, view: ServiceView) -> None:
-        """Apply the service's events as they come; list again when needed. Ends only
-        when cancelled (the view evicted or the cache closed)."""
+    async def _load_routes(self) -> RouteView:
+        now = self._clock()
+        view = RouteView(now)
+        try:
+            await self._list_routes(view)
+        except Unavailable:
+            self.errors += 1
+            saved = self._file.saved.get(ROUTES_KEY)
+            if saved is not None:
+                view.restore(saved, now)
+                _restored("the routes", saved)
+            else:  # no routes known: route nothing until the registry answers
+                view.stale = True
+        self._routes = view
+        view.watch = asyncio.create_task(
+            self._follow(view, None, ("route",), self._list_routes), name="cache-routes"
+        )
+        return view
+
+    async def _follow(
+        self,
+        view: _V,
+        service: str | None,
+        kinds: tuple[str, ...],
+        relist: Callable[[_V], Awaitable[None]],
+    ) -> None:
+        """Apply the events as they come; list again when needed. Ends only when
+        cancelled (the view evicted or the cache closed)."""
+        name = service or "the routes"
+        key = service or ROUTES_KEY
         while True:
             try:
                 if view.from_snapshot or view.revision == 0:
-                    await self._list(view)
+                    await relist(view)
                 async for ev in self.client.watch(
-                    view.service,
+                    service,
                     index=view.revision,
-                    kinds=("instance", "service_config"),
-                    on_connection=functools.partial(self._connection, view),
+                    kinds=kinds,
+                    on_connection=functools.partial(self._connection, view, name),
                 ):
-                    self._apply(view, ev)
+                    view.apply(ev, self._clock())
+                    self._remember(key, view)
             except asyncio.CancelledError:
                 raise
             except Gone:
@@ -234,45 +450,33 @@ class AsyncServiceCache:
             except WaypostError as exc:
                 self.errors += 1
                 view.stale = True
-                log.warning("keeping %s current failed (%s); retrying", view.service, exc)
+                log.warning("keeping %s current failed (%s); retrying", name, exc)
                 await asyncio.sleep(RELIST_PAUSE_S)
             except Exception:
                 self.errors += 1
                 view.stale = True
-                log.exception("keeping %s current failed; retrying", view.service)
+                log.exception("keeping %s current failed; retrying", name)
                 await asyncio.sleep(RELIST_PAUSE_S)
 
-    def _connection(self, view: ServiceView, up: bool) -> None:
-        """The stream came up (the view is current as of now) or went down (stale)."""
-        if up:
-            view.stale = False
-            view.synced_at = self._clock()
-        else:
-            if not view.stale:
-                log.warning("lost the registry's stream for %s; serving what it had", view.service)
-            view.stale = True
-
-    def _apply(self, view: ServiceView, ev: Event) -> None:
-        entry = ev.entry
-        if isinstance(entry, Instance):
-            if ev.type == "delete":
-                view.instances.pop(entry.id, None)
-            else:
-                view.instances[entry.id] = entry
-            view.rebuild()
-        elif isinstance(entry, ServiceConfig):
-            view.config = None if ev.type == "delete" else entry
-        view.revision = max(view.revision, ev.revision)
-        view.synced_at = self._clock()
-        view.stale = False
-        self._remember(view)
+    def _connection(self, view: _View, name: str, up: bool) -> None:
+        view.connection(up, self._clock(), name)
 
     def _evict(self, now: float) -> None:
-        for name, view in list(self._views.items()):
-            if now - view.last_used > self.ttl_s:
-                del self._views[name]
-                if view.watch is not None:
-                    view.watch.cancel()
+        if now < self._next_evict and len(self._views) < self.max_entries:
+            return  # looked a moment ago, and there is room
+        self._next_evict = now + min(1.0, self.ttl_s / 2)
+        for name in _expired(self._views, now, self.ttl_s, self.max_entries):
+            view = self._views.pop(name)
+            if isinstance(view.watch, asyncio.Task):
+                view.watch.cancel()
+
+    async def forget(self, service: str) -> None:
+        """Drop one service's view (and stop its watch)."""
+        view = self._views.pop(service, None)
+        if view is not None and isinstance(view.watch, asyncio.Task):
+            view.watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await view.watch
 
     async def sync(self, service: str | None = None) -> None:
         """List now (one service, or every one held), instead of waiting for events."""
@@ -283,76 +487,269 @@ class AsyncServiceCache:
                 await self.get(name)
             else:
                 await self._list(view)
+        if service is None and self._routes is not None:
+            await self._list_routes(self._routes)
 
     async def clear(self) -> None:
         """Forget every view (and stop their watches)."""
-        views, self._views = list(self._views.values()), {}
-        for view in views:
-            if view.watch is not None:
-                view.watch.cancel()
-        for view in views:
-            if view.watch is not None:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await view.watch
+        views: list[_View] = list(self._views.values())
+        if self._routes is not None:
+            views.append(self._routes)
+        self._views, self._routes = {}, None
+        tasks = [v.watch for v in views if isinstance(v.watch, asyncio.Task)]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     async def aclose(self) -> None:
         if self._save_handle is not None:
             self._save_handle.cancel()
             self._save_handle = None
-            self._write_snapshot()
+            self._file.write()
         await self.clear()
 
     # --- the snapshot ----------------------------------------------------------------------
 
-    def _remember(self, view: ServiceView) -> None:
+    def _remember(self, key: str, view: ServiceView | RouteView) -> None:
         if self.snapshot is None:
             return
-        self._saved.pop(view.service, None)  # re-inserted last: the newest
-        self._saved[view.service] = _Saved(
-            instances=list(view.instances.values()),
-            config=view.config,
-            revision=view.revision,
-            saved_at=time.time(),
-        )
-        while len(self._saved) > MAX_SAVED:  # the oldest not held now go first
-            oldest = next((k for k in self._saved if k not in self._views), None)
-            if oldest is None:
-                break
-            del self._saved[oldest]
+        self._file.remember(key, view.saved(), self._held)
         if self._save_handle is None:
             loop = asyncio.get_running_loop()
             self._save_handle = loop.call_later(SNAPSHOT_EVERY_S, self._save_now)
 
+    def _held(self, key: str) -> bool:
+        return key in self._views or key == ROUTES_KEY
+
     def _save_now(self) -> None:
         self._save_handle = None
-        self._write_snapshot()
+        self._file.write()
+        self.errors += self._file.errors
+        self._file.errors = 0
 
-    def _write_snapshot(self) -> None:
+
+class ServiceCache:
+    """Per-service views for one ``Client`` (blocking code): the same views, kept current
+    by a daemon thread per view; ``with`` or ``close()``. Thread-safe."""
+
+    def __init__(
+        self,
+        client: Client,
+        *,
+        ttl_s: float = DEFAULT_TTL_S,
+        snapshot: str | Path | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        max_entries: int = MAX_ENTRIES,
+    ) -> None:
+        self.client = client
+        self.ttl_s = ttl_s
+        self.max_entries = max_entries
+        self._next_evict = 0.0
+        self.snapshot = Path(snapshot) if snapshot is not None else None
+        self._clock = clock
+        self._lock = threading.RLock()
+        self._views: dict[str, ServiceView] = {}
+        self._routes: RouteView | None = None
+        self._file = Snapshot(self.snapshot)
+        self._closed = False
+        self.hits = 0
+        self.misses = 0
+        self.errors = 0
+
+    def __enter__(self) -> ServiceCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def get(self, service: str) -> ServiceView:
+        """As ``AsyncServiceCache.get``."""
+        now = self._clock()
+        with self._lock:
+            self._evict(now)
+            view = self._views.get(service)
+            if view is not None:
+                self.hits += 1
+                view.last_used = now
+                return view
+            self.misses += 1
+            view = ServiceView(service, now)
+            try:
+                self._list(view)
+            except Unavailable:
+                self.errors += 1
+                saved = self._file.saved.get(service)
+                if saved is None:
+                    raise
+                view.restore(saved, now)
+                _restored(service, saved)
+            self._views[service] = view
+            self._start(view, service, ("instance", "service_config"))
+            return view
+
+    def routes(self) -> RouteTable:
+        """As ``AsyncServiceCache.routes``."""
+        with self._lock:
+            view = self._routes
+            if view is None:
+                view = RouteView(self._clock())
+                try:
+                    self._list_routes(view)
+                except Unavailable:
+                    self.errors += 1
+                    saved = self._file.saved.get(ROUTES_KEY)
+                    if saved is not None:
+                        view.restore(saved, self._clock())
+                        _restored("the routes", saved)
+                    else:
+                        view.stale = True
+                self._routes = view
+                self._start(view, None, ("route",))
+            return view.table
+
+    def endpoints(self, service: str) -> tuple[Endpoint, ...]:
+        return self.get(service).endpoints
+
+    def stats(self) -> dict[str, object]:
+        with self._lock:
+            return _stats(self._views, self.hits, self.misses, self.errors, self._clock())
+
+    def _list(self, view: ServiceView) -> None:
+        got = self.client.instances(view.service)
+        try:
+            config = self.client.service_config(view.service)
+        except NotFound:
+            config = None
+        with self._lock:
+            view.load(got.instances, config, got.revision, self._clock())
+            self._remember(view.service, view)
+
+    def _list_routes(self, view: RouteView) -> None:
+        routes, revision = self.client.routes_at()
+        with self._lock:
+            view.load(routes, revision, self._clock())
+            self._remember(ROUTES_KEY, view)
+
+    def _start(
+        self, view: ServiceView | RouteView, service: str | None, kinds: tuple[str, ...]
+    ) -> None:
+        name = service or "routes"
+        t = threading.Thread(
+            target=self._follow, args=(view, service, kinds), name=f"cache-{name}", daemon=True
+        )
+        view.watch = t
+        t.start()
+
+    def _follow(
+        self, view: ServiceView | RouteView, service: str | None, kinds: tuple[str, ...]
+    ) -> None:
+        name = service or "the routes"
+        key = service or ROUTES_KEY
+
+        def connection(up: bool) -> None:
+            with self._lock:
+                view.connection(up, self._clock(), name)
+
+        while not view.stop.is_set():
+            try:
+                if view.from_snapshot or view.revision == 0:
+                    if isinstance(view, ServiceView):
+                        self._list(view)
+                    else:
+                        self._list_routes(view)
+                for ev in self.client.watch(
+                    service,
+                    index=view.revision,
+                    kinds=kinds,
+                    on_connection=connection,
+                    stop=view.stop,
+                ):
+                    with self._lock:
+                        view.apply(ev, self._clock())
+                        self._remember(key, view)
+            except Gone:
+                view.revision = 0
+            except WaypostError as exc:
+                with self._lock:
+                    self.errors += 1
+                    view.stale = True
+                if not view.stop.is_set():
+                    log.warning("keeping %s current failed (%s); retrying", name, exc)
+                view.stop.wait(RELIST_PAUSE_S)
+            except Exception:
+                with self._lock:
+                    self.errors += 1
+                    view.stale = True
+                if self._closed:
+                    return  # the client was closed under the watch
+                log.exception("keeping %s current failed; retrying", name)
+                view.stop.wait(RELIST_PAUSE_S)
+
+    def _evict(self, now: float) -> None:
+        if now < self._next_evict and len(self._views) < self.max_entries:
+            return  # looked a moment ago, and there is room
+        self._next_evict = now + min(1.0, self.ttl_s / 2)
+        for name in _expired(self._views, now, self.ttl_s, self.max_entries):
+            self._views.pop(name).stop.set()
+
+    def forget(self, service: str) -> None:
+        """Drop one service's view (its watch ends at its next wake-up)."""
+        with self._lock:
+            view = self._views.pop(service, None)
+        if view is not None:
+            view.stop.set()
+
+    def sync(self, service: str | None = None) -> None:
+        names = [service] if service is not None else list(self._views)
+        for name in names:
+            view = self._views.get(name)
+            if view is None:
+                self.get(name)
+            else:
+                self._list(view)
+        if service is None and self._routes is not None:
+            self._list_routes(self._routes)
+
+    def clear(self) -> None:
+        with self._lock:
+            views: list[_View] = list(self._views.values())
+            if self._routes is not None:
+                views.append(self._routes)
+            self._views, self._routes = {}, None
+        for v in views:
+            v.stop.set()
+
+    def close(self) -> None:
+        self._closed = True
+        with self._lock:
+            if self._file.dirty:
+                self._file.write()
+        self.clear()
+
+    def _remember(self, key: str, view: ServiceView | RouteView) -> None:
         if self.snapshot is None:
             return
-        tmp = self.snapshot.with_name(self.snapshot.name + ".tmp")
-        try:
-            tmp.write_bytes(msgspec.json.encode(self._saved))
-            os.replace(tmp, self.snapshot)
-        except OSError as exc:
-            self.errors += 1
-            log.warning("cannot write the cache snapshot %s: %s", self.snapshot, exc)
+        self._file.remember(key, view.saved(), lambda k: k in self._views or k == ROUTES_KEY)
+        if self._clock() - self._file.written_at >= SNAPSHOT_EVERY_S:
+            self._file.write()
 
-    def _read_snapshot(self) -> dict[str, _Saved]:
-        """What an earlier run saved; read leniently: a damaged file or entry is skipped
-        (logged), never fatal."""
-        if self.snapshot is None or not self.snapshot.exists():
-            return {}
-        try:
-            raw = msgspec.json.decode(self.snapshot.read_bytes())
-        except (OSError, msgspec.DecodeError) as exc:
-            log.warning("ignoring the cache snapshot %s: %s", self.snapshot, exc)
-            return {}
-        out: dict[str, _Saved] = {}
-        if isinstance(raw, dict):
-            for name, item in raw.items():
-                try:
-                    out[str(name)] = msgspec.convert(item, _Saved, strict=False)
-                except msgspec.ValidationError as exc:
-                    log.warning("skipping %s in the cache snapshot: %s", name, exc)
-        return out
+
+def _expired(views: dict[str, ServiceView], now: float, ttl_s: float, most: int) -> list[str]:
+    """The views to drop: unused for ``ttl_s``, and the least recently used beyond
+    ``most - 1`` (room for the one about to be added)."""
+    gone = [name for name, v in views.items() if now - v.last_used > ttl_s]
+    left = len(views) - len(gone)
+    if left >= most:
+        kept = sorted((v.last_used, name) for name, v in views.items() if name not in gone)
+        gone += [name for _, name in kept[: left - most + 1]]
+    return gone
+
+
+def _restored(what: str, saved: _Saved) -> None:
+    log.warning(
+        "the registry is unreachable: %s served from the snapshot of %s",
+        what,
+        time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(saved.saved_at)),
+    )

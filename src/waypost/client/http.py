@@ -29,19 +29,10 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from waypost.errors import Unavailable
-from waypost.model import ServiceConfig
-from waypost.traffic import Endpoint, Limits, OutlierDetector, eligible
-from waypost.traffic.balancers import Balancer
-from waypost.traffic.policy import (
-    balancer_for,
-    limits_policy,
-    outlier_policy,
-    retry_policy,
-    split_for,
-)
-from waypost.traffic.retry import RetryBudget, RetryPolicy
-from waypost.traffic.split import Split
+from waypost.model import Route, ServiceConfig
+from waypost.traffic import Endpoint
+from waypost.traffic.exchange import Attempt, Exchange, Policies
+from waypost.traffic.routes import RouteTable, rewrite
 
 if TYPE_CHECKING:
     from waypost.client.cache import AsyncServiceCache
@@ -68,21 +59,6 @@ class HttpResponse:
         return self.status < 400
 
 
-@dataclass(slots=True)
-class _Policies:
-    """The objects applying one service's config; rebuilt when the config changes."""
-
-    config: ServiceConfig | None
-    balancer: Balancer
-    retry: RetryPolicy
-    outlier: OutlierDetector
-    limits: Limits
-    budget: RetryBudget
-    split: Split | None
-    hash_on: str = "client_ip"
-    panic: float = 50.0
-
-
 class _Failure(Exception):
     def __init__(self, kind: str, detail: str) -> None:
         super().__init__(detail)
@@ -107,7 +83,8 @@ class ServiceHttp:
         self._session = session
         self._own_session = session is None
         self._rng = rng or random.Random()
-        self._policies: _Policies | None = None
+        self._policies: dict[str, Policies] = {}
+        self._routes: tuple[RouteTable, RouteTable] | None = None
 
     async def __aenter__(self) -> ServiceHttp:
         return self
@@ -128,30 +105,28 @@ class ServiceHttp:
             )
         return self._session
 
-    def policies(self, config: ServiceConfig | None) -> _Policies:
-        """The policy objects for ``config``; kept (with their state) while it is the
-        same config."""
-        current = self._policies
-        if current is not None and current.config == config:
-            return current
-        lb = config.load_balancer if config is not None else None
-        cb = config.circuit_breaker if config is not None else None
-        retry = retry_policy(config.retry if config else None, config.timeout if config else None)
-        outlier = OutlierDetector(outlier_policy(cb))
-        if current is not None and current.outlier.policy == outlier.policy:
-            outlier = current.outlier  # same breaker settings: keep their state
-        self._policies = _Policies(
-            config=config,
-            balancer=balancer_for(lb, zone=self.zone, rng=self._rng),
-            retry=retry,
-            outlier=outlier,
-            limits=Limits(self.service, limits_policy(cb)),
-            budget=RetryBudget(retry.budget),
-            split=split_for(config, self._rng),
-            hash_on=lb.hash_on if lb is not None else "client_ip",
-            panic=lb.panic_threshold if lb is not None else 50.0,
+    def policies(self, config: ServiceConfig | None, service: str | None = None) -> Policies:
+        """The policy objects for ``service``'s ``config`` (default: this one's); kept
+        (with their state) while it is the same config."""
+        name = service or self.service
+        p = Policies.build(
+            name, config, zone=self.zone, rng=self._rng, previous=self._policies.get(name)
         )
-        return self._policies
+        self._policies[name] = p
+        return p
+
+    async def route(
+        self, method: str, path: str, headers: Mapping[str, str] | None = None
+    ) -> tuple[str, Route | None]:
+        """The service a request goes to and the route that sent it there (None: no
+        route for this service matched; it goes to the service itself)."""
+        table = await self.cache.routes()
+        if table is None or not len(table):
+            return self.service, None
+        if self._routes is None or self._routes[0] is not table:
+            self._routes = (table, table.for_host(self.service))
+        route = self._routes[1].match(method, path, host=self.service, headers=headers)
+        return (route.service, route) if route is not None else (self.service, None)
 
     # --- requests ------------------------------------------------------------------------
 
@@ -178,135 +153,76 @@ class ServiceHttp:
         json: Any = None,
         hash_key: str | None = None,
     ) -> HttpResponse:
-        """Send ``method path`` to an endpoint of the service, retrying as its policy says.
-        ``hash_key``: the key for consistent hashing (default: from the request, as the
-        policy's ``hash_on`` names)."""
+        """Send ``method path`` to an endpoint of the service (or of the service a route
+        sends it to), retrying as its policy says. ``hash_key``: the key for consistent
+        hashing (default: from the request, as the policy's ``hash_on`` names)."""
         if json is not None:
             import msgspec
 
             data = msgspec.json.encode(json)
             headers = {"Content-Type": "application/json", **(headers or {})}
-        view = await self.cache.get(self.service)
-        p = self.policies(view.config)
+        method = method.upper()
+        target, route = await self.route(method, path, headers)
+        if route is not None:
+            path = rewrite(route, path)
+        view = await self.cache.get(target)
+        p = self.policies(view.config, target)
         key = hash_key if hash_key is not None else _key_of(p.hash_on, headers, params)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + p.retry.timeout_s if p.retry.timeout_s else None
-        p.limits.acquire_request()
-        p.budget.request_started()
-        tried: set[str] = set()
-        attempt = 0
-        retrying = False
+        ex = Exchange(
+            p,
+            view.endpoints,
+            view.versions(),
+            method,
+            key,
+            now=time.monotonic(),
+            subset=route.subset if route is not None else None,
+            path=path,
+        )
         try:
             while True:
-                endpoint = self._pick(view.endpoints, view.versions(), p, tried, key)
-                tried.add(endpoint.id)
-                now = time.monotonic()
-                p.outlier.started(endpoint, now)
-                endpoint.started()
-                start = loop.time()
+                attempt = ex.next(time.monotonic())
                 failure: _Failure | None = None
                 resp: HttpResponse | None = None
                 try:
-                    resp = await self._send(
-                        method, endpoint, path, headers, params, data, p, deadline, attempt
-                    )
+                    resp = await self._send(method, attempt, path, headers, params, data)
                 except _Failure as exc:
                     failure = exc
-                took = loop.time() - start
-                ok = failure is None and resp is not None and resp.status < 500
-                endpoint.finished(took, ok=ok, now=time.monotonic())
-                p.outlier.record(endpoint, ok, time.monotonic(), len(view.endpoints))
-                if retrying:
-                    p.budget.retry_finished()
-                    retrying = False
-                status = resp.status if resp is not None else None
-                kind = failure.kind if failure is not None else None
-                again = (
-                    not ok
-                    and p.retry.should_retry(method, attempt, status=status, failure=kind)
-                    and (deadline is None or loop.time() < deadline)
-                    and self._others_left(view.endpoints, p, tried)
-                    and p.budget.try_retry()
+                wait = ex.finished(
+                    attempt,
+                    time.monotonic(),
+                    status=resp.status if resp is not None else None,
+                    failure=failure.kind if failure is not None else None,
+                    detail=str(failure) if failure is not None else "",
+                    rng=self._rng,
                 )
-                if not again:
+                if wait is None:
                     if resp is not None:
                         return resp
-                    assert failure is not None
-                    raise Unavailable(
-                        f"{self.service}: {method} {path} failed on {endpoint.address}:"
-                        f"{endpoint.port} after {attempt + 1} attempt(s): {failure}",
-                        field="service",
-                    )
-                retrying = True
-                attempt += 1
-                wait = p.retry.backoff(attempt, self._rng)
-                if deadline is not None:
-                    wait = min(wait, max(0.0, deadline - loop.time()))
+                    raise ex.failed()
                 await asyncio.sleep(wait)
         finally:
-            if retrying:
-                p.budget.retry_finished()
-            p.budget.request_finished()
-            p.limits.release_request()
-
-    def _candidates(
-        self, endpoints: tuple[Endpoint, ...], versions: dict[str, str | None], p: _Policies
-    ) -> list[Endpoint]:
-        live = eligible(endpoints, p.panic)
-        if p.split is not None:
-            live = p.split.choose(live, versions)[1]
-        return p.outlier.available(live, time.monotonic())
-
-    def _others_left(self, endpoints: tuple[Endpoint, ...], p: _Policies, tried: set[str]) -> bool:
-        return any(e.id not in tried for e in eligible(endpoints, p.panic))
-
-    def _pick(
-        self,
-        endpoints: tuple[Endpoint, ...],
-        versions: dict[str, str | None],
-        p: _Policies,
-        tried: set[str],
-        key: str | None,
-    ) -> Endpoint:
-        candidates = self._candidates(endpoints, versions, p)
-        fresh = [e for e in candidates if e.id not in tried]
-        if not fresh:
-            # Every breaker open, or everything tried: the untried of all live ones.
-            fresh = [e for e in eligible(endpoints, p.panic) if e.id not in tried] or candidates
-        if not fresh:
-            raise Unavailable(
-                f"{self.service}: no endpoint to send the request to "
-                f"({len(endpoints)} registered, none healthy and closed)",
-                field="service",
-            )
-        return p.balancer.pick(fresh, key)
+            ex.close()
 
     async def _send(
         self,
         method: str,
-        endpoint: Endpoint,
+        attempt: Attempt,
         path: str,
         headers: Mapping[str, str] | None,
         params: Mapping[str, str] | None,
         data: bytes | None,
-        p: _Policies,
-        deadline: float | None,
-        attempt: int,
     ) -> HttpResponse:
-        loop = asyncio.get_running_loop()
-        limit = p.retry.per_try_timeout_s
-        if deadline is not None:
-            left = max(0.001, deadline - loop.time())
-            limit = left if limit is None else min(limit, left)
+        endpoint = attempt.endpoint
         host = f"[{endpoint.address}]" if ":" in endpoint.address else endpoint.address
         url = f"http://{host}:{endpoint.port}{path}"
+        limit = attempt.timeout_s
         timeout = aiohttp.ClientTimeout(total=limit)
         try:
             async with self._pool().request(
                 method, url, headers=headers, params=params, data=data, timeout=timeout
             ) as r:
                 body = await r.read()
-                return HttpResponse(r.status, dict(r.headers), body, endpoint, attempt + 1)
+                return HttpResponse(r.status, dict(r.headers), body, endpoint, attempt.number + 1)
         except aiohttp.ClientConnectorError as exc:
             raise _Failure("connect-failure", str(exc)) from None
         except TimeoutError:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from waypost.model import SplitSide
 from waypost.traffic.balancers import Endpoint
@@ -39,7 +39,7 @@ class Split:
         self._rng = rng or random.Random()
 
     def partition(
-        self, endpoints: Sequence[Endpoint], versions: dict[str, str | None]
+        self, endpoints: Sequence[Endpoint], versions: Mapping[str, str | None]
     ) -> list[list[Endpoint]]:
         """Each side's endpoints; ``versions`` maps endpoint id to instance version."""
         out: list[list[Endpoint]] = [[] for _ in self.sides]
@@ -52,7 +52,7 @@ class Split:
         return out
 
     def choose(
-        self, endpoints: Sequence[Endpoint], versions: dict[str, str | None]
+        self, endpoints: Sequence[Endpoint], versions: Mapping[str, str | None]
     ) -> tuple[str, list[Endpoint]]:
         """The side a request goes to (its version constraint) and its endpoints: by
         weight among the sides with endpoints; all endpoints if no side has any."""

@@ -1,0 +1,358 @@
+"""``waypost proxy`` as a real process in front of real backend HTTP servers registered in
+a real registry: routing by Host, path, headers and subsets; forwarding headers and trace
+context; streaming both ways; retries and ejection; JSON failures; live route and policy
+changes; and routing on with the registry stopped, also after a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import re
+import socket
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from tests.conftest import ServerProcess, until
+from waypost import AsyncClient
+from waypost.testing import ProxyProcess
+
+TRACEPARENT = re.compile(r"\A00-[0-9a-f]{32}-[0-9a-f]{16}-01\Z")
+
+
+class Backends:
+    """HTTP servers on loopback, each telling what it received: its name, the path, the
+    headers and the body's length; ``mode[name]``: ``ok``, ``fail`` (503) or ``hang``."""
+
+    def __init__(self) -> None:
+        self.mode: dict[str, str] = {}
+        self.hits: Counter[str] = Counter()
+        self.ports: dict[str, int] = {}
+        self._runners: list[web.AppRunner] = []
+
+    async def start(self, *names: str) -> None:
+        for name in names:
+            self.mode[name] = "ok"
+
+            async def handle(request: web.Request, name: str = name) -> web.StreamResponse:
+                self.hits[name] += 1
+                size = 0
+                async for chunk in request.content.iter_any():
+                    size += len(chunk)
+                mode = self.mode[name]
+                if mode == "fail":
+                    return web.Response(status=503, text=f"{name} down")
+                if mode == "hang":
+                    await asyncio.sleep(10)
+                if request.path == "/big":  # 3 MiB, chunked
+                    resp = web.StreamResponse(headers={"X-Backend": name})
+                    await resp.prepare(request)
+                    for _ in range(48):
+                        await resp.write(b"x" * 65536)
+                    await resp.write_eof()
+                    return resp
+                return web.json_response(
+                    {
+                        "backend": name,
+                        "path": request.path_qs,
+                        "headers": dict(request.headers),
+                        "size": size,
+                    },
+                    headers={"Proxy-Authenticate": "Basic", "X-Backend": name},
+                )
+
+            app = web.Application(client_max_size=16 << 20)
+            app.router.add_route("*", "/{tail:.*}", handle)
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            self.ports[name] = runner.addresses[0][1]
+            self._runners.append(runner)
+
+    async def stop(self) -> None:
+        for runner in self._runners:
+            await runner.cleanup()
+
+
+@asynccontextmanager
+async def setup(
+    server: ServerProcess, backends: dict[str, dict[str, Any]], *proxy_args: str
+) -> AsyncIterator[tuple[Backends, AsyncClient, ProxyProcess, aiohttp.ClientSession]]:
+    """Backends registered as instances (``{name: instance fields}``), a proxy, a
+    client session to it."""
+    b = Backends()
+    await b.start(*backends)
+    proxy = await asyncio.to_thread(lambda: ProxyProcess(server.url, *proxy_args).start())
+    try:
+        async with AsyncClient(server.url) as client, aiohttp.ClientSession() as http:
+            for name, fields in backends.items():
+                await client.register(id=name, address="127.0.0.1", port=b.ports[name], **fields)
+            yield b, client, proxy, http
+    finally:
+        await asyncio.to_thread(proxy.stop)
+        await b.stop()
+
+
+async def get(
+    http: aiohttp.ClientSession, proxy: ProxyProcess, path: str, host: str, **kw: Any
+) -> tuple[int, Any]:
+    headers = {"Host": host, **kw.pop("headers", {})}
+    async with http.request(kw.pop("method", "GET"), proxy.url + path, headers=headers, **kw) as r:
+        body = await r.read()
+        ctype = r.headers.get("Content-Type", "")
+        return r.status, json.loads(body) if ctype.startswith("application/json") else body
+
+
+def run(coro: Callable[[], Any]) -> None:
+    asyncio.run(coro())
+
+
+def test_routes_by_host_with_forwarding_headers_and_trace_context(server: ServerProcess) -> None:
+    async def go() -> None:
+        shop = {"service": "shop"}
+        async with setup(server, {"a": shop, "b": shop}) as (_b, _, proxy, http):
+            seen = Counter()
+            for _ in range(10):
+                status, body = await get(http, proxy, "/items?page=2", "shop")
+                assert status == 200
+                seen[body["backend"]] += 1
+                assert body["path"] == "/items?page=2"
+                h = body["headers"]
+                assert h["X-Forwarded-For"] == "127.0.0.1"
+                assert h["X-Forwarded-Proto"] == "http"
+                assert h["X-Forwarded-Host"] == "shop"
+                assert h["Host"] == "shop"
+                assert TRACEPARENT.match(h["traceparent"]), h["traceparent"]
+            assert seen == {"a": 5, "b": 5}  # round robin by default
+            trace = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+            _, body = await get(
+                http,
+                proxy,
+                "/",
+                "shop:8080",
+                headers={"traceparent": trace, "X-Forwarded-For": "10.1.2.3"},
+            )
+            assert body["headers"]["traceparent"] == trace
+            assert body["headers"]["X-Forwarded-For"] == "10.1.2.3, 127.0.0.1"
+            # Hop-by-hop headers go no further, in either direction (raw bytes, so no
+            # client library adds or removes any).
+            raw = await asyncio.to_thread(
+                raw_request,
+                proxy.port,
+                b"GET /hop HTTP/1.1\r\nHost: shop\r\nConnection: keep-alive, X-Private\r\n"
+                b"X-Private: secret\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\n"
+                b"Proxy-Authorization: Basic eA==\r\nX-Kept: yes\r\n\r\n",
+            )
+            head, _, payload = raw.partition(b"\r\n\r\n")
+            sent = json.loads(payload)["headers"]
+            assert sent["X-Kept"] == "yes"
+            for hop in ("X-Private", "Keep-Alive", "TE", "Proxy-Authorization"):
+                assert hop not in sent, (hop, sent)
+            assert b"X-Backend:" in head
+            assert b"Proxy-Authenticate" not in head
+
+    run(go)
+
+
+def raw_request(port: int, data: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(data)
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            buf += s.recv(65536)
+        head = buf.split(b"\r\n\r\n", 1)[0]
+        length = int(re.search(rb"(?i)content-length: (\d+)", head).group(1))  # type: ignore[union-attr]
+        while len(buf) < len(head) + 4 + length:
+            buf += s.recv(65536)
+        return buf
+
+
+def test_routes_by_path_header_and_subset_and_follows_changes_live(
+    server: ServerProcess,
+) -> None:
+    async def go() -> None:
+        instances = {
+            "stable": {"service": "shop", "version": "1.0.0"},
+            "beta": {"service": "shop", "version": "2.0.0", "meta": {"track": "beta"}},
+            "admin": {"service": "shop-admin"},
+            "api": {"service": "api-svc"},
+        }
+        async with setup(server, instances) as (_b, client, proxy, http):
+            await client.set_route(
+                {
+                    "name": "admin",
+                    "service": "shop-admin",
+                    "match": {"hosts": ["shop"], "path_prefix": "/admin/"},
+                    "strip_prefix": True,
+                    "priority": 10,
+                }
+            )
+            await client.set_route(
+                {
+                    "name": "beta-users",
+                    "service": "shop",
+                    "match": {
+                        "hosts": ["*.example.com", "shop"],
+                        "headers_regex": {"x-user": r".*@beta\.example"},
+                    },
+                    "subset": {"track": "beta"},
+                    "priority": 20,
+                }
+            )
+            await client.set_route(
+                {"name": "api", "service": "api-svc", "match": {"path_prefix": "/api/"}}
+            )
+            status, body = await get(http, proxy, "/admin/users?x=1", "shop")
+            assert (status, body["backend"], body["path"]) == (200, "admin", "/users?x=1")
+            for _ in range(6):
+                _, body = await get(
+                    http, proxy, "/", "shop", headers={"X-User": "ann@beta.example"}
+                )
+                assert body["backend"] == "beta"
+            _, body = await get(
+                http, proxy, "/", "www.example.com", headers={"X-User": "ann@beta.example"}
+            )
+            assert body["backend"] == "beta"
+            others = {
+                (await get(http, proxy, "/", "shop", headers={"X-User": "bob@x.org"}))[1]["backend"]
+                for _ in range(6)
+            }
+            assert others == {"stable", "beta"}
+            _, body = await get(http, proxy, "/api/v1/things", "anything.local")
+            assert body["backend"] == "api"  # a route without hosts: any Host
+
+            # Changed through the API, applied by the running proxy.
+            await client.delete_route("admin")
+
+            async def admin_gone() -> bool:
+                _, body = await get(http, proxy, "/admin/users", "shop")
+                return body["backend"] != "admin"
+
+            await until(admin_gone, "the deleted route to stop routing")
+            await client.set_service_config("shop", {"split": [{"version": "^2", "weight": 100}]})
+
+            async def all_to_v2() -> bool:
+                got = {(await get(http, proxy, "/", "shop"))[1]["backend"] for _ in range(6)}
+                return got == {"beta"}
+
+            await until(all_to_v2, "the new split to send everything to 2.x")
+
+    run(go)
+
+
+def test_failures_answer_json_with_a_reason(server: ServerProcess) -> None:
+    async def go() -> None:
+        async with setup(server, {"slow": {"service": "slow"}}) as (b, client, proxy, http):
+            status, body = await get(http, proxy, "/", "nowhere")
+            assert status == 404, body
+            assert body["reason"] == "no_route"
+            status, body = await get(http, proxy, "/", "bad host!")
+            assert status == 404
+            assert body["reason"] == "no_route"
+            # A service with a config but no instance: nothing to send to.
+            await client.set_service_config("ghost", {"timeout": "1s"})
+            status, body = await get(http, proxy, "/", "ghost")
+            assert status == 503, body
+            assert body["reason"] == "no_endpoint"
+            # An endpoint that refuses connections.
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                closed_port = s.getsockname()[1]
+            await client.register(id="gone", service="gone", address="127.0.0.1", port=closed_port)
+            status, body = await get(http, proxy, "/", "gone")
+            assert status == 502, body
+            assert body["reason"] == "upstream_failed"
+            assert "gone" in body["error"]
+            # An endpoint that does not answer within the service's timeout.
+            await client.set_service_config("slow", {"timeout": "300ms"})
+            b.mode["slow"] = "hang"
+            status, body = await get(http, proxy, "/", "slow")
+            assert status == 504, body
+            assert body["reason"] == "upstream_timeout"
+
+    run(go)
+
+
+def test_retries_elsewhere_and_ejects_a_failing_endpoint(server: ServerProcess) -> None:
+    async def go() -> None:
+        api = {"service": "api"}
+        async with setup(server, {"good": api, "bad": api}) as (b, _, proxy, http):
+            b.mode["bad"] = "fail"
+            for _ in range(30):
+                status, body = await get(http, proxy, "/", "api")
+                assert status == 200
+                assert body["backend"] == "good"
+            # Ejected after 5 consecutive failures: no more traffic while open.
+            assert b.hits["bad"] == 5, b.hits
+            # A POST is not retried: it is not idempotent. With "bad" ejected, it only
+            # reaches "good".
+            status, _ = await get(http, proxy, "/", "api", method="POST", data=b"x")
+            assert status == 200
+
+    run(go)
+
+
+def test_streams_large_bodies_both_ways(server: ServerProcess) -> None:
+    async def go() -> None:
+        async with setup(server, {"s": {"service": "files"}}) as (_, _, proxy, http):
+
+            async def chunks() -> AsyncIterator[bytes]:
+                for _ in range(40):
+                    yield b"y" * 65536
+
+            status, body = await get(http, proxy, "/upload", "files", method="POST", data=chunks())
+            assert status == 200
+            assert body["size"] == 40 * 65536
+            big = b"z" * (2 << 20)  # above the proxy's buffer: streamed with its length
+            status, body = await get(
+                http, proxy, "/upload", "files", method="PUT", data=io.BytesIO(big)
+            )
+            assert status == 200
+            assert body["size"] == len(big)
+            async with http.get(proxy.url + "/big", headers={"Host": "files"}) as r:
+                assert r.status == 200
+                assert r.headers["X-Backend"] == "s"
+                got = 0
+                async for chunk in r.content.iter_any():
+                    got += len(chunk)
+            assert got == 48 * 65536
+
+    run(go)
+
+
+def test_keeps_routing_with_the_registry_stopped_and_after_a_restart(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    snapshot = tmp_path / "proxy-snapshot.json"
+
+    async def go() -> None:
+        web_ = {"service": "web"}
+        async with setup(server, {"w1": web_, "w2": web_}, "--snapshot", str(snapshot)) as (
+            _,
+            _,
+            proxy,
+            http,
+        ):
+            assert (await get(http, proxy, "/", "web"))[0] == 200
+
+            def saved() -> bool:
+                return snapshot.exists() and "w2" in snapshot.read_text()
+
+            await until(saved, "the proxy's snapshot to hold web")
+            await asyncio.to_thread(server.stop)
+            for _ in range(6):
+                status, body = await get(http, proxy, "/", "web")
+                assert status == 200
+                assert body["backend"] in ("w1", "w2")
+            await asyncio.to_thread(proxy.restart)  # the registry is still down
+            got = {(await get(http, proxy, "/", "web"))[1]["backend"] for _ in range(6)}
+            assert got == {"w1", "w2"}
+
+    run(go)
