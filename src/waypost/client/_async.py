@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +38,7 @@ from waypost.sse import SseParser, SseTooLarge
 if TYPE_CHECKING:
     from waypost.client.cache import AsyncServiceCache
     from waypost.client.http import ServiceHttp
+    from waypost.traffic.exchange import Policies
 
 log = logging.getLogger("waypost.client")
 
@@ -112,11 +114,15 @@ class AsyncClient:
         coalesce: bool = True,
         batch_window_s: float = BATCH_WINDOW_S,
         batch_max: int = BATCH_MAX,
+        cache_snapshot: str | os.PathLike[str] | None = None,
     ) -> None:
         """``coalesce``: send concurrent register, deregister and heartbeat calls as one
         request (each caller still gets exactly its own call's answer, see
         ``_coalesce.py``); while a batch is in flight, calls wait at most
-        ``batch_window_s`` or until ``batch_max`` are waiting."""
+        ``batch_window_s`` or until ``batch_max`` are waiting. ``cache_snapshot``: the
+        file the service cache (``cache``, ``http()``) keeps what it knows in, so a
+        program restarted while the registry is down still reaches its services."""
+        self._cache_snapshot = cache_snapshot
         self._servers = ServerList(servers)
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._timeout_s = timeout_s
@@ -124,6 +130,7 @@ class AsyncClient:
         self.coalescer: Coalescer | None = None
         self._cache: AsyncServiceCache | None = None
         self._service_pool: aiohttp.ClientSession | None = None
+        self._traffic: dict[str, dict[str, Policies]] = {}  # by zone/service called
         if coalesce:
             self.coalescer = Coalescer(self._call, window_s=batch_window_s, max_calls=batch_max)
 
@@ -155,7 +162,7 @@ class AsyncClient:
         if self._cache is None:
             from waypost.client.cache import AsyncServiceCache
 
-            self._cache = AsyncServiceCache(self)
+            self._cache = AsyncServiceCache(self, snapshot=self._cache_snapshot)
         return self._cache
 
     def http(self, service: str, *, zone: str = "") -> ServiceHttp:
@@ -169,7 +176,14 @@ class AsyncClient:
             self._service_pool = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=0, limit_per_host=0)
             )
-        return ServiceHttp(self.cache, service, zone=zone, session=self._service_pool)
+        key = f"{zone}/{service}"
+        return ServiceHttp(
+            self.cache,
+            service,
+            zone=zone,
+            session=self._service_pool,
+            policies=self._traffic.setdefault(key, {}),
+        )
 
     def _pool(self) -> aiohttp.ClientSession:
         if self._session is None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -32,6 +33,11 @@ from waypost.model import (
 )
 from waypost.model import Lease as LeaseInfo
 from waypost.sse import SseParser, SseTooLarge
+
+if TYPE_CHECKING:
+    from waypost.client.cache import ServiceCache
+    from waypost.client.http import SyncServiceHttp
+    from waypost.traffic.exchange import Policies
 
 log = logging.getLogger("waypost.client")
 
@@ -96,11 +102,19 @@ class Client:
         *,
         token: str | None = None,
         timeout_s: float = _core.DEFAULT_TIMEOUT_S,
+        cache_snapshot: str | os.PathLike[str] | None = None,
     ) -> None:
+        """``cache_snapshot``: as ``AsyncClient``'s."""
         self._servers = ServerList(servers)
+        self._token = token
+        self._cache_snapshot = cache_snapshot
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._timeout_s = timeout_s
         self._http = httpx.Client(headers=headers, timeout=timeout_s)
+        self._cache: ServiceCache | None = None
+        self._service_pool: httpx.Client | None = None
+        self._traffic: dict[str, dict[str, Policies]] = {}  # by zone/service called
+        self._traffic_lock = threading.Lock()
 
     def __enter__(self) -> Client:
         return self
@@ -109,8 +123,49 @@ class Client:
         self.close()
 
     def close(self) -> None:
-        """Close the connection pool."""
+        """Close the connection pools (and the service cache, with its watches)."""
+        if self._cache is not None:
+            self._cache.close()
+            self._cache = None
+        if self._service_pool is not None:
+            self._service_pool.close()
+            self._service_pool = None
         self._http.close()
+
+    # --- calling services -------------------------------------------------------------------
+
+    @property
+    def cache(self) -> ServiceCache:
+        """The watch-fed service cache ``http()`` reads (made on first use; it runs its
+        watches on an event loop in a thread of its own)."""
+        if self._cache is None:
+            from waypost.client.cache import ServiceCache
+
+            self._cache = ServiceCache(
+                self._servers.urls,
+                token=self._token,
+                timeout_s=self._timeout_s,
+                snapshot=self._cache_snapshot,
+            )
+        return self._cache
+
+    def http(self, service: str, *, zone: str = "") -> SyncServiceHttp:
+        """Requests to ``service`` by name, with its routes and traffic policies applied
+        (balancing, circuit breaking, retries, splits): ``with client.http("api") as api:
+        api.get("/users/7")``. ``zone``: this program's zone, for services whose load
+        balancer prefers the caller's zone."""
+        from waypost.client.http import SyncServiceHttp
+
+        if self._service_pool is None:
+            self._service_pool = httpx.Client(limits=httpx.Limits(max_connections=None))
+        return SyncServiceHttp(
+            self.cache,
+            service,
+            zone=zone,
+            session=self._service_pool,
+            policies=self._traffic.setdefault(f"{zone}/{service}", {}),
+            lock=self._traffic_lock,
+        )
 
     def _send(self, req: Request) -> httpx.Response:
         failures = []

@@ -13,9 +13,10 @@ says how old they are (``ServiceView.age_s``, ``stale``), as Eureka's clients do
 ``snapshot=PATH`` it also writes what it holds to a file (atomically, at most once a
 second), so a program restarted while the registry is still down starts from it.
 
-One core, two drivers: ``ServiceView``, ``RouteView`` and ``Snapshot`` hold the state and
-apply listings and events without I/O; ``AsyncServiceCache`` (for ``AsyncClient``) drives
-them with a task per view, ``ServiceCache`` (for ``Client``) with a thread per view.
+One core: ``ServiceView``, ``RouteView`` and ``Snapshot`` hold the state and apply
+listings and events without I/O; ``AsyncServiceCache`` drives them with a task per view.
+``ServiceCache``, for the blocking ``Client``, runs that same cache on an event loop in a
+thread of its own, and reads held views straight from the caller's thread.
 
 Endpoints are ``waypost.traffic.Endpoint`` objects kept per instance id across changes,
 so the balancers' counters (requests, in flight, errors, latency) survive updates; the
@@ -25,15 +26,16 @@ endpoint tuple is replaced when the set changes (balancers key their tables on i
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import logging
 import os
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
@@ -44,7 +46,6 @@ from waypost.traffic.routes import RouteTable
 
 if TYPE_CHECKING:
     from waypost.client._async import AsyncClient
-    from waypost.client._sync import Client
 
 log = logging.getLogger("waypost.client.cache")
 
@@ -55,6 +56,7 @@ SNAPSHOT_EVERY_S = 1.0
 MAX_SAVED = 1000
 RELIST_PAUSE_S = 1.0
 _V = TypeVar("_V", "ServiceView", "RouteView")
+_T = TypeVar("_T")
 ROUTES_KEY = ""  # the snapshot's entry for the routes (no service has an empty name)
 
 
@@ -75,8 +77,7 @@ class _View:
         self.last_used = now
         self.stale = False  # True while the registry cannot be reached
         self.from_snapshot = False
-        self.watch: asyncio.Task[None] | threading.Thread | None = None
-        self.stop = threading.Event()  # the sync driver's way to end a watch
+        self.watch: asyncio.Task[None] | None = None
 
     def age_s(self, now: float | None = None) -> float:
         """Seconds since the view was last known current."""
@@ -290,7 +291,7 @@ class AsyncServiceCache:
         client: AsyncClient,
         *,
         ttl_s: float = DEFAULT_TTL_S,
-        snapshot: str | Path | None = None,
+        snapshot: str | os.PathLike[str] | None = None,
         clock: Callable[[], float] = time.monotonic,
         max_entries: int = MAX_ENTRIES,
     ) -> None:
@@ -531,32 +532,41 @@ class AsyncServiceCache:
 
 
 class ServiceCache:
-    """Per-service views for one ``Client`` (blocking code): the same views, kept current
-    by a daemon thread per view; ``with`` or ``close()``. Thread-safe."""
+    """The service cache for ``Client`` (blocking code): the same ``AsyncServiceCache``,
+    run on an event loop in a thread of its own, so blocking programs get the same views
+    kept current the same way. A held service is read straight from the caller's thread
+    (a dict lookup); only a service not held yet waits for the loop. ``with`` or
+    ``close()``; thread-safe."""
 
     def __init__(
         self,
-        client: Client,
+        servers: Sequence[str],
         *,
+        token: str | None = None,
         ttl_s: float = DEFAULT_TTL_S,
-        snapshot: str | Path | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        snapshot: str | os.PathLike[str] | None = None,
         max_entries: int = MAX_ENTRIES,
+        timeout_s: float = 10.0,
     ) -> None:
-        self.client = client
-        self.ttl_s = ttl_s
-        self.max_entries = max_entries
-        self._next_evict = 0.0
-        self.snapshot = Path(snapshot) if snapshot is not None else None
-        self._clock = clock
-        self._lock = threading.RLock()
-        self._views: dict[str, ServiceView] = {}
-        self._routes: RouteView | None = None
-        self._file = Snapshot(self.snapshot)
+        from waypost.client._async import AsyncClient
+
+        self.timeout_s = timeout_s
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="waypost-service-cache", daemon=True
+        )
+        self._thread.start()
+
+        async def make() -> AsyncServiceCache:
+            return AsyncServiceCache(
+                AsyncClient(servers, token=token),
+                ttl_s=ttl_s,
+                snapshot=snapshot,
+                max_entries=max_entries,
+            )
+
+        self.inner = self._run(make())
         self._closed = False
-        self.hits = 0
-        self.misses = 0
-        self.errors = 0
 
     def __enter__(self) -> ServiceCache:
         return self
@@ -564,176 +574,65 @@ class ServiceCache:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _run(self, coro: Coroutine[Any, Any, _T]) -> _T:
+        fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return fut.result(self.timeout_s)
+        except concurrent.futures.TimeoutError:
+            fut.cancel()
+            raise Unavailable(
+                f"the registry did not answer within {self.timeout_s:g} s", field="server"
+            ) from None
+
     def get(self, service: str) -> ServiceView:
-        """As ``AsyncServiceCache.get``."""
-        now = self._clock()
-        with self._lock:
-            self._evict(now)
-            view = self._views.get(service)
-            if view is not None:
-                self.hits += 1
-                view.last_used = now
-                return view
-            self.misses += 1
-            view = ServiceView(service, now)
-            try:
-                self._list(view)
-            except Unavailable:
-                self.errors += 1
-                saved = self._file.saved.get(service)
-                if saved is None:
-                    raise
-                view.restore(saved, now)
-                _restored(service, saved)
-            self._views[service] = view
-            self._start(view, service, ("instance", "service_config"))
+        """As ``AsyncServiceCache.get``; a held service without waiting for the loop."""
+        inner = self.inner
+        view = inner._views.get(service)
+        now = inner._clock()
+        if view is not None and now - view.last_used <= inner.ttl_s:
+            inner.hits += 1
+            view.last_used = now
             return view
+        return self._run(inner.get(service))
 
     def routes(self) -> RouteTable:
         """As ``AsyncServiceCache.routes``."""
-        with self._lock:
-            view = self._routes
-            if view is None:
-                view = RouteView(self._clock())
-                try:
-                    self._list_routes(view)
-                except Unavailable:
-                    self.errors += 1
-                    saved = self._file.saved.get(ROUTES_KEY)
-                    if saved is not None:
-                        view.restore(saved, self._clock())
-                        _restored("the routes", saved)
-                    else:
-                        view.stale = True
-                self._routes = view
-                self._start(view, None, ("route",))
+        view = self.inner._routes
+        if view is not None:
             return view.table
+        return self._run(self.inner.routes())
 
     def endpoints(self, service: str) -> tuple[Endpoint, ...]:
         return self.get(service).endpoints
 
     def stats(self) -> dict[str, object]:
-        with self._lock:
-            return _stats(self._views, self.hits, self.misses, self.errors, self._clock())
-
-    def _list(self, view: ServiceView) -> None:
-        got = self.client.instances(view.service)
-        try:
-            config = self.client.service_config(view.service)
-        except NotFound:
-            config = None
-        with self._lock:
-            view.load(got.instances, config, got.revision, self._clock())
-            self._remember(view.service, view)
-
-    def _list_routes(self, view: RouteView) -> None:
-        routes, revision = self.client.routes_at()
-        with self._lock:
-            view.load(routes, revision, self._clock())
-            self._remember(ROUTES_KEY, view)
-
-    def _start(
-        self, view: ServiceView | RouteView, service: str | None, kinds: tuple[str, ...]
-    ) -> None:
-        name = service or "routes"
-        t = threading.Thread(
-            target=self._follow, args=(view, service, kinds), name=f"cache-{name}", daemon=True
-        )
-        view.watch = t
-        t.start()
-
-    def _follow(
-        self, view: ServiceView | RouteView, service: str | None, kinds: tuple[str, ...]
-    ) -> None:
-        name = service or "the routes"
-        key = service or ROUTES_KEY
-
-        def connection(up: bool) -> None:
-            with self._lock:
-                view.connection(up, self._clock(), name)
-
-        while not view.stop.is_set():
-            try:
-                if view.from_snapshot or view.revision == 0:
-                    if isinstance(view, ServiceView):
-                        self._list(view)
-                    else:
-                        self._list_routes(view)
-                for ev in self.client.watch(
-                    service,
-                    index=view.revision,
-                    kinds=kinds,
-                    on_connection=connection,
-                    stop=view.stop,
-                ):
-                    with self._lock:
-                        view.apply(ev, self._clock())
-                        self._remember(key, view)
-            except Gone:
-                view.revision = 0
-            except WaypostError as exc:
-                with self._lock:
-                    self.errors += 1
-                    view.stale = True
-                if not view.stop.is_set():
-                    log.warning("keeping %s current failed (%s); retrying", name, exc)
-                view.stop.wait(RELIST_PAUSE_S)
-            except Exception:
-                with self._lock:
-                    self.errors += 1
-                    view.stale = True
-                if self._closed:
-                    return  # the client was closed under the watch
-                log.exception("keeping %s current failed; retrying", name)
-                view.stop.wait(RELIST_PAUSE_S)
-
-    def _evict(self, now: float) -> None:
-        if now < self._next_evict and len(self._views) < self.max_entries:
-            return  # looked a moment ago, and there is room
-        self._next_evict = now + min(1.0, self.ttl_s / 2)
-        for name in _expired(self._views, now, self.ttl_s, self.max_entries):
-            self._views.pop(name).stop.set()
-
-    def forget(self, service: str) -> None:
-        """Drop one service's view (its watch ends at its next wake-up)."""
-        with self._lock:
-            view = self._views.pop(service, None)
-        if view is not None:
-            view.stop.set()
+        return self.inner.stats()
 
     def sync(self, service: str | None = None) -> None:
-        names = [service] if service is not None else list(self._views)
-        for name in names:
-            view = self._views.get(name)
-            if view is None:
-                self.get(name)
-            else:
-                self._list(view)
-        if service is None and self._routes is not None:
-            self._list_routes(self._routes)
+        self._run(self.inner.sync(service))
+
+    def forget(self, service: str) -> None:
+        self._run(self.inner.forget(service))
 
     def clear(self) -> None:
-        with self._lock:
-            views: list[_View] = list(self._views.values())
-            if self._routes is not None:
-                views.append(self._routes)
-            self._views, self._routes = {}, None
-        for v in views:
-            v.stop.set()
+        self._run(self.inner.clear())
 
     def close(self) -> None:
-        self._closed = True
-        with self._lock:
-            if self._file.dirty:
-                self._file.write()
-        self.clear()
-
-    def _remember(self, key: str, view: ServiceView | RouteView) -> None:
-        if self.snapshot is None:
+        """Stop every watch, write the snapshot, stop the loop's thread."""
+        if self._closed:
             return
-        self._file.remember(key, view.saved(), lambda k: k in self._views or k == ROUTES_KEY)
-        if self._clock() - self._file.written_at >= SNAPSHOT_EVERY_S:
-            self._file.write()
+        self._closed = True
+
+        async def shut() -> None:
+            await self.inner.aclose()
+            await self.inner.client.aclose()
+
+        try:
+            self._run(shut())
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+            self._loop.close()
 
 
 def _expired(views: dict[str, ServiceView], now: float, ttl_s: float, most: int) -> list[str]:

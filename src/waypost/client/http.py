@@ -1,7 +1,14 @@
-"""``AsyncClient.http(service)``: call a service by name, with every traffic policy applied.
+"""``AsyncClient.http(service)`` and ``Client.http(service)``: call a service by name,
+with every traffic policy applied.
 
     async with client.http("user-api") as api:
         resp = await api.get("/users/7")
+
+    with client.http("user-api") as api:        # blocking code
+        resp = api.get("/users/7")
+
+The service's routes come first: a route whose hosts name the service and whose match
+holds sends the request to its service (and subset, and stripped path) instead.
 
 Each request takes the service's view from the watch-fed cache, keeps the healthy
 endpoints (or all of them below the panic threshold), picks a side of the split, drops
@@ -22,12 +29,14 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
+import httpx
 
 from waypost.model import Route, ServiceConfig
 from waypost.traffic import Endpoint
@@ -35,7 +44,7 @@ from waypost.traffic.exchange import Attempt, Exchange, Policies
 from waypost.traffic.routes import RouteTable, rewrite
 
 if TYPE_CHECKING:
-    from waypost.client.cache import AsyncServiceCache
+    from waypost.client.cache import AsyncServiceCache, ServiceCache
 
 
 @dataclass(slots=True)
@@ -76,14 +85,17 @@ class ServiceHttp:
         zone: str = "",
         session: aiohttp.ClientSession | None = None,
         rng: random.Random | None = None,
+        policies: dict[str, Policies] | None = None,
     ) -> None:
+        """``policies``: the policy objects by service, shared by every ``http()`` of one
+        client, so breakers, balancer state and retry budgets outlive one ``with``."""
         self.cache = cache
         self.service = service
         self.zone = zone
         self._session = session
         self._own_session = session is None
         self._rng = rng or random.Random()
-        self._policies: dict[str, Policies] = {}
+        self._policies: dict[str, Policies] = {} if policies is None else policies
         self._routes: tuple[RouteTable, RouteTable] | None = None
 
     async def __aenter__(self) -> ServiceHttp:
@@ -229,6 +241,176 @@ class ServiceHttp:
             raise _Failure("timeout", f"no answer within {limit:g} s") from None
         except (aiohttp.ClientError, ConnectionError) as exc:
             raise _Failure("reset", str(exc) or type(exc).__name__) from None
+
+
+class SyncServiceHttp:
+    """Requests to one service from blocking code (``Client.http(service)``): the same
+    routes, policies and attempts as ``ServiceHttp``, on httpx (keep-alive connections per
+    endpoint). Thread-safe: picks and their bookkeeping happen under a lock."""
+
+    def __init__(
+        self,
+        cache: ServiceCache,
+        service: str,
+        *,
+        zone: str = "",
+        session: httpx.Client | None = None,
+        rng: random.Random | None = None,
+        policies: dict[str, Policies] | None = None,
+        lock: threading.Lock | None = None,
+    ) -> None:
+        """``policies`` and their ``lock``: shared by every ``http()`` of one client."""
+        self.cache = cache
+        self.service = service
+        self.zone = zone
+        self._session = session
+        self._own_session = session is None
+        self._rng = rng or random.Random()
+        self._lock = lock or threading.Lock()
+        self._policies: dict[str, Policies] = {} if policies is None else policies
+        self._routes: tuple[RouteTable, RouteTable] | None = None
+
+    def __enter__(self) -> SyncServiceHttp:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._own_session and self._session is not None:
+            self._session.close()
+            self._session = None
+
+    def _pool(self) -> httpx.Client:
+        if self._session is None:
+            self._session = httpx.Client(limits=httpx.Limits(max_connections=None))
+        return self._session
+
+    def policies(self, config: ServiceConfig | None, service: str | None = None) -> Policies:
+        name = service or self.service
+        p = Policies.build(
+            name, config, zone=self.zone, rng=self._rng, previous=self._policies.get(name)
+        )
+        self._policies[name] = p
+        return p
+
+    def route(
+        self, method: str, path: str, headers: Mapping[str, str] | None = None
+    ) -> tuple[str, Route | None]:
+        table = self.cache.routes()
+        if not len(table):
+            return self.service, None
+        with self._lock:
+            if self._routes is None or self._routes[0] is not table:
+                self._routes = (table, table.for_host(self.service))
+            mine = self._routes[1]
+        route = mine.match(method, path, host=self.service, headers=headers)
+        return (route.service, route) if route is not None else (self.service, None)
+
+    def get(self, path: str, **kw: Any) -> HttpResponse:
+        return self.request("GET", path, **kw)
+
+    def post(self, path: str, **kw: Any) -> HttpResponse:
+        return self.request("POST", path, **kw)
+
+    def put(self, path: str, **kw: Any) -> HttpResponse:
+        return self.request("PUT", path, **kw)
+
+    def delete(self, path: str, **kw: Any) -> HttpResponse:
+        return self.request("DELETE", path, **kw)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        params: Mapping[str, str] | None = None,
+        data: bytes | None = None,
+        json: Any = None,
+        hash_key: str | None = None,
+    ) -> HttpResponse:
+        """As ``ServiceHttp.request``."""
+        if json is not None:
+            import msgspec
+
+            data = msgspec.json.encode(json)
+            headers = {"Content-Type": "application/json", **(headers or {})}
+        method = method.upper()
+        target, route = self.route(method, path, headers)
+        if route is not None:
+            path = rewrite(route, path)
+        view = self.cache.get(target)
+        with self._lock:
+            p = self.policies(view.config, target)
+            key = hash_key if hash_key is not None else _key_of(p.hash_on, headers, params)
+            ex = Exchange(
+                p,
+                view.endpoints,
+                view.versions(),
+                method,
+                key,
+                now=time.monotonic(),
+                subset=route.subset if route is not None else None,
+                path=path,
+            )
+        try:
+            while True:
+                with self._lock:
+                    attempt = ex.next(time.monotonic())
+                failure: _Failure | None = None
+                resp: HttpResponse | None = None
+                try:
+                    resp = self._send(method, attempt, path, headers, params, data)
+                except _Failure as exc:
+                    failure = exc
+                with self._lock:
+                    wait = ex.finished(
+                        attempt,
+                        time.monotonic(),
+                        status=resp.status if resp is not None else None,
+                        failure=failure.kind if failure is not None else None,
+                        detail=str(failure) if failure is not None else "",
+                        rng=self._rng,
+                    )
+                if wait is None:
+                    if resp is not None:
+                        return resp
+                    raise ex.failed()
+                time.sleep(wait)
+        finally:
+            with self._lock:
+                ex.close()
+
+    def _send(
+        self,
+        method: str,
+        attempt: Attempt,
+        path: str,
+        headers: Mapping[str, str] | None,
+        params: Mapping[str, str] | None,
+        data: bytes | None,
+    ) -> HttpResponse:
+        e = attempt.endpoint
+        host = f"[{e.address}]" if ":" in e.address else e.address
+        url = f"http://{host}:{e.port}{path}"
+        limit = attempt.timeout_s
+        try:
+            r = self._pool().request(
+                method,
+                url,
+                headers=headers,
+                params=params,
+                content=data,
+                timeout=httpx.Timeout(limit) if limit is not None else None,
+            )
+        except httpx.ConnectError as exc:
+            raise _Failure("connect-failure", str(exc)) from None
+        except httpx.TimeoutException:
+            raise _Failure("timeout", f"no answer within {limit:g} s") from None
+        except httpx.TransportError as exc:
+            raise _Failure("reset", str(exc) or type(exc).__name__) from None
+        return HttpResponse(r.status_code, dict(r.headers), r.content, e, attempt.number + 1)
 
 
 def _key_of(
