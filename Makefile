@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/watch.py
 	$(BIN)/python bench/checks.py
 	$(BIN)/python bench/dns.py
+	$(BIN)/python bench/traffic.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build src/*.egg-info

@@ -127,9 +127,16 @@ def etcd_member() -> Iterator[int]:
 
 
 def wrk(
-    url: str, *, connections: int = 64, seconds: int = 5, threads: int = 1, script: str = ""
+    url: str,
+    *,
+    connections: int = 64,
+    seconds: int = 5,
+    threads: int = 1,
+    script: str = "",
+    host: str = "",
 ) -> dict[str, float]:
-    """Run wrk against ``url`` (with a Lua ``script``); requests/s and latency in ms."""
+    """Run wrk against ``url`` (with a Lua ``script``, a ``Host`` header); requests/s and
+    latency in ms."""
     exe = shutil.which("wrk")
     if exe is None:
         raise RuntimeError("wrk is not installed: run `make bench` (installs wrk)")
@@ -141,6 +148,7 @@ def wrk(
             f"-d{seconds}s",
             "--latency",
             *(["-s", script] if script else []),
+            *(["-H", f"Host: {host}"] if host else []),
             url,
         ],
         capture_output=True,
