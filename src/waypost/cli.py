@@ -580,6 +580,10 @@ def proxy(
     upstream_timeout: Annotated[
         str, typer.Option(help="An upstream's answer deadline when its policy sets none.")
     ] = "15s",
+    admin: Annotated[
+        str | None,
+        typer.Option(help="HOST:PORT to serve /status (endpoint counters) and /health on."),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
 ) -> None:
     """Reverse-proxy HTTP to services by Host or route, with their traffic policies."""
@@ -590,10 +594,13 @@ def proxy(
     from waypost.settings import host_port
 
     urls = [u for s in (server or ["http://127.0.0.1:8500"]) for u in s.split(",") if u]
-    try:
-        host_port(listen, "listen")
-    except InvalidInput as exc:
-        raise InvalidInput(f"--{exc.message}", field="listen") from None
+    for flag, value in (("listen", listen), ("admin", admin)):
+        if value is None:
+            continue
+        try:
+            host_port(value, flag)
+        except InvalidInput as exc:
+            raise InvalidInput(f"--{exc.message}", field=flag) from None
     try:
         parse_duration(upstream_timeout, field="upstream-timeout")
     except InvalidInput as exc:
@@ -605,6 +612,7 @@ def proxy(
         zone=zone,
         snapshot=str(snapshot) if snapshot is not None else "",
         upstream_timeout=upstream_timeout,
+        admin=admin or "",
     )
     logging.basicConfig(
         level=log_level.upper(),

@@ -183,6 +183,7 @@ class ProxyProcess:
         self.log = Path(log or tempfile.mkstemp(prefix="waypost-proxy-", suffix=".log")[1])
         self.proc: subprocess.Popen[str] | None = None
         self.url = ""
+        self.admin = ""  # with --admin: its URL
 
     def start(self, listen: str = "127.0.0.1:0") -> ProxyProcess:
         cmd = [
@@ -207,6 +208,8 @@ class ProxyProcess:
             self.proc.stdout.close()
             raise RuntimeError(f"waypost proxy did not start: {line!r}\n{self.log.read_text()}")
         self.url = found.group(1)
+        admin = re.search(r"\(admin (http://\S+)\)", line)
+        self.admin = admin.group(1) if admin else ""
         return self
 
     @property

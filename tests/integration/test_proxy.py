@@ -283,7 +283,8 @@ def test_failures_answer_json_with_a_reason(server: ServerProcess) -> None:
 def test_retries_elsewhere_and_ejects_a_failing_endpoint(server: ServerProcess) -> None:
     async def go() -> None:
         api = {"service": "api"}
-        async with setup(server, {"good": api, "bad": api}) as (b, _, proxy, http):
+        backends = {"good": api, "bad": api}
+        async with setup(server, backends, "--admin", "127.0.0.1:0") as (b, _, proxy, http):
             b.mode["bad"] = "fail"
             for _ in range(30):
                 status, body = await get(http, proxy, "/", "api")
@@ -291,6 +292,14 @@ def test_retries_elsewhere_and_ejects_a_failing_endpoint(server: ServerProcess) 
                 assert body["backend"] == "good"
             # Ejected after 5 consecutive failures: no more traffic while open.
             assert b.hits["bad"] == 5, b.hits
+            # What the proxy saw, per endpoint, on its admin listener.
+            async with http.get(proxy.admin + "/status") as r:
+                status_doc = await r.json()
+            eps = {e["id"]: e for e in status_doc["services"]["api"]["endpoints"]}
+            assert eps["bad"]["breaker"] == "open"
+            assert eps["bad"]["errors"] == 5
+            assert eps["good"]["requests"] == 30
+            assert eps["good"]["errors"] == 0
             # A POST is not retried: it is not idempotent. With "bad" ejected, it only
             # reaches "good".
             status, _ = await get(http, proxy, "/", "api", method="POST", data=b"x")
@@ -356,3 +365,25 @@ def test_keeps_routing_with_the_registry_stopped_and_after_a_restart(
             assert got == {"w1", "w2"}
 
     run(go)
+
+
+def test_bad_proxy_flags_and_a_taken_port_are_one_line_errors(server: ServerProcess) -> None:
+    from tests.integration.test_cli import cli
+
+    for args, says in [
+        (("--listen", "nowhere"), "--listen: 'nowhere' is not HOST:PORT"),
+        (("--admin", "1.2.3.4"), "--admin: '1.2.3.4' is not HOST:PORT"),
+        (("--upstream-timeout", "soon"), "--upstream-timeout"),
+    ]:
+        done = cli("proxy", "--server", server.url, *args)
+        assert done.returncode != 0
+        assert says in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = cli("proxy", "--server", server.url, "--listen", f"127.0.0.1:{port}")
+    assert done.returncode != 0
+    assert "cannot listen" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr

@@ -46,6 +46,10 @@ def test_balances_retries_and_ejects_from_blocking_code(server: ServerProcess) -
                 assert r.status == 200
                 assert r.body != b"t1"
             assert ts[1].requests - before == 5  # then ejected: no more traffic
+            eps = {e["id"]: e for e in api.stats()["api"]["endpoints"]}  # type: ignore[index]
+            assert eps["t1"]["breaker"] == "open"
+            assert eps["t1"]["errors"] == 5
+            assert eps["t0"]["errors"] == 0
 
         # Many threads at once, each with its own http(): the client's breakers are
         # shared, so the ejected endpoint stays out and every request is answered.

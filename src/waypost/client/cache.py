@@ -364,6 +364,10 @@ class AsyncServiceCache:
     async def endpoints(self, service: str) -> tuple[Endpoint, ...]:
         return (await self.get(service)).endpoints
 
+    def held(self, service: str) -> ServiceView | None:
+        """The service's view if the cache holds it now (no listing, no counting)."""
+        return self._views.get(service)
+
     def stats(self) -> dict[str, object]:
         """Entries, hits, misses, errors and each service's age and staleness."""
         return _stats(self._views, self.hits, self.misses, self.errors, self._clock())
@@ -604,6 +608,10 @@ class ServiceCache:
 
     def endpoints(self, service: str) -> tuple[Endpoint, ...]:
         return self.get(service).endpoints
+
+    def held(self, service: str) -> ServiceView | None:
+        """The service's view if the cache holds it now (no listing, no counting)."""
+        return self.inner._views.get(service)
 
     def stats(self) -> dict[str, object]:
         return self.inner.stats()

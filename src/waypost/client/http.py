@@ -40,7 +40,7 @@ import httpx
 
 from waypost.model import Route, ServiceConfig
 from waypost.traffic import Endpoint
-from waypost.traffic.exchange import Attempt, Exchange, Policies
+from waypost.traffic.exchange import Attempt, Exchange, Policies, endpoint_stats, prune
 from waypost.traffic.routes import RouteTable, rewrite
 
 if TYPE_CHECKING:
@@ -121,11 +121,27 @@ class ServiceHttp:
         """The policy objects for ``service``'s ``config`` (default: this one's); kept
         (with their state) while it is the same config."""
         name = service or self.service
-        p = Policies.build(
-            name, config, zone=self.zone, rng=self._rng, previous=self._policies.get(name)
-        )
-        self._policies[name] = p
+        previous = self._policies.get(name)
+        p = Policies.build(name, config, zone=self.zone, rng=self._rng, previous=previous)
+        if p is not previous:
+            self._policies[name] = p
+            prune(self._policies, lambda n: n == self.service or self.cache.held(n) is not None)
         return p
+
+    def stats(self) -> dict[str, object]:
+        """Each service this caller reached (the service, and those its routes sent
+        requests to): its endpoints' counters and breaker states, and the view's age."""
+        now = time.monotonic()
+        out: dict[str, object] = {}
+        for name, p in sorted(self._policies.items()):
+            view = self.cache.held(name)
+            if view is not None:
+                out[name] = {
+                    "stale": view.stale,
+                    "age_s": round(view.age_s(), 3),
+                    "endpoints": endpoint_stats(p, view.endpoints, now),
+                }
+        return out
 
     async def route(
         self, method: str, path: str, headers: Mapping[str, str] | None = None
@@ -288,11 +304,27 @@ class SyncServiceHttp:
 
     def policies(self, config: ServiceConfig | None, service: str | None = None) -> Policies:
         name = service or self.service
-        p = Policies.build(
-            name, config, zone=self.zone, rng=self._rng, previous=self._policies.get(name)
-        )
-        self._policies[name] = p
+        previous = self._policies.get(name)
+        p = Policies.build(name, config, zone=self.zone, rng=self._rng, previous=previous)
+        if p is not previous:
+            self._policies[name] = p
+            prune(self._policies, lambda n: n == self.service or self.cache.held(n) is not None)
         return p
+
+    def stats(self) -> dict[str, object]:
+        """Each service this caller reached (the service, and those its routes sent
+        requests to): its endpoints' counters and breaker states, and the view's age."""
+        now = time.monotonic()
+        out: dict[str, object] = {}
+        for name, p in sorted(self._policies.items()):
+            view = self.cache.held(name)
+            if view is not None:
+                out[name] = {
+                    "stale": view.stale,
+                    "age_s": round(view.age_s(), 3),
+                    "endpoints": endpoint_stats(p, view.endpoints, now),
+                }
+        return out
 
     def route(
         self, method: str, path: str, headers: Mapping[str, str] | None = None

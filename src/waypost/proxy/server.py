@@ -37,7 +37,7 @@ from waypost.client.cache import AsyncServiceCache
 from waypost.durations import parse_duration
 from waypost.errors import Unavailable, WaypostError
 from waypost.model import is_label
-from waypost.traffic.exchange import Attempt, Exchange, Policies
+from waypost.traffic.exchange import Attempt, Exchange, Policies, endpoint_stats, prune
 from waypost.traffic.outlier import Overloaded
 from waypost.traffic.routes import host_of, rewrite
 
@@ -81,6 +81,7 @@ class ProxySettings(msgspec.Struct, kw_only=True, frozen=True):
     zone: str = ""
     snapshot: str = ""
     upstream_timeout: str = "15s"
+    admin: str = ""  # HOST:PORT of /status and /health ("" for none)
 
 
 def _problem(status: int, reason: str, message: str) -> web.Response:
@@ -128,6 +129,7 @@ class Proxy:
         self._policies: dict[str, Policies] = {}
         self._pool: UpstreamPool | None = None
         self._runner: web.ServerRunner | None = None
+        self._admin: web.ServerRunner | None = None
         self.address: tuple[str, int] | None = None
         self.requests = 0
         self.failures: dict[str, int] = {}
@@ -147,7 +149,33 @@ class Proxy:
         self.address = (str(bound[0]), int(bound[1]))
         return self.address
 
+    async def start_admin(self, host: str, port: int) -> tuple[str, int]:
+        """Serve ``GET /status`` (JSON: requests, failures, every endpoint's counters and
+        breaker) and ``GET /health`` on a listener of their own, as Envoy's admin port."""
+
+        async def handle(request: web.BaseRequest) -> web.StreamResponse:
+            if request.method != "GET":
+                return _problem(405, "method_not_allowed", "GET only")
+            if request.path == "/status":
+                return web.Response(
+                    body=msgspec.json.encode(self.status()), content_type="application/json"
+                )
+            if request.path == "/health":
+                return web.Response(text="ok")
+            return _problem(404, "not_found", f"no {request.path} here: /status, /health")
+
+        self._admin = web.ServerRunner(web.Server(handle, access_log=None), handle_signals=False)
+        await self._admin.setup()
+        site = web.TCPSite(self._admin, host, port, reuse_address=True)
+        await site.start()
+        sockets = getattr(site._server, "sockets", None) or []
+        bound = sockets[0].getsockname()[:2] if sockets else (host, port)
+        return str(bound[0]), int(bound[1])
+
     async def stop(self) -> None:
+        if self._admin is not None:
+            await self._admin.cleanup()
+            self._admin = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -166,8 +194,11 @@ class Proxy:
         return False
 
     def policies(self, service: str, config: Any) -> Policies:
-        p = Policies.build(service, config, zone=self.zone, previous=self._policies.get(service))
-        self._policies[service] = p
+        previous = self._policies.get(service)
+        p = Policies.build(service, config, zone=self.zone, previous=previous)
+        if p is not previous:
+            self._policies[service] = p
+            prune(self._policies, self.cache._views.__contains__)
         return p
 
     def status(self) -> dict[str, object]:
@@ -175,25 +206,11 @@ class Proxy:
         and breaker state."""
         now = time.monotonic()
         services: dict[str, object] = {}
-        for name, p in sorted(self._policies.items()):
-            view = self.cache._views.get(name)
-            states = p.outlier.stats(now)
+        for name, view in sorted(self.cache._views.items()):
             services[name] = {
-                "stale": view.stale if view is not None else None,
-                "age_s": round(view.age_s(), 3) if view is not None else None,
-                "endpoints": [
-                    {
-                        "id": e.id,
-                        "address": f"{e.address}:{e.port}",
-                        "healthy": e.healthy,
-                        "requests": e.requests,
-                        "active": e.active,
-                        "errors": e.errors,
-                        "latency_ms": round(e.latency_ms, 3),
-                        "breaker": states.get(e.id, "closed"),
-                    }
-                    for e in (view.endpoints if view is not None else ())
-                ],
+                "stale": view.stale,
+                "age_s": round(view.age_s(), 3),
+                "endpoints": endpoint_stats(self._policies.get(name), view.endpoints, now),
             }
         return {"requests": self.requests, "failures": dict(self.failures), "services": services}
 
@@ -386,13 +403,19 @@ async def run_proxy(settings: ProxySettings) -> int:
         snapshot=settings.snapshot or None,
         upstream_timeout_s=parse_duration(settings.upstream_timeout),
     )
+    admin = ""
     try:
         bound = await proxy.start(host, port)
+        if settings.admin:
+            ahost, aport = host_port(settings.admin, "admin")
+            abound = await proxy.start_admin(ahost, aport)
+            admin = f" (admin {_url(abound)})"
     except OSError as exc:
+        await proxy.stop()
         await client.aclose()
-        raise Unavailable(f"cannot listen on {settings.listen}: {exc.strerror or exc}") from None
+        raise Unavailable(f"cannot listen: {exc.strerror or exc}") from None
     h = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
-    print(f"waypost proxy serving http://{h}:{bound[1]}", flush=True)
+    print(f"waypost proxy serving http://{h}:{bound[1]}{admin}", flush=True)
     log.info("proxying on http://%s:%s for %s", h, bound[1], ", ".join(settings.servers))
     try:
         await until_signalled()
@@ -400,3 +423,8 @@ async def run_proxy(settings: ProxySettings) -> int:
         await proxy.stop()
         await client.aclose()
     return 0
+
+
+def _url(bound: tuple[str, int]) -> str:
+    host = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+    return f"http://{host}:{bound[1]}"

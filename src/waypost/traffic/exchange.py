@@ -25,7 +25,7 @@ room, and an endpoint not tried yet remains.
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from waypost.errors import Unavailable
@@ -236,3 +236,35 @@ class Exchange:
         self._end_retry()
         self.policies.budget.request_finished()
         self.policies.limits.release_request()
+
+
+MAX_POLICIES = 2000  # services whose policy objects one caller keeps (see ``prune``)
+
+
+def prune(policies: dict[str, Policies], held: Callable[[str], bool]) -> None:
+    """Bound a caller's policies: past ``MAX_POLICIES``, drop those of services no
+    longer ``held`` (their breakers start closed again if they come back)."""
+    if len(policies) <= MAX_POLICIES:
+        return
+    for name in [n for n in policies if not held(n)]:
+        del policies[name]
+
+
+def endpoint_stats(
+    p: Policies | None, endpoints: Sequence[Endpoint], now: float
+) -> list[dict[str, object]]:
+    """Each endpoint's counters and breaker state, for people and metrics."""
+    states = p.outlier.stats(now) if p is not None else {}
+    return [
+        {
+            "id": e.id,
+            "address": f"{e.address}:{e.port}",
+            "healthy": e.healthy,
+            "requests": e.requests,
+            "active": e.active,
+            "errors": e.errors,
+            "latency_ms": round(e.latency_ms, 3),
+            "breaker": states.get(e.id, "closed"),
+        }
+        for e in endpoints
+    ]
