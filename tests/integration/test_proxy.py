@@ -387,3 +387,50 @@ def test_bad_proxy_flags_and_a_taken_port_are_one_line_errors(server: ServerProc
     assert done.returncode != 0
     assert "cannot listen" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_expect_100_continue_is_answered_by_the_proxy(server: ServerProcess) -> None:
+    def exchange(port: int) -> tuple[bytes, bytes]:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(
+                b"PUT /data HTTP/1.1\r\nHost: store\r\nContent-Length: 5\r\n"
+                b"Expect: 100-continue\r\n\r\n"
+            )
+            interim = b""
+            while b"\r\n\r\n" not in interim:  # the client waits for it before the body
+                interim += s.recv(4096)
+            s.sendall(b"hello")
+            rest = b""
+            while b"}" not in rest:
+                rest += s.recv(65536)
+            return interim, rest
+
+    async def go() -> None:
+        async with setup(server, {"st": {"service": "store"}}) as (_b, _, proxy, _h):
+            interim, rest = await asyncio.to_thread(exchange, proxy.port)
+            assert interim.startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+            body = json.loads(rest.split(b"\r\n\r\n", 1)[1])
+            assert body["size"] == 5
+            assert "Expect" not in body["headers"]
+
+    run(go)
+
+
+def test_ejection_never_exceeds_the_max_percent(server: ServerProcess) -> None:
+    async def go() -> None:
+        api = {"service": "api"}
+        fleet = {"ok": api, "f1": api, "f2": api, "f3": api}
+        async with setup(server, fleet, "--admin", "127.0.0.1:0") as (b, _, proxy, http):
+            for name in ("f1", "f2", "f3"):
+                b.mode[name] = "fail"
+            for _ in range(80):
+                await get(http, proxy, "/", "api")
+            async with http.get(proxy.admin + "/status") as r:
+                eps = (await r.json())["services"]["api"]["endpoints"]
+            states = {e["id"]: e["breaker"] for e in eps}
+            open_now = [k for k, v in states.items() if v != "closed"]
+            # Three of four fail, but at most half of the endpoints are ever out.
+            assert len(open_now) == 2, states
+            assert states["ok"] == "closed"
+
+    run(go)

@@ -29,7 +29,7 @@ import time
 from typing import Any
 
 import msgspec
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 from multidict import CIMultiDict
 
 from waypost.client._async import AsyncClient
@@ -65,7 +65,7 @@ HOP_BY_HOP = frozenset(
 )
 # Request headers the proxy sets itself.
 _SET_BY_US = frozenset(
-    {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "content-length"}
+    {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "content-length", "expect"}
 )
 _TRACEPARENT = re.compile(
     r"\A[0-9a-f]{2}-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}\Z"
@@ -275,6 +275,14 @@ class Proxy:
     ) -> web.StreamResponse:
         body: bytes | None = None
         streamed = False
+        expect = request.headers.get("Expect")
+        if expect is not None:
+            # The proxy takes the body itself, so it answers the client's Expect (the
+            # endpoint never sees it), as aiohttp's router would.
+            if expect.lower() != "100-continue" or request.version != HttpVersion11:
+                return self._failed(417, "expectation_failed", f"unknown Expect: {expect}")
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.writer.output_size = 0
         if request.body_exists:
             length = request.content_length
             if length is not None and length <= BUFFER_MAX:
