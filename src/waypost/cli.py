@@ -7,6 +7,7 @@ non-zero exit (the code comes from the error class, see ``errors.py``), never a 
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from rich.table import Table
 from waypost._version import __version__
 from waypost.client import Client
 from waypost.durations import parse_duration
-from waypost.errors import InvalidInput, NotFound, Unavailable, WaypostError
+from waypost.errors import Conflict, InvalidInput, NotFound, Unavailable, WaypostError
 from waypost.model import Instance, convert_instance
 
 app = typer.Typer(
@@ -166,6 +167,14 @@ def server(
             help="Processes serving the HTTP API on its port (etcd store only; default 1)."
         ),
     ] = None,
+    advertise_mdns: Annotated[
+        bool,
+        typer.Option("--advertise-mdns", help="Announce this server on mDNS (_waypost._tcp)."),
+    ] = False,
+    sign_key: Annotated[
+        str | None,
+        typer.Option(help="Sign node-registry.json with this key (waypost keygen)."),
+    ] = None,
     config: Annotated[
         Path | None, typer.Option(help="YAML/JSON settings file (flags and env win).")
     ] = None,
@@ -190,6 +199,8 @@ def server(
         "dns_workers": dns_workers,
         "etcd_prefix": etcd_prefix,
         "http_workers": http_workers,
+        "advertise_mdns": True if advertise_mdns else None,
+        "sign_key": sign_key,
     }
     _serve(flags, config)
 
@@ -626,6 +637,163 @@ def proxy(
     else:
         code = uvloop.run(run_proxy(settings))
     raise typer.Exit(code)
+
+
+# --- node discovery -------------------------------------------------------------------------
+
+JoinOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--join",
+        help="A discovery source: a registry or peers file, a URL, HOST:PORT, srv:NAME or "
+        "mdns (repeat; env WAYPOST_NODE_REGISTRIES adds more).",
+    ),
+]
+TrustOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--trust-key",
+        help="Accept only entries signed by this key (a .pub file or its text; repeat; "
+        "env WAYPOST_TRUST_KEYS).",
+    ),
+]
+DnsResolverOpt = Annotated[
+    str | None,
+    typer.Option(help="IP:PORT of the DNS server for srv: sources (default: the system's)."),
+]
+
+
+def _trust(keys: list[str] | None) -> list[str]:
+    from waypost.peers.entry import EntryError
+    from waypost.peers.signing import trusted_key
+
+    given = list(keys or [])
+    given += [k for k in os.environ.get("WAYPOST_TRUST_KEYS", "").split(",") if k.strip()]
+    try:
+        return [trusted_key(k) for k in given]
+    except EntryError as exc:
+        raise InvalidInput(f"--trust-key: {exc}", field="trust_key") from None
+
+
+def _resolver(text: str | None) -> tuple[str, int] | None:
+    if not text:
+        return None
+    from waypost.settings import host_port
+
+    try:
+        return host_port(text, "dns-resolver")
+    except InvalidInput as exc:
+        raise InvalidInput(f"--{exc.message}", field="dns_resolver") from None
+
+
+@app.command("node-registry")
+@_friendly
+def node_registry(
+    data_dir: Annotated[
+        Path, typer.Option(help="The server's (or agent's) data directory.")
+    ] = Path(".waypost"),
+) -> None:
+    """Print this node's registry entry (DATA_DIR/node-registry.json)."""
+    from waypost.peers.entry import REGISTRY_FILE
+
+    path = data_dir / REGISTRY_FILE
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise NotFound(
+            f"{path}: {exc.strerror or exc} (a server writes it when it starts)"
+        ) from None
+    sys.stdout.write(data.decode())
+
+
+@app.command()
+@_friendly
+def keygen(
+    out_dir: Annotated[Path, typer.Option("--out", help="Directory for node.key and node.pub.")],
+) -> None:
+    """Write an Ed25519 key pair for signing registry files: node.key (0600), node.pub."""
+    from waypost.peers.entry import EntryError
+    from waypost.peers.signing import keygen as make
+
+    try:
+        key, pub = make(out_dir)
+    except EntryError as exc:
+        raise Conflict(str(exc)) from None
+    except OSError as exc:
+        raise InvalidInput(f"--out: {exc.strerror or exc}", field="out") from None
+    out.print(f"wrote {key} and {pub}")
+
+
+@app.command()
+@_friendly
+def sign(
+    file: Annotated[Path, typer.Argument(help="A node-registry.json or a peers file.")],
+    key: Annotated[Path, typer.Option("--key", help="The private key (waypost keygen).")],
+) -> None:
+    """Sign a registry or peers file in place (every entry of a peers file)."""
+    from waypost.peers.entry import EntryError
+    from waypost.peers.signing import load_private, sign_file
+
+    try:
+        n = sign_file(file, load_private(key))
+    except EntryError as exc:
+        raise InvalidInput(str(exc), field="file") from None
+    out.print(f"signed {n} entr{'y' if n == 1 else 'ies'} in {file}")
+
+
+@app.command()
+@_friendly
+def peers(
+    join: JoinOpt = None,
+    trust_key: TrustOpt = None,
+    dns_resolver: DnsResolverOpt = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Also read DATA_DIR/discovery-peers.json.")
+    ] = None,
+    no_probe: Annotated[
+        bool, typer.Option("--no-probe", help="List what the sources say; probe nothing.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run node discovery once and list every peer: node, API, source, state, error."""
+    import asyncio
+
+    from waypost.peers import Discovery, gather_sources
+
+    sources = gather_sources(
+        join or [],
+        env=os.environ.get("WAYPOST_NODE_REGISTRIES"),
+        data_dir=str(data_dir) if data_dir else None,
+    )
+    if not sources:
+        raise InvalidInput(
+            "give a source: --join SOURCE, WAYPOST_NODE_REGISTRIES or --data-dir", field="join"
+        )
+    try:
+        d = Discovery(
+            sources,
+            trust=_trust(trust_key),
+            auto_connect=not no_probe,
+            dns_resolver=_resolver(dns_resolver),
+        )
+    except ValueError as exc:
+        raise InvalidInput(f"--join: {exc}", field="join") from None
+    asyncio.run(d.refresh())
+    status = d.status()
+    if as_json:
+        _print_json(status)
+    else:
+        table = Table("NODE", "API", "SOURCE", "STATE", "LATENCY", "LAST ERROR")
+        for p in status["peers"]:
+            lat = f"{p['latency_ms']:.1f} ms" if p["latency_ms"] is not None else ""
+            table.add_row(
+                p["node_id"], p["api"], p["source"], p["state"], lat, p["last_error"] or ""
+            )
+        out.print(table)
+        for name, error in status["source_errors"].items():
+            err.print(f"source {name}: {error}", soft_wrap=True)
+    if not any(p["state"] == "reachable" for p in status["peers"]) and not no_probe:
+        raise typer.Exit(8)
 
 
 agent_app = typer.Typer(

@@ -10,11 +10,13 @@ import os
 import socket
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import msgspec
 from aiohttp import web
 
 from waypost.aio import until_signalled
-from waypost.api.app import API, build_app
+from waypost.api.app import API, NODE_ENTRY, build_app
 from waypost.api.hot import HotPath
 from waypost.catalog import Catalog
 from waypost.checking import CheckHost
@@ -27,6 +29,9 @@ from waypost.processes import Workers
 from waypost.registry import Registry
 from waypost.settings import Settings
 from waypost.store import Store, open_store
+
+if TYPE_CHECKING:
+    from waypost.peers.mdns import MdnsAdvertiser
 
 log = logging.getLogger("waypost.server")
 
@@ -77,6 +82,7 @@ class WaypostServer:
         self.dns_workers: DnsWorkers | None = None
         self.http_workers: Workers | None = None
         self._runner: web.AppRunner | None = None
+        self._mdns: MdnsAdvertiser | None = None
         self.url = ""
 
     async def start(self) -> None:
@@ -140,6 +146,11 @@ class WaypostServer:
         bound = sockets[0].getsockname()[1] if sockets else port
         shown = f"[{host}]" if ":" in host else host
         self.url = f"http://{shown}:{bound}"
+        try:
+            await self._announce(app, host, bound)
+        except BaseException:
+            await self.stop()
+            raise
         if self.settings.http_workers > 1 and not self.http_worker:
             env = {
                 **os.environ,
@@ -180,12 +191,55 @@ class WaypostServer:
                 await self.stop()
                 raise
 
+    async def _announce(self, app: web.Application, host: str, port: int) -> None:
+        """Write ``{data_dir}/node-registry.json`` (signed with ``--sign-key``), serve it at
+        ``/api/v1/node-registry``, and announce the server on mDNS when asked."""
+        from waypost._version import __version__
+        from waypost.peers.entry import REGISTRY_FILE, EntryError, registry_entry, write_registry
+        from waypost.peers.signing import load_private, sign
+
+        reachable = _reachable_host(host)
+        shown = f"[{reachable}]" if ":" in reachable else reachable
+        api = f"http://{shown}:{port}"
+        addresses = [f"{shown}:{port}"]
+        if self.dns is not None:
+            addresses += [a.replace("0.0.0.0", reachable) for a in self.dns.addresses()]
+        entry = registry_entry(
+            self.settings.node, api, addresses, role="server", version=__version__
+        )
+        if self.settings.sign_key:
+            try:
+                entry = sign(entry, load_private(Path(self.settings.sign_key)))
+            except EntryError as exc:
+                raise WaypostError(f"--sign-key: {exc}") from None
+        app[NODE_ENTRY].append(msgspec.json.encode(entry))
+        if self.http_worker:
+            return  # the server that started this worker writes the file and announces
+        path = Path(self.settings.data_dir) / REGISTRY_FILE
+        try:
+            await asyncio.to_thread(write_registry, path, entry)
+        except OSError as exc:
+            log.warning("cannot write %s: %s", path, exc)
+        if self.settings.advertise_mdns:
+            from waypost.peers.mdns import MdnsAdvertiser
+
+            self._mdns = MdnsAdvertiser()
+            props = {"node_id": self.settings.node, "api": api, "version": __version__,
+                     "role": "server"}  # fmt: skip
+            try:
+                await self._mdns.start(self.settings.node, reachable, port, props)
+            except OSError as exc:
+                raise WaypostError(f"--advertise-mdns: cannot announce on mDNS ({exc})") from exc
+
     def _dns_status(self) -> DnsStatus | None:
         if self.dns is None:
             return None
         return self.dns.status(workers=self.settings.dns_workers)
 
     async def stop(self) -> None:
+        if self._mdns is not None:
+            await self._mdns.stop()
+            self._mdns = None
         if self.http_workers is not None:
             await self.http_workers.stop()
             self.http_workers = None
@@ -230,6 +284,19 @@ async def serve(settings: Settings) -> None:
     finally:
         log.info("shutting down")
         await server.stop()
+
+
+def _reachable_host(host: str) -> str:
+    """The address others reach a listener on: itself, or for a wildcard this machine's
+    address (loopback when it has no other)."""
+    if host not in ("0.0.0.0", "::", ""):
+        return host
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("192.0.2.1", 9))  # no packet is sent: this picks the route's source
+            return str(s.getsockname()[0])
+    except OSError:
+        return "127.0.0.1"
 
 
 def _check_free(host: str, port: int) -> None:

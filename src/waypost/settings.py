@@ -58,6 +58,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Processes serving the HTTP API (the server and N-1 whole servers sharing its port;
     # the etcd store only, where servers keep no state of their own).
     http_workers: int = 1
+    # Node discovery: announce this server on mDNS (_waypost._tcp.local.), and sign its
+    # node-registry.json with this Ed25519 key (waypost keygen).
+    advertise_mdns: bool = False
+    sign_key: str = ""
 
     def dns_listeners(self) -> list[tuple[str, int]]:
         """``dns`` as (host, port) pairs; InvalidInput when one is not HOST:PORT."""

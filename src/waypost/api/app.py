@@ -79,6 +79,7 @@ CACHE = web.AppKey("cache", AnswerCache)
 BLOCKING = web.AppKey("blocking", BlockingQueries)
 TOKEN = web.AppKey("token", str)
 OPENAPI = web.AppKey("openapi", bytes)
+NODE_ENTRY = web.AppKey("node_entry", list[bytes])  # the server sets it once it serves
 STATS = web.AppKey("stats", dict[str, int])
 STREAMS = web.AppKey("streams", set[asyncio.Task[object]])
 CHECKS = web.AppKey("checks", CheckHost)
@@ -909,4 +910,14 @@ def build_app(
     r.add_get("/health", _routed(api.health))
     r.add_get("/status", _routed(api.status))
     r.add_get("/openapi.json", openapi)
+    app[NODE_ENTRY] = []
+    r.add_get("/api/v1/node-registry", node_registry)
     return app
+
+
+async def node_registry(request: web.Request) -> web.Response:
+    """This server's node registry entry, as its ``node-registry.json`` holds it."""
+    held = request.app[NODE_ENTRY]
+    if not held:
+        raise NotFound("node-registry: not written yet", field="node-registry")
+    return web.Response(body=held[-1], content_type="application/json")

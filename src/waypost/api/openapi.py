@@ -38,6 +38,7 @@ from waypost.model import (
     StatusUpdate,
     WriteResult,
 )
+from waypost.peers.entry import NodeEntry
 from waypost.query import STATUS_LIST_PATTERN
 from waypost.versions import CONSTRAINT_PATTERN
 
@@ -220,6 +221,7 @@ def _components() -> dict[str, Any]:
             Lease,
             HealthReport,
             CheckRow,
+            NodeEntry,
         ],
         ref_template=_REF,
     )
@@ -466,6 +468,13 @@ def openapi_spec(version: str) -> dict[str, Any]:
             },
         },
         "/status": {"get": _op("Server status", {"200": _ok(_ref("ServerStatus"))}, errors=())},
+        "/api/v1/node-registry": {
+            "get": _op(
+                "This server's node registry entry (what node discovery reads)",
+                {"200": _ok(_ref("NodeEntry"))},
+                errors=(404,),
+            )
+        },
     }
     return {
         "openapi": "3.1.0",
