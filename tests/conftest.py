@@ -143,8 +143,10 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     """Start ``waypost server`` processes; every one is stopped when the test ends."""
     started: list[ServerProcess] = []
 
-    def start(*args: str, env: dict[str, str] | None = None, name: str = "s") -> ServerProcess:
-        proc = ServerProcess(args, tmp_path / name, env=env).start()
+    def start(
+        *args: str, env: dict[str, str] | None = None, name: str = "s", node: str = "test-node"
+    ) -> ServerProcess:
+        proc = ServerProcess(args, tmp_path / name, env=env, node=node).start()
         started.append(proc)
         return proc
 

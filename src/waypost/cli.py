@@ -828,18 +828,31 @@ def agent(
     ] = "127.0.0.1:0",
     meta: Annotated[list[str] | None, typer.Option(help="Node meta KEY=VALUE (repeat).")] = None,
     token: TokenOpt = None,
+    join: JoinOpt = None,
+    trust_key: TrustOpt = None,
+    refresh_interval: Annotated[
+        str, typer.Option(help="How often discovery sources are read again.")
+    ] = "60s",
+    dns_resolver: DnsResolverOpt = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
 ) -> None:
     """Register this node's services from definition files, run their checks, keep the
-    node alive, repair what the registry lost; SIGTERM drains."""
+    node alive, repair what the registry lost; SIGTERM drains, SIGHUP reloads."""
     if ctx.invoked_subcommand is not None:
         return
     from waypost.agent.agent import AgentSettings
     from waypost.model import is_address, is_label
+    from waypost.peers.entry import PEERS_FILE
 
     urls = [u for s in (server or []) for u in s.split(",") if u]
-    if not urls:
-        raise InvalidInput("--server: give the registry's URL (URL[,URL...])", field="server")
+    discovering = bool(
+        join or os.environ.get("WAYPOST_NODE_REGISTRIES") or (data_dir / PEERS_FILE).exists()
+    )
+    if not urls and not discovering:
+        raise InvalidInput(
+            "--server: give the registry's URL (URL[,URL...]), or --join SOURCE",
+            field="server",
+        )
     if node is None or not is_label(node):
         raise InvalidInput("--node: give this node's name (a DNS-safe label)", field="node")
     if config_dir is None:
@@ -848,7 +861,13 @@ def agent(
         raise InvalidInput(f"--config-dir: {config_dir} is not a directory", field="config_dir")
     if not is_address(address):
         raise InvalidInput(f"--address: {address!r} is not an address", field="address")
-    for flag, value in (("node-ttl", node_ttl), ("sync-interval", sync_interval), ("drain", drain)):
+    durations = (
+        ("node-ttl", node_ttl),
+        ("sync-interval", sync_interval),
+        ("drain", drain),
+        ("refresh-interval", refresh_interval),
+    )
+    for flag, value in durations:
         try:
             parse_duration(value, field=flag)
         except InvalidInput as exc:
@@ -865,6 +884,10 @@ def agent(
         http=http,
         token=token or "",
         meta=_parse_meta(meta),
+        join=list(join or []),
+        trust_keys=_trust(trust_key),
+        refresh_interval=refresh_interval,
+        dns_resolver=f"{r[0]}:{r[1]}" if (r := _resolver(dns_resolver)) else "",
     )
     _run_agent(settings, log_level)
 

@@ -61,6 +61,12 @@ class AgentSettings(msgspec.Struct, kw_only=True):
     http: str = "127.0.0.1:0"
     token: str = ""
     meta: dict[str, str] = msgspec.field(default_factory=dict)
+    # Node discovery (instead of, or besides, servers): sources, trust keys, how often
+    # the sources are read again, the DNS server for srv: sources.
+    join: list[str] = msgspec.field(default_factory=list)
+    trust_keys: list[str] = msgspec.field(default_factory=list)
+    refresh_interval: str = "60s"
+    dns_resolver: str = ""
 
 
 class SyncInfo(msgspec.Struct, kw_only=True):
@@ -101,6 +107,7 @@ class AgentStatus(msgspec.Struct, kw_only=True):
     definitions: DefinitionsInfo
     checks: ChecksInfo
     instances: list[str]
+    discovery: dict[str, Any] | None = None
 
 
 def _shape(inst: Instance) -> tuple[Any, ...]:
@@ -139,7 +146,9 @@ class Agent:
         self.drain_s = parse_duration(settings.drain, field="drain")
         if self.node_ttl_s <= 0 or self.sync_interval_s <= 0:
             raise InvalidInput("node-ttl and sync-interval must be longer than zero")
-        self.client = AsyncClient(settings.servers, token=settings.token or None)
+        self.refresh_s = parse_duration(settings.refresh_interval, field="refresh_interval")
+        self.client = self._make_client(settings)
+        self._discovery_task: asyncio.Task[None] | None = None
         self.scheduler = Scheduler(self._report)
         self.defs: dict[str, Instance] = {}
         self.lease: int | None = None
@@ -154,6 +163,31 @@ class Agent:
         self._runner: web.AppRunner | None = None
         self.url = ""
 
+    def _make_client(self, settings: AgentSettings) -> AsyncClient:
+        from waypost.peers.manager import gather_sources
+
+        has_env = bool(os.environ.get("WAYPOST_NODE_REGISTRIES"))
+        peers_file = gather_sources((), data_dir=settings.data_dir)
+        if not settings.join and not has_env and not peers_file:
+            return AsyncClient(settings.servers, token=settings.token or None)
+        try:
+            client = AsyncClient(
+                settings.servers or None,
+                token=settings.token or None,
+                join=[*settings.join, *peers_file],
+                trust_keys=settings.trust_keys,
+                dns_resolver=settings.dns_resolver or None,
+            )
+        except InvalidInput as exc:
+            raise InvalidInput(f"--{exc.message}", field="join") from None
+        if client.discovery is not None:
+            client.discovery.refresh_s = self.refresh_s
+        return client
+
+    @property
+    def servers(self) -> list[str]:
+        return list(self.client._servers.urls)
+
     # --- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -161,6 +195,11 @@ class Agent:
         self.reload()
         await self._serve_status()
         self._save_state()
+        await self._write_registry()
+        discovery = self.client.discovery
+        if discovery is not None:
+            await discovery.refresh()
+            self._discovery_task = asyncio.create_task(discovery.run(), name="agent-discovery")
         self._tasks = [
             asyncio.create_task(self._keep_node(), name="agent-lease"),
             asyncio.create_task(self._sync_loop(), name="agent-sync"),
@@ -202,6 +241,9 @@ class Agent:
     async def stop(self) -> None:
         await cancel_all(self._tasks)
         self._tasks = []
+        if self._discovery_task is not None:
+            await cancel_all([self._discovery_task])
+            self._discovery_task = None
         await self.scheduler.close()
         if self._runner is not None:
             await self._runner.cleanup()
@@ -408,8 +450,22 @@ class Agent:
                 self.defs_info.last_error = f"internal error: {exc}"
 
     def request_reload(self) -> None:
-        """What SIGHUP does."""
+        """What SIGHUP does: read the definitions again, and the discovery sources."""
         self._reload_now.set()
+        if self.client.discovery is not None:
+            self.client.discovery.request_refresh()
+
+    async def _write_registry(self) -> None:
+        """The agent's own ``node-registry.json`` (role agent, its status URL as api)."""
+        from waypost._version import __version__
+        from waypost.peers.entry import REGISTRY_FILE, registry_entry, write_registry
+
+        address = self.url.removeprefix("http://")
+        entry = registry_entry(self.node, self.url, [address], role="agent", version=__version__)
+        try:
+            await asyncio.to_thread(write_registry, self.data_dir / REGISTRY_FILE, entry)
+        except OSError as exc:
+            log.warning("cannot write %s: %s", self.data_dir / REGISTRY_FILE, exc)
 
     # --- status --------------------------------------------------------------------------
 
@@ -417,7 +473,7 @@ class Agent:
         s = self.scheduler
         return AgentStatus(
             node=self.node,
-            servers=list(self.settings.servers),
+            servers=self.servers,
             lease=self.lease,
             node_ttl=self.settings.node_ttl,
             sync_interval=self.settings.sync_interval,
@@ -431,6 +487,7 @@ class Agent:
                 report_errors=s.report_errors,
             ),
             instances=sorted(self.defs),
+            discovery=self.client.discovery.status() if self.client.discovery else None,
         )
 
     async def _serve_status(self) -> None:
@@ -466,7 +523,7 @@ async def run_agent(settings: AgentSettings) -> int:
     await agent.start()
     print(
         f"waypost agent: node {agent.node} status {agent.url} "
-        f"({len(agent.defs)} services, servers {','.join(settings.servers)})",
+        f"({len(agent.defs)} services, servers {','.join(agent.servers) or '(discovering)'})",
         flush=True,
     )
     try:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -13,7 +14,7 @@ import aiohttp
 
 from waypost.client import _core
 from waypost.client._coalesce import Coalescer, encode_id
-from waypost.client._core import QueryResult, Request, ServerList, WatchState
+from waypost.client._core import QueryResult, Request, WatchState
 from waypost.durations import parse_duration
 from waypost.errors import NotFound, Unavailable, WaypostError
 from waypost.model import (
@@ -107,7 +108,7 @@ class AsyncClient:
 
     def __init__(
         self,
-        servers: str | Sequence[str] = _core.DEFAULT_URL,
+        servers: str | Sequence[str] | None = None,
         *,
         token: str | None = None,
         timeout_s: float = _core.DEFAULT_TIMEOUT_S,
@@ -115,15 +116,24 @@ class AsyncClient:
         batch_window_s: float = BATCH_WINDOW_S,
         batch_max: int = BATCH_MAX,
         cache_snapshot: str | os.PathLike[str] | None = None,
+        join: Sequence[str] | None = None,
+        trust_keys: Sequence[str] = (),
+        dns_resolver: str | None = None,
     ) -> None:
         """``coalesce``: send concurrent register, deregister and heartbeat calls as one
         request (each caller still gets exactly its own call's answer, see
         ``_coalesce.py``); while a batch is in flight, calls wait at most
         ``batch_window_s`` or until ``batch_max`` are waiting. ``cache_snapshot``: the
         file the service cache (``cache``, ``http()``) keeps what it knows in, so a
-        program restarted while the registry is down still reaches its services."""
+        program restarted while the registry is down still reaches its services.
+        ``join``: node discovery sources (a registry or peers file, a URL, ``HOST:PORT``,
+        ``srv:NAME``, ``mdns``; ``WAYPOST_NODE_REGISTRIES`` adds more) to find the servers
+        instead of (or besides) ``servers``; ``trust_keys``: accept only entries signed
+        by these keys (``WAYPOST_TRUST_KEYS`` adds more); ``dns_resolver``: IP:PORT for
+        ``srv:`` sources."""
         self._cache_snapshot = cache_snapshot
-        self._servers = ServerList(servers)
+        self._servers, self.discovery = _core.discovery_for(servers, join, trust_keys, dns_resolver)
+        self._discovering: asyncio.Lock | None = None
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._timeout_s = timeout_s
         self._session: aiohttp.ClientSession | None = None
@@ -193,7 +203,30 @@ class AsyncClient:
             )
         return self._session
 
+    async def discover(self, *, force: bool = False) -> None:
+        """Run node discovery now (``force``), or when it has not run for its refresh
+        interval; a no-op without ``join``."""
+        d = self.discovery
+        if d is None:
+            return
+        if self._discovering is None:
+            self._discovering = asyncio.Lock()
+        async with self._discovering:
+            stale = d.refreshed_at is None or time.monotonic() - d.refreshed_at > d.refresh_s
+            if force or stale:
+                await d.refresh()
+
     async def _send(self, req: Request) -> tuple[int, bytes, Mapping[str, str]]:
+        if self.discovery is None:
+            return await self._send_once(req)
+        await self.discover()
+        try:
+            return await self._send_once(req)
+        except Unavailable:
+            await self.discover(force=True)  # every server failed: look again, once
+            return await self._send_once(req)
+
+    async def _send_once(self, req: Request) -> tuple[int, bytes, Mapping[str, str]]:
         failures = []
         timeout = aiohttp.ClientTimeout(total=max(req.timeout_s, self._timeout_s))
         for url in self._servers.order():
@@ -211,6 +244,8 @@ class AsyncClient:
                     return resp.status, body, resp.headers
             except (aiohttp.ClientConnectionError, TimeoutError) as exc:
                 failures.append(f"{url} ({type(exc).__name__}: {exc})")
+                if self.discovery is not None:
+                    self.discovery.report(url, False, str(exc) or type(exc).__name__)
         raise self._servers.unreachable(failures)
 
     async def _call(self, req: Request) -> tuple[bytes, Mapping[str, str]]:
@@ -501,6 +536,8 @@ class AsyncClient:
         if after is not None:
             state.position = (after.revision, after.index)
         while True:
+            if self.discovery is not None:
+                await self.discover()
             for url in self._servers.order():
                 try:
                     async for event in self._stream(url, *state.request(), state, on_connection):

@@ -312,18 +312,33 @@ def decode_as(body: bytes, type_: type[T]) -> T:
 class ServerList:
     """The servers to try, most local first; sticks to one that works, returns home later."""
 
-    def __init__(self, urls: str | Sequence[str], *, clock: Any = time.monotonic) -> None:
+    def __init__(
+        self, urls: str | Sequence[str], *, clock: Any = time.monotonic, discovered: bool = False
+    ) -> None:
+        """``discovered``: the URLs come from node discovery (``replace``), and may be
+        none yet."""
+        self.discovered = discovered
+        self.urls = self._cleaned(urls)
+        self._current = 0
+        self._since = 0.0
+        self._clock = clock
+
+    def _cleaned(self, urls: str | Sequence[str]) -> list[str]:
         items = [urls] if isinstance(urls, str) else list(urls)
         cleaned = [u.rstrip("/") for u in items if u and u.strip()]
-        if not cleaned:
+        if not cleaned and not self.discovered:
             raise InvalidInput("servers: give at least one server URL", field="servers")
         for url in cleaned:
             if not url.startswith(("http://", "https://")):
                 raise InvalidInput(f"servers: {url!r} is not an http(s) URL", field="servers")
-        self.urls = cleaned
-        self._current = 0
-        self._since = 0.0
-        self._clock = clock
+        return cleaned
+
+    def replace(self, urls: Sequence[str]) -> None:
+        """New servers from discovery, best first: the first is tried first again."""
+        cleaned = self._cleaned(urls)
+        if cleaned != self.urls:
+            self.urls = cleaned
+            self._current = 0
 
     def order(self) -> list[str]:
         """The URLs in the order to try them now."""
@@ -333,12 +348,16 @@ class ServerList:
 
     def worked(self, url: str) -> None:
         """Remember ``url`` as the one to try first."""
+        if url not in self.urls:
+            return  # replaced by discovery meanwhile
         i = self.urls.index(url)
         if i != self._current:
             self._current = i
             self._since = self._clock()
 
     def unreachable(self, failures: list[str]) -> Unavailable:
+        if not failures and self.discovered:
+            return Unavailable("node discovery found no Waypost server (waypost peers shows why)")
         return Unavailable("cannot reach any Waypost server: " + "; ".join(failures))
 
 
@@ -418,3 +437,31 @@ def _later(a: tuple[int, int], b: tuple[int, int]) -> bool:
     if a[0] != b[0]:
         return a[0] > b[0]
     return b[1] != WHOLE and (a[1] == WHOLE or a[1] > b[1])
+
+
+def discovery_for(
+    servers: str | Sequence[str] | None,
+    join: Sequence[str] | None,
+    trust_keys: Sequence[str],
+    dns_resolver: str | None,
+) -> tuple[ServerList, Any]:
+    """The server list a client starts with, and its node discovery (None without):
+    discovery when ``join`` is given, or when no servers are and
+    ``WAYPOST_NODE_REGISTRIES`` is set."""
+    import os
+
+    if join is None and (servers is not None or not os.environ.get("WAYPOST_NODE_REGISTRIES")):
+        return ServerList(servers if servers is not None else DEFAULT_URL), None
+    from waypost.peers.entry import EntryError
+    from waypost.peers.manager import from_environment
+    from waypost.settings import host_port
+
+    resolver = host_port(dns_resolver, "dns_resolver") if dns_resolver else None
+    try:
+        discovery = from_environment(join or (), trust_keys, dns_resolver=resolver)
+    except (EntryError, ValueError) as exc:
+        raise InvalidInput(f"join: {exc}", field="join") from None
+    listed = ServerList(servers if servers is not None else [], discovered=True)
+    if discovery is not None:
+        discovery.on_change = listed.replace
+    return listed, discovery

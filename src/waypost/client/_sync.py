@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import os
@@ -13,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from waypost.client import _core
-from waypost.client._core import QueryResult, Request, ServerList, WatchState
+from waypost.client._core import QueryResult, Request, WatchState
 from waypost.durations import parse_duration
 from waypost.errors import NotFound, Unavailable, WaypostError
 from waypost.model import (
@@ -98,14 +100,19 @@ class Client:
 
     def __init__(
         self,
-        servers: str | Sequence[str] = _core.DEFAULT_URL,
+        servers: str | Sequence[str] | None = None,
         *,
         token: str | None = None,
         timeout_s: float = _core.DEFAULT_TIMEOUT_S,
         cache_snapshot: str | os.PathLike[str] | None = None,
+        join: Sequence[str] | None = None,
+        trust_keys: Sequence[str] = (),
+        dns_resolver: str | None = None,
     ) -> None:
-        """``cache_snapshot``: as ``AsyncClient``'s."""
-        self._servers = ServerList(servers)
+        """``cache_snapshot``, ``join``, ``trust_keys``, ``dns_resolver``: as
+        ``AsyncClient``'s."""
+        self._servers, self.discovery = _core.discovery_for(servers, join, trust_keys, dns_resolver)
+        self._discovering = threading.Lock()
         self._token = token
         self._cache_snapshot = cache_snapshot
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -141,6 +148,7 @@ class Client:
         if self._cache is None:
             from waypost.client.cache import ServiceCache
 
+            self.discover()
             self._cache = ServiceCache(
                 self._servers.urls,
                 token=self._token,
@@ -167,7 +175,31 @@ class Client:
             lock=self._traffic_lock,
         )
 
+    def discover(self, *, force: bool = False) -> None:
+        """Run node discovery now (``force``), or when it has not run for its refresh
+        interval; a no-op without ``join``. It runs on an event loop of its own, in a
+        thread (safe to call from code that has a loop running)."""
+        d = self.discovery
+        if d is None:
+            return
+        with self._discovering:
+            stale = d.refreshed_at is None or time.monotonic() - d.refreshed_at > d.refresh_s
+            if force or stale:
+                d._lock = None  # a new loop each time: no lock bound to an old one
+                with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                    pool.submit(asyncio.run, d.refresh()).result()
+
     def _send(self, req: Request) -> httpx.Response:
+        if self.discovery is None:
+            return self._send_once(req)
+        self.discover()
+        try:
+            return self._send_once(req)
+        except Unavailable:
+            self.discover(force=True)  # every server failed: look again, once
+            return self._send_once(req)
+
+    def _send_once(self, req: Request) -> httpx.Response:
         failures = []
         for url in self._servers.order():
             try:
@@ -181,6 +213,8 @@ class Client:
                 )
             except httpx.TransportError as exc:
                 failures.append(f"{url} ({type(exc).__name__}: {exc})")
+                if self.discovery is not None:
+                    self.discovery.report(url, False, str(exc) or type(exc).__name__)
                 continue
             self._servers.worked(url)
             return resp
@@ -451,6 +485,8 @@ class Client:
         if after is not None:
             state.position = (after.revision, after.index)
         while stop is None or not stop.is_set():
+            if self.discovery is not None:
+                self.discover()
             for url in self._servers.order():
                 try:
                     yield from self._stream(url, *state.request(), state, on_connection, stop)

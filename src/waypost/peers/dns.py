@@ -55,7 +55,7 @@ class SrvSource:
         for rdtype in ("A", "AAAA"):
             try:
                 ans = await r.resolve(target, rdtype)
-            except (dns.resolver.NoAnswer, dns.resolver.NXDOMAIN):
+            except dns.exception.DNSException:  # no such record, or refused: try the next
                 continue
             out += [rd.to_text() for rd in ans]
         return out

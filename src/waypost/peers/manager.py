@@ -336,3 +336,34 @@ def gather_sources(
         if peers.exists():
             out.append(str(peers))
     return list(dict.fromkeys(out))
+
+
+def from_environment(
+    join: Sequence[str] | None,
+    trust_keys: Sequence[str] = (),
+    *,
+    data_dir: str | None = None,
+    dns_resolver: tuple[str, int] | None = None,
+    refresh_s: float = DEFAULT_REFRESH_S,
+) -> Discovery | None:
+    """A Discovery for a client or agent: ``join`` plus ``WAYPOST_NODE_REGISTRIES`` plus
+    ``{data_dir}/discovery-peers.json``; trust keys plus ``WAYPOST_TRUST_KEYS``. None when
+    there is no source at all."""
+    import os
+
+    from .signing import trusted_key
+
+    sources = gather_sources(
+        join or (), env=os.environ.get("WAYPOST_NODE_REGISTRIES"), data_dir=data_dir
+    )
+    if not sources:
+        return None
+    keys = list(trust_keys) + [
+        k for k in os.environ.get("WAYPOST_TRUST_KEYS", "").split(",") if k.strip()
+    ]
+    return Discovery(
+        sources,
+        trust=[trusted_key(k) for k in keys],
+        dns_resolver=dns_resolver,
+        refresh_s=refresh_s,
+    )
