@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -120,3 +121,10 @@ def test_cluster_examples_run(n: int) -> None:
 def test_traffic_examples_run(server: ServerProcess, n: int) -> None:
     code = blocks("traffic.md")[n].replace("http://127.0.0.1:8500", server.url)
     exec(compile(code, f"traffic.md[{n}]", "exec"), {"__name__": "docs_example"})
+
+
+@pytest.mark.parametrize("n", range(len(blocks("node-discovery.md"))))
+def test_node_discovery_examples_run(start_server: Callable[..., ServerProcess], n: int) -> None:
+    srv = start_server()  # with DNS on a port of its own
+    code = blocks("node-discovery.md")[n].replace("http://127.0.0.1:8500", srv.url)
+    exec(compile(code, f"node-discovery.md[{n}]", "exec"), {"__name__": "docs_example"})
