@@ -52,6 +52,26 @@ TokenOpt = Annotated[
     str | None, typer.Option("--token", envvar="WAYPOST_TOKEN", help="Bearer token for writes.")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+JoinOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--join",
+        help="A discovery source: a registry or peers file, a URL, HOST:PORT, srv:NAME or "
+        "mdns (repeat; env WAYPOST_NODE_REGISTRIES adds more).",
+    ),
+]
+TrustOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--trust-key",
+        help="Accept only entries signed by this key (a .pub file or its text; repeat; "
+        "env WAYPOST_TRUST_KEYS).",
+    ),
+]
+DnsResolverOpt = Annotated[
+    str | None,
+    typer.Option(help="IP:PORT of the DNS server for srv: sources (default: the system's)."),
+]
 CommandChecksOpt = Annotated[
     bool,
     typer.Option(
@@ -595,6 +615,8 @@ def proxy(
         str | None,
         typer.Option(help="HOST:PORT to serve /status (endpoint counters) and /health on."),
     ] = None,
+    join: JoinOpt = None,
+    trust_key: TrustOpt = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
 ) -> None:
     """Reverse-proxy HTTP to services by Host or route, with their traffic policies."""
@@ -604,7 +626,8 @@ def proxy(
     from waypost.proxy import ProxySettings, run_proxy
     from waypost.settings import host_port
 
-    urls = [u for s in (server or ["http://127.0.0.1:8500"]) for u in s.split(",") if u]
+    default = [] if join or os.environ.get("WAYPOST_NODE_REGISTRIES") else ["http://127.0.0.1:8500"]
+    urls = [u for s in (server or default) for u in s.split(",") if u]
     for flag, value in (("listen", listen), ("admin", admin)):
         if value is None:
             continue
@@ -624,6 +647,8 @@ def proxy(
         snapshot=str(snapshot) if snapshot is not None else "",
         upstream_timeout=upstream_timeout,
         admin=admin or "",
+        join=list(join or []),
+        trust_keys=_trust(trust_key),
     )
     logging.basicConfig(
         level=log_level.upper(),
@@ -640,27 +665,6 @@ def proxy(
 
 
 # --- node discovery -------------------------------------------------------------------------
-
-JoinOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--join",
-        help="A discovery source: a registry or peers file, a URL, HOST:PORT, srv:NAME or "
-        "mdns (repeat; env WAYPOST_NODE_REGISTRIES adds more).",
-    ),
-]
-TrustOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--trust-key",
-        help="Accept only entries signed by this key (a .pub file or its text; repeat; "
-        "env WAYPOST_TRUST_KEYS).",
-    ),
-]
-DnsResolverOpt = Annotated[
-    str | None,
-    typer.Option(help="IP:PORT of the DNS server for srv: sources (default: the system's)."),
-]
 
 
 def _trust(keys: list[str] | None) -> list[str]:

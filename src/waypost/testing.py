@@ -3,8 +3,10 @@ a real ``waypost server`` child process."""
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
+import random
 import re
 import shutil
 import signal
@@ -77,8 +79,10 @@ class ServerProcess:
         self.dns_listeners: list[tuple[str, int]] = []
         self.log = self.data_dir / "server.log"
 
-    def start(self, http: str = "127.0.0.1:0") -> ServerProcess:
-        """Start and wait until the server announces its address (port 0: a free one)."""
+    def start(self, http: str | None = None) -> ServerProcess:
+        """Start and wait until the server announces its address (default: a free port
+        outside the ephemeral range, so ``restart`` finds it free again)."""
+        http = http or f"127.0.0.1:{free_port()}"
         cmd = [
             sys.executable,
             "-m",
@@ -185,7 +189,8 @@ class ProxyProcess:
         self.url = ""
         self.admin = ""  # with --admin: its URL
 
-    def start(self, listen: str = "127.0.0.1:0") -> ProxyProcess:
+    def start(self, listen: str | None = None) -> ProxyProcess:
+        listen = listen or f"127.0.0.1:{free_port()}"
         cmd = [
             sys.executable,
             "-m",
@@ -246,9 +251,37 @@ def proxy_process(servers: str, *args: str) -> Iterator[ProxyProcess]:
         proc.stop()
 
 
+_handed_out: collections.deque[int] = collections.deque(maxlen=4096)
+_ports = random.Random()
+
+
+def _ephemeral_low() -> int:
+    """The lowest port the kernel gives outgoing connections (Linux: 32768)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now."""
-    with socket.socket() as s:
+    """A port free on 127.0.0.1 now, for TCP and UDP, below the kernel's ephemeral range:
+    a process restarted on it (an etcd member, a server) must not find it taken by some
+    outgoing connection's local port meanwhile, which an ephemeral port can be. Not one
+    this process handed out recently."""
+    low = _ephemeral_low()
+    for _ in range(500):
+        port = _ports.randrange(10_000, max(10_001, low))
+        if port in _handed_out:
+            continue
+        try:
+            with socket.socket() as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                tcp.bind(("127.0.0.1", port))
+                udp.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        _handed_out.append(port)
+        return port
+    with socket.socket() as s:  # a crowded range: take any
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 

@@ -359,3 +359,33 @@ def _has(server: ServerProcess, iid: str) -> bool:
         return httpx.get(f"{server.url}/api/v1/instances/{iid}", timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_an_agent_finds_the_server_from_its_data_dir_or_the_environment(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    conf = write(tmp_path / "conf" / "svc.json", web_definition(9)).parent
+    data = tmp_path / "agent-data"
+    write(data / "discovery-peers.json", json.dumps([json.loads(registry(server).read_text())]))
+    agent = AgentProcess("", "n3", conf, data, "--node-ttl", "5s")
+    i = agent.cmd.index("--server")
+    del agent.cmd[i : i + 2]  # no --server, no --join: the data directory says where
+    agent.start()
+    try:
+        wait_until(lambda: _has(server, "svc-1"), 15, "the agent to register")
+    finally:
+        agent.stop()
+    os.environ["WAYPOST_NODE_REGISTRIES"] = str(registry(server))
+    try:
+        other = AgentProcess("", "n4", conf, tmp_path / "agent-env", "--node-ttl", "5s")
+        i = other.cmd.index("--server")
+        del other.cmd[i : i + 2]
+        other.start()
+        try:
+            status = httpx.get(f"{other.url}/status").json()
+            assert status["servers"] == [server.url]
+            assert status["discovery"]["sources"] == [str(registry(server))]
+        finally:
+            other.stop()
+    finally:
+        del os.environ["WAYPOST_NODE_REGISTRIES"]

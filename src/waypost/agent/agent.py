@@ -551,8 +551,9 @@ def status_lines(status: dict[str, Any]) -> Sequence[str]:
     sync = status.get("sync", {})
     defs = status.get("definitions", {})
     checks = status.get("checks", {})
-    return [
+    lines = [
         f"node                {status.get('node')}",
+        f"servers             {', '.join(status.get('servers') or []) or '-'}",
         f"lease               {status.get('lease')}",
         f"sync                {sync.get('state')} "
         f"(syncs {sync.get('syncs')}, repairs {sync.get('repairs')})",
@@ -563,3 +564,14 @@ def status_lines(status: dict[str, Any]) -> Sequence[str]:
         f"drift p99 {checks.get('drift_p99_ms', 0):.1f} ms)",
         f"draining            {status.get('draining')}",
     ]
+    discovery = status.get("discovery")
+    if isinstance(discovery, dict):
+        for peer in discovery.get("peers", []):
+            error = f" ({peer.get('last_error')})" if peer.get("last_error") else ""
+            lines.append(
+                f"peer                {peer.get('node_id')} {peer.get('api')} "
+                f"{peer.get('state')} via {peer.get('source')}{error}"
+            )
+        for source, error in (discovery.get("source_errors") or {}).items():
+            lines.append(f"source error        {source}: {error}")
+    return lines

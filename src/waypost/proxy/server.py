@@ -82,6 +82,8 @@ class ProxySettings(msgspec.Struct, kw_only=True, frozen=True):
     snapshot: str = ""
     upstream_timeout: str = "15s"
     admin: str = ""  # HOST:PORT of /status and /health ("" for none)
+    join: list[str] = msgspec.field(default_factory=list)  # node discovery sources
+    trust_keys: list[str] = msgspec.field(default_factory=list)
 
 
 def _problem(status: int, reason: str, message: str) -> web.Response:
@@ -404,7 +406,12 @@ async def run_proxy(settings: ProxySettings) -> int:
     from waypost.settings import host_port
 
     host, port = host_port(settings.listen, "listen")
-    client = AsyncClient(settings.servers, token=settings.token or None)
+    client = AsyncClient(
+        settings.servers or None,
+        token=settings.token or None,
+        join=settings.join or None,
+        trust_keys=settings.trust_keys,
+    )
     proxy = Proxy(
         client,
         zone=settings.zone,
