@@ -38,6 +38,9 @@ class AgentProcess:
             str(data_dir),
             *args,
         ]
+        if "--drain" not in args:
+            # A test's agent stops at its end: no 5 s drain unless the test is about it.
+            self.cmd += ["--drain", "100ms"]
         self.data_dir = data_dir
         self.log = data_dir / "agent.log"
         self.proc: subprocess.Popen[str] | None = None

@@ -49,7 +49,7 @@ class Backends:
                 if mode == "fail":
                     return web.Response(status=503, text=f"{name} down")
                 if mode == "hang":
-                    await asyncio.sleep(10)
+                    await asyncio.sleep(2)  # far beyond the 300 ms timeout under test
                 if request.path == "/big":  # 3 MiB, chunked
                     resp = web.StreamResponse(headers={"X-Backend": name})
                     await resp.prepare(request)
