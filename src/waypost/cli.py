@@ -800,6 +800,58 @@ def peers(
         raise typer.Exit(8)
 
 
+@app.command()
+@_friendly
+def network(
+    mode: Annotated[str, typer.Option(help="discovery (a registry) or worker (a network).")],
+    port: Annotated[int, typer.Option(help="The port to serve on (0: any).")] = 0,
+    bind: Annotated[str, typer.Option(help="The address to serve on.")] = "127.0.0.1",
+    discovery: Annotated[
+        list[str] | None, typer.Option(help="Registry URL (repeat: tried in order).")
+    ] = None,
+    network_id: Annotated[str | None, typer.Option(help="The network's id (worker).")] = None,
+    instance_id: Annotated[str | None, typer.Option(help="This instance's id.")] = None,
+    actors: Annotated[
+        str | None, typer.Option(help="Actors to run: package.module:Class[,...] (worker).")
+    ] = None,
+    capabilities: Annotated[str, typer.Option(help="Comma list of capabilities.")] = "",
+    tags: Annotated[str, typer.Option(help="Comma list of tags.")] = "",
+    auth_token: Annotated[
+        str | None, typer.Option(envvar="WAYPOST_NETWORK_TOKEN", help="The links' token.")
+    ] = None,
+    heartbeat_interval: Annotated[str, typer.Option(help="Registry heartbeats.")] = "15s",
+    data_dir: Annotated[str, typer.Option(help="Data directory (discovery mode).")] = ".waypost",
+) -> None:
+    """Run an actor network worker, or a discovery registry for networks."""
+    if mode == "discovery":
+        _serve({"http": f"{bind}:{port}", "data_dir": data_dir, "dns": ""}, None)
+        return
+    if mode != "worker":
+        raise InvalidInput("--mode: discovery or worker", field="mode")
+    if not network_id:
+        raise InvalidInput("--network-id: required in worker mode", field="network_id")
+    if not actors:
+        raise InvalidInput("--actors: give package.module:Class[,...]", field="actors")
+    import asyncio
+
+    from waypost.actors.worker import load_actors, run_worker
+
+    loaded = load_actors(actors)
+    asyncio.run(
+        run_worker(
+            network_id,
+            loaded,
+            instance_id=instance_id,
+            bind=f"{bind}:{port}",
+            discovery=discovery or ["http://127.0.0.1:8500"],
+            auth_token=auth_token,
+            capabilities=[c for c in capabilities.split(",") if c],
+            tags=[t for t in tags.split(",") if t],
+            heartbeat_interval=heartbeat_interval,
+        )
+    )
+
+
 agent_app = typer.Typer(
     help="Run the node agent (or: waypost agent status).",
     invoke_without_command=True,

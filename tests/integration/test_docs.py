@@ -128,3 +128,8 @@ def test_node_discovery_examples_run(start_server: Callable[..., ServerProcess],
     srv = start_server()  # with DNS on a port of its own
     code = blocks("node-discovery.md")[n].replace("http://127.0.0.1:8500", srv.url)
     exec(compile(code, f"node-discovery.md[{n}]", "exec"), {"__name__": "docs_example"})
+
+
+@pytest.mark.parametrize("n", range(len(blocks("actors.md"))))
+def test_actors_examples_run(n: int) -> None:
+    exec(compile(blocks("actors.md")[n], f"actors.md[{n}]", "exec"), {"__name__": "docs_example"})

@@ -1,0 +1,167 @@
+"""Actor networks in separate processes with one registry: discovery by capability and
+tags, a workflow crossing two other networks and coming back (every message once, in
+order), alias conflicts, a wrong token refused, graceful and abrupt ends."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+import pytest
+
+from tests.conftest import ServerProcess, wait_until
+from waypost.actors import (
+    Actor,
+    ActorNotFound,
+    AuthenticationFailed,
+    Context,
+    NameConflict,
+    Network,
+)
+
+TOKEN = "s3cret"
+
+
+@contextmanager
+def worker(
+    server: ServerProcess, network_id: str, actors: str, *args: str
+) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """A network in a process of its own; yields it and its HTTP base URL."""
+    cmd = [
+        sys.executable, "-m", "waypost", "network", "--mode", "worker",
+        "--discovery", server.url, "--network-id", network_id,
+        "--instance-id", f"{network_id}-1", "--actors", actors, "--auth-token", TOKEN, *args,
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if "serving" not in line:
+        proc.kill()
+        _, errs = proc.communicate(timeout=10)
+        raise RuntimeError(f"worker {network_id} did not start: {line!r} {errs[-2000:]}")
+    base = line.split("serving ", 1)[1].split(" ", 1)[0].replace("ws://", "http://")
+    try:
+        yield proc, base.removesuffix("/ws")
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+        proc.communicate(timeout=15)
+
+
+class Source(Actor):
+    async def handle(self, port: str, payload: object, ctx: Context) -> None:
+        await ctx.emit("out", payload)
+
+
+class Sink(Actor):
+    outports = ()
+
+    def __init__(self) -> None:
+        self.got: list[object] = []
+
+    async def handle(self, port: str, payload: object, ctx: Context) -> None:
+        self.got.append(payload)
+
+
+def test_three_networks_discover_each_other_and_run_one_workflow(server: ServerProcess) -> None:
+    kit = "tests.integration.actor_kit"
+    with (
+        worker(server, "beta", f"upper={kit}:Upper", "--capabilities", "text", "--tags", "prod")
+        as (_, beta),
+        worker(server, "gamma", f"reverse={kit}:Reverse,upper={kit}:Upper",
+               "--capabilities", "text,reverse") as (_, _gamma),
+    ):  # fmt: skip
+
+        async def go() -> None:
+            alpha = Network(
+                "alpha", instance_id="a1", discovery=[server.url], auth_token=TOKEN,
+                capabilities=["orchestration"],
+            )  # fmt: skip
+            sink = Sink()
+            alpha.add_node("src", Source())
+            alpha.add_node("sink", sink)
+            async with alpha:
+                found = await alpha.discover_networks(capability="text")
+                assert {n.network_id for n in found} == {"beta", "gamma"}
+                assert [n.network_id for n in await alpha.discover_networks(tags=["prod"])] == [
+                    "beta"
+                ]
+                assert [n.network_id for n in await alpha.discover_networks("reverse")] == ["gamma"]
+                actors = {a.name: a for a in await alpha.discover_actors("gamma")}
+                assert set(actors) == {"reverse", "upper"}
+                assert actors["reverse"].component == "Reverse"
+                assert actors["reverse"].inports == ["in"]
+                assert "reverse" in actors["reverse"].capabilities
+                assert await alpha.is_network_available("beta")
+                assert not await alpha.is_network_available("nowhere")
+                assert await alpha.ping("beta") > 0
+
+                up = await alpha.register_remote_actor("upper", "beta")
+                rev = await alpha.register_remote_actor("reverse", "gamma")
+                # A second "upper": the name is taken, so it gets <network>_<actor>.
+                assert await alpha.register_remote_actor("upper", "gamma") == "gamma_upper"
+                with pytest.raises(NameConflict):
+                    await alpha.register_remote_actor("upper", "gamma", strategy="fail")
+                with pytest.raises(ActorNotFound):
+                    await alpha.register_remote_actor("nope", "gamma")
+                alpha.add_connection(("src", "out"), (up, "in"))
+                alpha.add_connection((up, "out"), (rev, "in"))
+                alpha.add_connection((rev, "out"), ("sink", "in"))
+                sent = [f"m{i:04d}" for i in range(300)]
+                for m in sent:
+                    await alpha.send("src", "in", m)  # returns once the sink has it
+                assert sink.got == [m.upper()[::-1] for m in sent]
+                status = alpha.bridge_status()
+                assert {link["network_id"] for link in status["links"]} == {"beta", "gamma"}
+                assert all(link["queued"] == 0 for link in status["links"])
+
+                # Concurrent senders: each message still handled once, none lost.
+                sink.got.clear()
+                await asyncio.gather(*(alpha.send("src", "in", f"c{i}") for i in range(200)))
+                assert sorted(sink.got) == sorted(f"c{i}".upper()[::-1] for i in range(200))
+
+                # A wrong token: refused, and nothing reaches beta's actor.
+                handled = httpx.get(f"{beta}/status").json()["handled"]
+                intruder = Network(
+                    "intruder", instance_id="x1", discovery=[server.url], auth_token="wrong"
+                )
+                async with intruder:
+                    with pytest.raises(AuthenticationFailed):
+                        await intruder.send_remote("beta", "upper", "in", "let me in")
+                assert httpx.get(f"{beta}/status").json()["handled"] == handled
+
+        asyncio.run(go())
+
+
+def test_a_stopped_network_unregisters_and_a_killed_one_expires(server: ServerProcess) -> None:
+    kit = "tests.integration.actor_kit"
+
+    def entries(network: str) -> list[dict[str, object]]:
+        rows = httpx.get(f"{server.url}/api/v1/instances").json()
+        return [
+            r
+            for r in rows
+            if r["meta"].get("network_id") == network or r["meta"].get("network") == network
+        ]
+
+    with worker(server, "calm", f"upper={kit}:Upper", "--heartbeat-interval", "1s") as (p, _):
+        wait_until(lambda: len(entries("calm")) == 2, 10, "calm registered")
+        p.terminate()
+        p.wait(15)
+        assert entries("calm") == []  # unregistered on the way out
+    with worker(server, "doomed", f"upper={kit}:Upper", "--heartbeat-interval", "1s") as (p, _):
+        wait_until(lambda: len(entries("doomed")) == 2, 10, "doomed registered")
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait(10)
+        wait_until(
+            lambda: {r["status"] for r in entries("doomed")} == {"critical"},
+            15,
+            "the killed network's entries to go critical",
+        )
+        wait_until(lambda: entries("doomed") == [], 20, "them to be deregistered")
