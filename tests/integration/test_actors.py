@@ -9,13 +9,14 @@ import os
 import signal
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import httpx
 import pytest
 
-from tests.conftest import ServerProcess, wait_until
+from tests.conftest import ServerProcess, until, wait_until
 from waypost.actors import (
     Actor,
     ActorNotFound,
@@ -126,6 +127,19 @@ def test_three_networks_discover_each_other_and_run_one_workflow(server: ServerP
                 await asyncio.gather(*(alpha.send("src", "in", f"c{i}") for i in range(200)))
                 assert sorted(sink.got) == sorted(f"c{i}".upper()[::-1] for i in range(200))
 
+                # A balanced alias spreads messages over every network offering it.
+                assert sorted(await alpha.register_balanced("any-upper", "upper")) == [
+                    "beta",
+                    "gamma",
+                ]
+                before = {n: httpx.get(f"{u}/status").json()["handled"] for n, u in
+                          (("beta", beta), ("gamma", _gamma))}  # fmt: skip
+                for i in range(10):
+                    await alpha.send("any-upper", "in", f"b{i}")
+                after = {n: httpx.get(f"{u}/status").json()["handled"] for n, u in
+                         (("beta", beta), ("gamma", _gamma))}  # fmt: skip
+                assert {n: after[n] - before[n] for n in after} == {"beta": 5, "gamma": 5}
+
                 # A wrong token: refused, and nothing reaches beta's actor.
                 handled = httpx.get(f"{beta}/status").json()["handled"]
                 intruder = Network(
@@ -165,3 +179,46 @@ def test_a_stopped_network_unregisters_and_a_killed_one_expires(server: ServerPr
             "the killed network's entries to go critical",
         )
         wait_until(lambda: entries("doomed") == [], 20, "them to be deregistered")
+
+
+def test_kill9_of_the_primary_fails_over_and_every_acknowledged_send_is_handled_once(
+    server: ServerProcess,
+) -> None:
+    kit = "tests.integration.actor_kit"
+    with (
+        worker(server, "prim", f"upper={kit}:Upper") as (primary, _),
+        worker(server, "back", f"upper={kit}:Upper") as (_, _back),
+    ):
+
+        async def go() -> None:
+            alpha = Network(
+                "alpha", instance_id="a2", discovery=[server.url], auth_token=TOKEN,
+                send_timeout="5s",
+            )  # fmt: skip
+            sink = Sink()
+            alpha.add_node("src", Source())
+            alpha.add_node("sink", sink)
+            async with alpha:
+                order = await alpha.register_failover("up", "upper", ["prim", "back"])
+                assert order == ["prim", "back"]
+                alpha.add_connection(("src", "out"), ("up", "in"))
+                alpha.add_connection(("up", "out"), ("sink", "in"))
+                acked: list[str] = []
+
+                async def sender(k: int) -> None:
+                    for i in range(60):
+                        m = f"s{k}-{i:03d}"
+                        await alpha.send("src", "in", m)
+                        acked.append(m)
+
+                senders = [asyncio.create_task(sender(k)) for k in range(4)]
+                await until(lambda: len(acked) >= 60, "some sends through the primary")
+                os.kill(primary.pid, signal.SIGKILL)  # mid-stream: sends are in flight
+                await asyncio.gather(*senders)
+                assert len(acked) == 240  # every send returned: the backup took over
+                counts = Counter(sink.got)
+                assert set(counts) == {m.upper() for m in acked}
+                assert max(counts.values()) == 1, [m for m, c in counts.items() if c > 1]
+                assert alpha.remote_actors()[0].network_id == "back"
+
+        asyncio.run(go())

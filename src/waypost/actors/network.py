@@ -19,6 +19,7 @@ cycles through a third node.)
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hmac
 import itertools
@@ -28,7 +29,7 @@ import random
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -54,6 +55,9 @@ from .errors import (
 log = logging.getLogger("waypost.actors")
 
 DEFAULT_SEND_TIMEOUT_S = 30.0
+MAX_LINKS = 1024  # peer instances remembered; idle disconnected ones go first
+MAX_REMEMBERED_OUTPUTS = 100_000  # outputs taken, to drop those a resend brings again
+REDIALS = 3  # a link we opened that cannot reconnect in this many tries gives up
 RECONNECT_MAX_S = 5.0
 STRATEGIES = ("auto_alias", "manual", "fail")
 
@@ -87,19 +91,26 @@ class ActorInfo:
 
 @dataclass
 class RemoteActor:
-    """A remote actor known here under ``alias``."""
+    """A remote actor known here under ``alias``: on ``network_id``; with failover, the
+    networks to try in order (the first is the primary); balanced, spread over them."""
 
     alias: str
     actor: str
     network_id: str
+    networks: list[str] = field(default_factory=list)
+    mode: str = "single"  # single, failover, balanced
+    turn: int = 0
 
 
 @dataclass
 class _Reply:
-    """Where the outputs of a remotely invoked actor go: back over this link."""
+    """Where the outputs of a remotely invoked actor go: back over this link, named by
+    the msg that caused them and their order, so the origin takes each once."""
 
     link: _Link
     alias: str
+    cause: str
+    emitted: int = 0
 
 
 def _label(text: str) -> str:
@@ -168,12 +179,12 @@ class _Link:
 
     async def call(
         self, node: str, port: str, payload: object, *, alias: str = "", out: bool = False,
-        mid: str = "",
+        mid: str = "", cause: str = "", n: int = 0,
     ) -> None:  # fmt: skip
         """Send a msg and wait for its ack (ActorNotFound and others on a nack)."""
         msg = self.outbox.new(
             id=mid or self.net._new_id(), node=node, port=port, payload=payload, out=out,
-            alias=alias,
+            alias=alias, cause=cause, n=n,
         )  # fmt: skip
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.waiting[msg.seq] = fut
@@ -372,6 +383,9 @@ class Network:
         self._links: dict[tuple[str, str], _Link] = {}  # (network, instance) -> link
         self._by_network: dict[str, _Link] = {}  # the link we use to reach a network
         self._dialing: dict[str, asyncio.Future[_Link]] = {}
+        self._outputs: collections.OrderedDict[tuple[str, str, int], None] = (
+            collections.OrderedDict()
+        )
         self._ids = itertools.count(1)
         self._id_prefix = f"{self.network_id}.{self.instance_id}.{os.urandom(3).hex()}"
         self._runner: web.AppRunner | None = None
@@ -399,7 +413,7 @@ class Network:
             remote, _, network = actor.partition("@")
             if not remote or not network:
                 raise ActorNotFound(f"{actor!r}: give actor@network", field="actor")
-            self._remote[name] = RemoteActor(name, remote, network)
+            self._remote[name] = RemoteActor(name, remote, network, [network])
             self._nodes[name] = name
         elif actor in self._remote:
             self._nodes[name] = actor
@@ -548,6 +562,8 @@ class Network:
                     await self.client.batch(register=self._entries())
             except WaypostError as exc:
                 log.warning("%s: heartbeat failed: %s", self.network_id, exc)
+            except Exception:  # never end the heartbeats silently
+                log.exception("%s: heartbeat failed", self.network_id)
 
     async def discover_networks(
         self, capability: str | None = None, tags: Iterable[str] = ()
@@ -628,9 +644,44 @@ class Network:
             while self._taken(wanted):
                 wanted = f"{base}_{n}"
                 n += 1
-        self._remote[wanted] = RemoteActor(wanted, actor, network_id)
+        self._remote[wanted] = RemoteActor(wanted, actor, network_id, [network_id])
         self._nodes[wanted] = wanted
         return wanted
+
+    async def _offering(self, actor: str) -> list[str]:
+        """The networks offering ``actor``, least loaded first."""
+        res = await self.client.instances(kind="actor", status="passing")
+        ids = {i.meta.get("network") for i in res.instances if i.meta.get("actor") == actor}
+        nets = [n for n in await self.discover_networks() if n.network_id in ids]
+        nets.sort(key=lambda n: (n.load, n.network_id))
+        return list(dict.fromkeys(n.network_id for n in nets))
+
+    async def register_failover(
+        self, alias: str, actor: str, networks: Sequence[str] | None = None
+    ) -> list[str]:
+        """``alias`` sends to ``actor`` on a primary network (the least loaded offering
+        it, or the first of ``networks``) and, when the primary fails, to the next; the
+        order in use."""
+        order = list(networks) if networks else await self._offering(actor)
+        if not order:
+            raise NetworkNotFound(f"no network offers {actor!r}")
+        if self._taken(alias):
+            raise NameConflict(f"{alias!r} is taken here", field="alias")
+        self._remote[alias] = RemoteActor(alias, actor, order[0], order, "failover")
+        self._nodes[alias] = alias
+        return order
+
+    async def register_balanced(self, alias: str, actor: str) -> list[str]:
+        """``alias`` spreads messages over every network offering ``actor`` (round
+        robin; one that fails is skipped for that message)."""
+        order = await self._offering(actor)
+        if not order:
+            raise NetworkNotFound(f"no network offers {actor!r}")
+        if self._taken(alias):
+            raise NameConflict(f"{alias!r} is taken here", field="alias")
+        self._remote[alias] = RemoteActor(alias, actor, order[0], order, "balanced")
+        self._nodes[alias] = alias
+        return order
 
     def _taken(self, name: str) -> bool:
         return name in self._nodes or name in self._actors or name in self._remote
@@ -686,12 +737,45 @@ class Network:
         ref = self._remote.get(self._nodes.get(node, node))
         if ref is None:
             raise ActorNotFound(f"no node {node!r} in {self.network_id}")
-        link = await self._link_to(ref.network_id)
-        await link.call(ref.actor, port, payload, alias=ref.alias)
+        if ref.mode == "single":
+            link = await self._link_to(ref.network_id)
+            await link.call(ref.actor, port, payload, alias=ref.alias)
+            return
+        await self._deliver_many(ref, port, payload)
+
+    async def _deliver_many(self, ref: RemoteActor, port: str, payload: object) -> None:
+        """A failover or balanced alias: the same msg (one id, so the outputs of a
+        resend are taken once) to each network in turn until one acknowledges it."""
+        mid = self._new_id()
+        order = list(ref.networks)
+        if ref.mode == "balanced" and order:
+            start = ref.turn % len(order)
+            ref.turn += 1
+            order = order[start:] + order[:start]
+        last: WaypostError | None = None
+        for network_id in order:
+            try:
+                link = await self._link_to(network_id)
+                await link.call(ref.actor, port, payload, alias=ref.alias, mid=mid)
+            except (ConnectionTimeout, NetworkNotFound) as exc:
+                last = exc
+                if ref.mode == "failover" and ref.networks and ref.networks[0] == network_id:
+                    ref.networks.append(ref.networks.pop(0))  # promote the next one
+                    ref.network_id = ref.networks[0]
+                    log.warning(
+                        "%s: %s failed (%s); %s takes over",
+                        ref.alias, network_id, exc, ref.network_id,
+                    )  # fmt: skip
+                continue
+            return
+        raise last or NetworkNotFound(f"{ref.alias}: no network offers {ref.actor!r}")
 
     async def _emit(self, node: str, port: str, payload: object, reply: _Reply | None) -> None:
         if reply is not None:  # invoked by another network: the output goes back there
-            await reply.link.call(reply.alias, port, payload, out=True)
+            reply.emitted += 1
+            await reply.link.call(
+                reply.alias, port, payload, out=True, cause=reply.cause, n=reply.emitted
+            )
             return
         await self._route(node, port, payload)
 
@@ -701,11 +785,18 @@ class Network:
 
     async def _on_msg(self, link: _Link, msg: p.Msg) -> None:
         if msg.out:
+            key = (msg.cause, msg.port, msg.n)
+            if msg.cause and key in self._outputs:
+                return  # this output came already (the msg was sent again, elsewhere)
             await self._route(msg.node, msg.port, msg.payload)
+            if msg.cause:
+                self._outputs[key] = None
+                while len(self._outputs) > MAX_REMEMBERED_OUTPUTS:
+                    self._outputs.popitem(last=False)
         else:
             if msg.node not in self._actors:
                 raise ActorNotFound(f"{self.network_id} has no actor {msg.node!r}")
-            await self._deliver(msg.node, msg.port, msg.payload, _Reply(link, msg.alias))
+            await self._deliver(msg.node, msg.port, msg.payload, _Reply(link, msg.alias, msg.id))
 
     # --- links -------------------------------------------------------------------------------
 
@@ -727,7 +818,7 @@ class Network:
         link = self._links.get(key)
         if link is None:
             link = _Link(self, info.network_id, info.instance_id, info.endpoint)
-            self._links[key] = link
+            self._add_link(key, link)
         link.endpoint = info.endpoint
         if not link.connected.is_set():
             await self._dial(link)
@@ -774,8 +865,12 @@ class Network:
             link.detach(ws)
 
     async def _keep(self, link: _Link) -> None:
-        """Reconnect a link we opened while it has something to send."""
+        """Reconnect a link we opened while it has something to send. After REDIALS
+        failed tries the instance is taken for gone: what waits fails with
+        ConnectionTimeout (a failover alias sends it to the next network) and the network
+        is looked up again in the registry at its next use."""
         delay = 0.05
+        tries = 0
         while not link.connected.is_set() and (link.waiting or link.outbox.unacked):
             try:
                 await self._dial(link)
@@ -784,9 +879,21 @@ class Network:
                 log.error("%s: refused our token; not retrying", link.network_id)
                 return
             except WaypostError as exc:
-                log.info("%s: reconnecting: %s", link.network_id, exc)
+                tries += 1
+                log.info("%s: reconnecting (%d): %s", link.network_id, tries, exc)
+                if tries >= REDIALS:
+                    self._give_up(link, str(exc))
+                    return
             await asyncio.sleep(delay * (0.5 + random.random() / 2))
             delay = min(RECONNECT_MAX_S, delay * 2)
+
+    def _give_up(self, link: _Link, why: str) -> None:
+        for net, used in list(self._by_network.items()):
+            if used is link:
+                del self._by_network[net]
+        for seq in list(link.waiting):
+            link.settle(seq, ConnectionTimeout(f"{link.network_id}: instance gone ({why})"))
+        link.outbox.unacked.clear()
 
     async def _accept(self, request: web.Request) -> web.StreamResponse:
         ws = web.WebSocketResponse(max_msg_size=self.max_message_bytes * 4)
@@ -817,7 +924,7 @@ class Network:
         link = self._links.get(key)
         if link is None:
             link = _Link(self, hello.network_id, hello.instance_id)
-            self._links[key] = link
+            self._add_link(key, link)
         link.attach(ws)
         self._server_ws.add(ws)
         try:
@@ -826,6 +933,23 @@ class Network:
             self._server_ws.discard(ws)
             link.detach(ws)
         return ws
+
+    def _add_link(self, key: tuple[str, str], link: _Link) -> None:
+        """Remember a peer instance's link; past MAX_LINKS, forget disconnected ones with
+        nothing in flight (instances that came and went, as pods do)."""
+        self._links[key] = link
+        if len(self._links) <= MAX_LINKS:
+            return
+        for k, old in list(self._links.items()):
+            if len(self._links) <= MAX_LINKS:
+                break
+            if old is not link and not old.connected.is_set() and not old.waiting:
+                del self._links[k]
+                for net, used in list(self._by_network.items()):
+                    if used is old:
+                        del self._by_network[net]
+                task = asyncio.ensure_future(old.close())
+                task.add_done_callback(_ignore_send_error)
 
     async def ping(self, network_id: str) -> float:
         """The round trip to ``network_id`` in milliseconds."""

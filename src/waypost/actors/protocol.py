@@ -57,6 +57,8 @@ class Msg(msgspec.Struct, tag_field="t", tag="msg", kw_only=True):
     payload: Any = None
     out: bool = False
     alias: str = ""  # the sender's name for the receiver's actor, echoed in its outputs
+    cause: str = ""  # (out) the id of the msg whose handling emitted this
+    n: int = 0  # (out) which emit of that handling: with cause, the output's identity
 
 
 class Ack(msgspec.Struct, tag_field="t", tag="ack", kw_only=True):
@@ -125,11 +127,21 @@ class Outbox:
         self.unacked: collections.OrderedDict[int, Msg] = collections.OrderedDict()
 
     def new(
-        self, *, id: str, node: str, port: str, payload: object, out: bool = False, alias: str = ""
+        self,
+        *,
+        id: str,
+        node: str,
+        port: str,
+        payload: object,
+        out: bool = False,
+        alias: str = "",
+        cause: str = "",
+        n: int = 0,
     ) -> Msg:
         msg = Msg(
-            seq=next(self._seq), id=id, node=node, port=port, payload=payload, out=out, alias=alias
-        )
+            seq=next(self._seq), id=id, node=node, port=port, payload=payload, out=out,
+            alias=alias, cause=cause, n=n,
+        )  # fmt: skip
         self.unacked[msg.seq] = msg
         return msg
 
