@@ -222,3 +222,42 @@ def test_kill9_of_the_primary_fails_over_and_every_acknowledged_send_is_handled_
                 assert alpha.remote_actors()[0].network_id == "back"
 
         asyncio.run(go())
+
+
+def test_a_remote_actor_that_stops_answering_is_marked_and_found_again(
+    server: ServerProcess,
+) -> None:
+    from waypost.actors import DiscoveryConfig
+
+    kit = "tests.integration.actor_kit"
+    quick = DiscoveryConfig(
+        refresh_interval="300ms", health_check_interval="200ms", retries=2, timeout="1s"
+    )
+
+    async def go() -> None:
+        alpha = Network(
+            "alpha", instance_id="a3", discovery=[server.url], auth_token=TOKEN,
+            discovery_config=quick, send_timeout="3s",
+        )  # fmt: skip
+        sink = Sink()
+        alpha.add_node("src", Source())
+        alpha.add_node("sink", sink)
+        async with alpha:
+            with worker(server, "flaky", f"upper={kit}:Upper", "--heartbeat-interval", "1s") as (
+                proc,
+                _,
+            ):
+                up = await alpha.register_remote_actor("upper", "flaky")
+                alpha.add_connection(("src", "out"), (up, "in"))
+                alpha.add_connection((up, "out"), ("sink", "in"))
+                await alpha.send("src", "in", "one")
+                assert alpha.remote_actors()[0].available
+                os.kill(proc.pid, signal.SIGKILL)
+                await until(lambda: not alpha.remote_actors()[0].available, "marked unavailable")
+            # The network comes back (a new process, a new port): found again.
+            with worker(server, "flaky", f"upper={kit}:Upper", "--heartbeat-interval", "1s"):
+                await until(lambda: alpha.remote_actors()[0].available, "available again", 15)
+                await alpha.send("src", "in", "two")
+        assert sink.got == ["ONE", "TWO"]
+
+    asyncio.run(go())

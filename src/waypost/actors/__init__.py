@@ -13,7 +13,13 @@ from waypost.actors.errors import (
     NameConflict,
     NetworkNotFound,
 )
-from waypost.actors.network import ActorInfo, Network, NetworkInfo, RemoteActor
+from waypost.actors.network import (
+    ActorInfo,
+    DiscoveryConfig,
+    Network,
+    NetworkInfo,
+    RemoteActor,
+)
 
 __all__ = [
     "Actor",
@@ -22,6 +28,7 @@ __all__ = [
     "AuthenticationFailed",
     "ConnectionTimeout",
     "Context",
+    "DiscoveryConfig",
     "MessageTooLarge",
     "NameConflict",
     "Network",

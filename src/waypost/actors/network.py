@@ -38,7 +38,7 @@ from aiohttp import web
 
 from waypost.client._async import AsyncClient
 from waypost.durations import parse_duration
-from waypost.errors import NotFound, WaypostError
+from waypost.errors import NotFound, Unavailable, WaypostError
 from waypost.model import Instance
 
 from . import protocol as p
@@ -60,6 +60,28 @@ MAX_REMEMBERED_OUTPUTS = 100_000  # outputs taken, to drop those a resend brings
 REDIALS = 3  # a link we opened that cannot reconnect in this many tries gives up
 RECONNECT_MAX_S = 5.0
 STRATEGIES = ("auto_alias", "manual", "fail")
+
+
+@dataclass(frozen=True)
+class DiscoveryConfig:
+    """How a network keeps its view of the others current (the seeds' defaults):
+    remote actors' networks are looked up again every ``refresh_interval`` when their
+    link is unhealthy, links are pinged every ``health_check_interval``, registry lookups
+    are tried ``retries`` times, each within ``timeout``."""
+
+    refresh_interval: str = "30s"
+    health_check_interval: str = "15s"
+    retries: int = 3
+    timeout: str = "5s"
+
+    @classmethod
+    def development(cls) -> DiscoveryConfig:
+        """Quick to notice and recover, chatty: for a laptop or a test."""
+        return cls(refresh_interval="5s", health_check_interval="2s", retries=2, timeout="2s")
+
+    @classmethod
+    def production(cls) -> DiscoveryConfig:
+        return cls()
 
 
 @dataclass(frozen=True)
@@ -100,6 +122,7 @@ class RemoteActor:
     networks: list[str] = field(default_factory=list)
     mode: str = "single"  # single, failover, balanced
     turn: int = 0
+    available: bool = True  # False while its network does not answer pings
 
 
 @dataclass
@@ -149,6 +172,7 @@ class _Link:
         self.keeper: asyncio.Task[None] | None = None
         self.reader: asyncio.Task[None] | None = None
         self.closing = False
+        self.peer_epoch = ""
         self.latency_ms: float | None = None
         self._pongs: dict[float, asyncio.Future[None]] = {}
         self.sent = 0
@@ -215,8 +239,16 @@ class _Link:
 
     # --- the WebSocket ---------------------------------------------------------------------
 
-    def attach(self, ws: web.WebSocketResponse | aiohttp.ClientWebSocketResponse) -> None:
-        """A (new) WebSocket for this link: send again what awaits an ack."""
+    def attach(
+        self, ws: web.WebSocketResponse | aiohttp.ClientWebSocketResponse, epoch: str = ""
+    ) -> None:
+        """A (new) WebSocket for this link: send again what awaits an ack. A peer of
+        another epoch restarted: what it sends is numbered from 1 again."""
+        if epoch != self.peer_epoch:
+            if self.peer_epoch:
+                log.info("%s restarted: a fresh count of its messages", self.network_id)
+                self.inbox = p.Inbox()
+            self.peer_epoch = epoch
         old = self.ws
         if old is not None and old is not ws and not old.closed:
             task = asyncio.ensure_future(old.close())
@@ -278,14 +310,14 @@ class _Link:
             if fut is not None and not fut.done():
                 fut.set_result(None)
 
-    async def ping(self) -> float:
+    async def ping(self, timeout_s: float | None = None) -> float:
         at = time.monotonic()
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pongs[at] = fut
         if not self.connected.is_set() and self.endpoint:
             self.ensure_connected()
         try:
-            async with asyncio.timeout(self.net.send_timeout_s):
+            async with asyncio.timeout(timeout_s or self.net.send_timeout_s):
                 await self.connected.wait()
                 self.send_frame(p.Ping(at=at))
                 await fut
@@ -359,6 +391,7 @@ class Network:
         compress_above: int = p.COMPRESS_ABOVE,
         send_timeout: str | float = DEFAULT_SEND_TIMEOUT_S,
         version: str = "1.0.0",
+        discovery_config: DiscoveryConfig | None = None,
     ) -> None:
         self.network_id = network_id
         self.instance_id = instance_id or f"{_label(os.uname().nodename)}-{os.getpid()}"
@@ -374,6 +407,8 @@ class Network:
         self.max_message_bytes = max_message_bytes
         self.compress_above = compress_above
         self.send_timeout_s = _seconds(send_timeout)
+        self.config = discovery_config or DiscoveryConfig()
+        self._health_task: asyncio.Task[None] | None = None
         self.version = version
         self.client = AsyncClient(self.discovery)
         self._actors: dict[str, tuple[Actor, dict[str, Any]]] = {}
@@ -387,7 +422,8 @@ class Network:
             collections.OrderedDict()
         )
         self._ids = itertools.count(1)
-        self._id_prefix = f"{self.network_id}.{self.instance_id}.{os.urandom(3).hex()}"
+        self.epoch = os.urandom(6).hex()
+        self._id_prefix = f"{self.network_id}.{self.instance_id}.{self.epoch}"
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
         self._beats: asyncio.Task[None] | None = None
@@ -450,11 +486,17 @@ class Network:
         self._http = f"http://{shown}:{bound}"
         self._session = aiohttp.ClientSession()
         self.started_at = time.time()
+        self._health_task = asyncio.create_task(self._watch_health(), name="network-health")
         if self.auto_register:
             await self.register()
 
     async def stop(self) -> None:
         """Unregister the network and its actors, close every link, stop serving."""
+        if self._health_task is not None:
+            self._health_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._health_task
+            self._health_task = None
         if self._beats is not None:
             self._beats.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -610,6 +652,20 @@ class Network:
         return True
 
     async def _find(self, network_id: str) -> NetworkInfo:
+        """The least loaded healthy instance of ``network_id``; registry lookups are
+        tried ``config.retries`` times within ``config.timeout`` each."""
+        tries = max(1, self.config.retries)
+        for attempt in range(tries):
+            try:
+                async with asyncio.timeout(_seconds(self.config.timeout)):
+                    return await self._find_once(network_id)
+            except (TimeoutError, Unavailable) as exc:
+                if attempt + 1 == tries:
+                    raise ConnectionTimeout(f"the registry did not answer: {exc}") from None
+                await asyncio.sleep(0.1 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    async def _find_once(self, network_id: str) -> NetworkInfo:
         res = await self.client.instances(network_id if _label(network_id) == network_id else None,
                                           kind="network", status="passing")  # fmt: skip
         found = [_network_info(i) for i in res.instances if i.meta.get("network_id") == network_id]
@@ -835,7 +891,10 @@ class Network:
                     link.endpoint, max_msg_size=self.max_message_bytes * 4, heartbeat=None
                 )
                 hello = p.Hello(
-                    network_id=self.network_id, instance_id=self.instance_id, token=self.auth_token
+                    network_id=self.network_id,
+                    instance_id=self.instance_id,
+                    token=self.auth_token,
+                    epoch=self.epoch,
                 )
                 await ws.send_bytes(p.encode([hello]))
                 m = await ws.receive()
@@ -855,7 +914,9 @@ class Network:
                 frames[0].reason if frames and isinstance(frames[0], p.Denied) else "no welcome"
             )
             raise AuthenticationFailed(f"{link.network_id} refused the link: {reason}")
-        link.attach(ws)
+        welcome = frames[0]
+        assert isinstance(welcome, p.Welcome)
+        link.attach(ws, welcome.epoch)
         link.reader = asyncio.create_task(self._read(link, ws), name=f"read-{link.network_id}")
 
     async def _read(self, link: _Link, ws: aiohttp.ClientWebSocketResponse) -> None:
@@ -871,7 +932,7 @@ class Network:
         is looked up again in the registry at its next use."""
         delay = 0.05
         tries = 0
-        while not link.connected.is_set() and (link.waiting or link.outbox.unacked):
+        while not link.connected.is_set() and (link.waiting or link.outbox.unacked or link._pongs):
             try:
                 await self._dial(link)
                 return
@@ -918,14 +979,20 @@ class Network:
             await ws.close()
             return ws
         await ws.send_bytes(
-            p.encode([p.Welcome(network_id=self.network_id, instance_id=self.instance_id)])
+            p.encode(
+                [
+                    p.Welcome(
+                        network_id=self.network_id, instance_id=self.instance_id, epoch=self.epoch
+                    )
+                ]
+            )
         )
         key = (hello.network_id, hello.instance_id)
         link = self._links.get(key)
         if link is None:
             link = _Link(self, hello.network_id, hello.instance_id)
             self._add_link(key, link)
-        link.attach(ws)
+        link.attach(ws, hello.epoch)
         self._server_ws.add(ws)
         try:
             await link.read(ws)
@@ -933,6 +1000,38 @@ class Network:
             self._server_ws.discard(ws)
             link.detach(ws)
         return ws
+
+    async def _watch_health(self) -> None:
+        """Ping the links we use every ``health_check_interval``; a remote actor whose
+        network does not answer is marked unavailable, and its network is looked up
+        again in the registry (every ``refresh_interval`` at most) until it answers."""
+        every = _seconds(self.config.health_check_interval)
+        refresh = _seconds(self.config.refresh_interval)
+        looked: dict[str, float] = {}
+        while True:
+            await asyncio.sleep(every)
+            try:
+                for network_id in {r.network_id for r in self._remote.values()}:
+                    ok = True
+                    link = self._by_network.get(network_id)
+                    try:
+                        if link is None:
+                            now = time.monotonic()
+                            if now - looked.get(network_id, 0.0) < refresh:
+                                continue
+                            looked[network_id] = now
+                            link = await self._link_to(network_id)
+                        await link.ping(_seconds(self.config.timeout))
+                    except WaypostError as exc:
+                        ok = False
+                        log.info("%s: %s does not answer: %s", self.network_id, network_id, exc)
+                        if link is not None and self._by_network.get(network_id) is link:
+                            del self._by_network[network_id]  # look it up again
+                    for ref in self._remote.values():
+                        if ref.network_id == network_id:
+                            ref.available = ok
+            except Exception:  # never end the watch silently
+                log.exception("%s: health check failed", self.network_id)
 
     def _add_link(self, key: tuple[str, str], link: _Link) -> None:
         """Remember a peer instance's link; past MAX_LINKS, forget disconnected ones with

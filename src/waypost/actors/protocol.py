@@ -4,8 +4,8 @@ One WebSocket per pair of network instances, opened by the one that sends first.
 WebSocket message is a batch: one byte (``J``: JSON, ``Z``: zlib-compressed JSON) then a
 JSON list of frames. Frames:
 
-    {"t": "hello", "network_id", "instance_id", "token"}   opener -> listener, first
-    {"t": "welcome", "network_id", "instance_id"}           listener -> opener
+    {"t": "hello", "network_id", "instance_id", "token", "epoch"}   opener -> listener
+    {"t": "welcome", "network_id", "instance_id", "epoch"}           listener -> opener
     {"t": "denied", "reason"}                               listener -> opener, then close
     {"t": "msg", "seq", "id", "node", "port", "payload", "out", "alias"}
     {"t": "ack", "seq"}        the msg with this seq was handled (and what its handler
@@ -16,7 +16,9 @@ JSON list of frames. Frames:
 Each direction numbers its msgs (``seq`` from 1). The sender keeps every msg until its
 ack and sends the unacknowledged ones again after a reconnect (at least once on the
 wire); the receiver handles them in order and remembers the highest seq it handled from
-each peer instance, so a msg sent again is acknowledged without being handled twice.
+each peer instance, so a msg sent again is acknowledged without being handled twice. The
+``epoch`` in the handshake changes when a process starts: a peer instance that restarted
+(same ids, numbering from 1 again) gets a fresh count.
 A msg with ``out`` true carries an output of an actor the receiver invoked: ``node`` is
 the receiver's node (its alias for the remote actor) whose ``port`` emitted it.
 """
@@ -38,11 +40,13 @@ class Hello(msgspec.Struct, tag_field="t", tag="hello", kw_only=True):
     network_id: str
     instance_id: str
     token: str = ""
+    epoch: str = ""  # new each time a process starts: a restarted peer numbers from 1
 
 
 class Welcome(msgspec.Struct, tag_field="t", tag="welcome", kw_only=True):
     network_id: str
     instance_id: str
+    epoch: str = ""
 
 
 class Denied(msgspec.Struct, tag_field="t", tag="denied", kw_only=True):
