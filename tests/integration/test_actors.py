@@ -261,3 +261,37 @@ def test_a_remote_actor_that_stops_answering_is_marked_and_found_again(
         assert sink.got == ["ONE", "TWO"]
 
     asyncio.run(go())
+
+
+def test_limits_manual_registration_and_refusals() -> None:
+    """In one process: the size limit, max_connections, manual registration, and a
+    message to an actor that is not there."""
+    from waypost.actors import MessageTooLarge, NetworkNotFound
+    from waypost.testing import running_server
+
+    async def go() -> None:
+        async with running_server() as registry:
+            urls = [registry.url]
+            small = Network(
+                "small", instance_id="s1", discovery=urls, auth_token=TOKEN, max_connections=1,
+                auto_register=False, max_message_bytes=1000,
+            )  # fmt: skip
+            small.add_node("sink", Sink())
+            a = Network("a", instance_id="a1", discovery=urls, auth_token=TOKEN)
+            b = Network("b", instance_id="b1", discovery=urls, auth_token=TOKEN)
+            async with small, a, b:
+                # Not registered until asked.
+                with pytest.raises(NetworkNotFound):
+                    await a.send_remote("small", "sink", "in", "x")
+                await small.register()
+                await a.send_remote("small", "sink", "in", "x")
+                # One connection at most: a second network is refused.
+                with pytest.raises(AuthenticationFailed, match="too many connections"):
+                    await b.send_remote("small", "sink", "in", "y")
+                # Too large, before anything is sent; and no such actor, from the far end.
+                with pytest.raises(MessageTooLarge):
+                    await small.send("sink", "in", "z" * 2000)
+                with pytest.raises(ActorNotFound):
+                    await a.send_remote("small", "nobody", "in", "x")
+
+    asyncio.run(go())
