@@ -10,7 +10,7 @@ import functools
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any, ParamSpec, TypeVar
 
@@ -620,8 +620,6 @@ def proxy(
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
 ) -> None:
     """Reverse-proxy HTTP to services by Host or route, with their traffic policies."""
-    import asyncio
-    import logging
 
     from waypost.proxy import ProxySettings, run_proxy
     from waypost.settings import host_port
@@ -650,18 +648,7 @@ def proxy(
         join=list(join or []),
         trust_keys=_trust(trust_key),
     )
-    logging.basicConfig(
-        level=log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover
-        code = asyncio.run(run_proxy(settings))
-    else:
-        code = uvloop.run(run_proxy(settings))
-    raise typer.Exit(code)
+    _run_loop(run_proxy(settings), log_level)
 
 
 # --- node discovery -------------------------------------------------------------------------
@@ -949,10 +936,15 @@ def agent(
 
 
 def _run_agent(settings: Any, log_level: str) -> None:
+    from waypost.agent.agent import run_agent
+
+    _run_loop(run_agent(settings), log_level)
+
+
+def _run_loop(main: Coroutine[Any, Any, int], log_level: str) -> None:
+    """Log to stderr at ``log_level`` and run ``main`` on uvloop; exit with its code."""
     import asyncio
     import logging
-
-    from waypost.agent.agent import run_agent
 
     logging.basicConfig(
         level=log_level.upper(),
@@ -962,9 +954,9 @@ def _run_agent(settings: Any, log_level: str) -> None:
     try:
         import uvloop
     except ImportError:  # pragma: no cover
-        code = asyncio.run(run_agent(settings))
+        code = asyncio.run(main)
     else:
-        code = uvloop.run(run_agent(settings))
+        code = uvloop.run(main)
     raise typer.Exit(code)
 
 

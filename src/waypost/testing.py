@@ -147,13 +147,7 @@ class ServerProcess:
         """SIGTERM, then SIGKILL after 10 s."""
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
         self._close_pipe()
 
     def restart(self) -> ServerProcess:
@@ -225,13 +219,7 @@ class ProxyProcess:
         """SIGTERM, then SIGKILL after 10 s."""
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
 
@@ -261,6 +249,17 @@ def _ephemeral_low() -> int:
         return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return 32768
+
+
+def terminate(proc: subprocess.Popen[str], grace_s: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after ``grace_s``; waits for the end either way."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def free_port() -> int:

@@ -71,7 +71,7 @@ class Sink(Actor):
 
 
 def test_three_networks_discover_each_other_and_run_one_workflow(server: ServerProcess) -> None:
-    kit = "tests.integration.actor_kit"
+    kit = "waypost.actors.examples"
     with (
         worker(server, "beta", f"upper={kit}:Upper", "--capabilities", "text", "--tags", "prod")
         as (_, beta),
@@ -154,7 +154,7 @@ def test_three_networks_discover_each_other_and_run_one_workflow(server: ServerP
 
 
 def test_a_stopped_network_unregisters_and_a_killed_one_expires(server: ServerProcess) -> None:
-    kit = "tests.integration.actor_kit"
+    kit = "waypost.actors.examples"
 
     def entries(network: str) -> list[dict[str, object]]:
         rows = httpx.get(f"{server.url}/api/v1/instances").json()
@@ -184,7 +184,7 @@ def test_a_stopped_network_unregisters_and_a_killed_one_expires(server: ServerPr
 def test_kill9_of_the_primary_fails_over_and_every_acknowledged_send_is_handled_once(
     server: ServerProcess,
 ) -> None:
-    kit = "tests.integration.actor_kit"
+    kit = "waypost.actors.examples"
     with (
         worker(server, "prim", f"upper={kit}:Upper") as (primary, _),
         worker(server, "back", f"upper={kit}:Upper") as (_, _back),
@@ -229,7 +229,7 @@ def test_a_remote_actor_that_stops_answering_is_marked_and_found_again(
 ) -> None:
     from waypost.actors import DiscoveryConfig
 
-    kit = "tests.integration.actor_kit"
+    kit = "waypost.actors.examples"
     quick = DiscoveryConfig(
         refresh_interval="300ms", health_check_interval="200ms", retries=2, timeout="1s"
     )

@@ -207,17 +207,21 @@ class UpstreamResponse:
                     self.content_length = None
         self._released = False
 
-    async def read(self) -> bytes:
+    async def _more(self) -> None:
+        """Wait for more of the body (UpstreamError on a failure or a stall)."""
         conn = self._conn
-        while not conn.complete:
-            if conn.error is not None:
-                raise conn.error
-            try:
-                await conn.wait_more(self._timeout)
-            except TimeoutError:
-                conn._fail(UpstreamError("timeout", "the answer's body stalled"))
-                raise UpstreamError("timeout", "the answer's body stalled") from None
-        return conn.take()
+        if conn.error is not None:
+            raise conn.error
+        try:
+            await conn.wait_more(self._timeout)
+        except TimeoutError:
+            conn._fail(UpstreamError("timeout", "the answer's body stalled"))
+            raise UpstreamError("timeout", "the answer's body stalled") from None
+
+    async def read(self) -> bytes:
+        while not self._conn.complete:
+            await self._more()
+        return self._conn.take()
 
     async def chunks(self) -> AsyncIterator[bytes]:
         conn = self._conn
@@ -227,13 +231,7 @@ class UpstreamResponse:
                 continue
             if conn.complete:
                 return
-            if conn.error is not None:
-                raise conn.error
-            try:
-                await conn.wait_more(self._timeout)
-            except TimeoutError:
-                conn._fail(UpstreamError("timeout", "the answer's body stalled"))
-                raise UpstreamError("timeout", "the answer's body stalled") from None
+            await self._more()
 
     def release(self) -> None:
         """Give the connection back (kept alive when its answer was read to the end)."""
