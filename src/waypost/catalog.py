@@ -66,6 +66,11 @@ class Catalog:
         self._empty_services: collections.OrderedDict[str, int] = collections.OrderedDict()
         self._kind_rev: dict[str, int] = dict.fromkeys(KINDS, 0)
         self._sorted: dict[str, list[Instance]] = {}
+        # Answers kept until a change touches them, so a whole-registry answer costs the
+        # services (or nodes) that changed, not every instance (issue 12: 1,000 services of
+        # 200 instances took 180 ms a change with a dashboard watching).
+        self._summaries: dict[str, ServiceSummary] = {}
+        self._node_views: dict[str, Node] = {}
         self._recent: collections.deque[Event] = collections.deque(maxlen=recent_events)
         # Every event after this revision is in ``_recent``.
         self._recent_floor = 0
@@ -102,6 +107,8 @@ class Catalog:
         self._by_tag.clear()
         self._by_node.clear()
         self._sorted.clear()
+        self._summaries.clear()
+        self._node_views.clear()
         first = not old and self.revision == 0
         for entry, mod in rows:
             if isinstance(entry, Instance):
@@ -189,6 +196,8 @@ class Catalog:
                 self._bump_service(entry.service, ev.revision)
             else:
                 bucket = self._others[entry.KIND]
+                if entry.KIND == "node":
+                    self._node_views.pop(entry.key, None)
                 if ev.type == "put":
                     bucket[entry.key] = entry
                     self._other_mod[(entry.KIND, entry.key)] = ev.revision
@@ -233,10 +242,12 @@ class Catalog:
                 self._service_rev[inst.service] = gone
         self._by_service[inst.service][inst.id] = inst
         self._sorted.pop(inst.service, None)
+        self._summaries.pop(inst.service, None)
         for tag in inst.tags:
             self._by_tag.setdefault(tag, set()).add(inst.id)
         if inst.node:
             self._by_node.setdefault(inst.node, set()).add(inst.id)
+            self._node_views.pop(inst.node, None)
 
     def _unindex(self, inst: Instance) -> None:
         del self._by_id[inst.id]
@@ -247,6 +258,7 @@ class Catalog:
             if not members:
                 del self._by_service[inst.service]
         self._sorted.pop(inst.service, None)
+        self._summaries.pop(inst.service, None)
         for tag in inst.tags:
             ids = self._by_tag.get(tag)
             if ids is not None:
@@ -254,6 +266,7 @@ class Catalog:
                 if not ids:
                     del self._by_tag[tag]
         if inst.node:
+            self._node_views.pop(inst.node, None)
             ids = self._by_node.get(inst.node)
             if ids is not None:
                 ids.discard(inst.id)
@@ -399,37 +412,42 @@ class Catalog:
         return [self._by_id[i] for i in smallest]
 
     def services(self) -> list[ServiceSummary]:
-        """One summary per service, ordered by name."""
+        """One summary per service, ordered by name (each kept until its service changes)."""
+        cached = self._summaries
         out = []
         for name in sorted(self._by_service):
-            members = self._by_service[name].values()
-            counts = dict.fromkeys(Status, 0)
-            maintenance = 0
-            tags: set[str] = set()
-            versions: set[str] = set()
-            kinds = set()
-            for inst in members:
-                counts[inst.effective_status] += 1
-                maintenance += inst.maintenance
-                tags.update(inst.tags)
-                if inst.version:
-                    versions.add(inst.version)
-                kinds.add(inst.kind)
-            out.append(
-                ServiceSummary(
-                    name=name,
-                    instances=len(self._by_service[name]),
-                    passing=counts[Status.PASSING],
-                    warning=counts[Status.WARNING],
-                    critical=counts[Status.CRITICAL],
-                    unknown=counts[Status.UNKNOWN],
-                    maintenance=maintenance,
-                    tags=sorted(tags),
-                    versions=sorted(versions),
-                    kinds=sorted(kinds, key=lambda k: k.value),
-                )
-            )
+            summary = cached.get(name)
+            if summary is None:
+                summary = cached[name] = self._summary(name)
+            out.append(summary)
         return out
+
+    def _summary(self, name: str) -> ServiceSummary:
+        members = self._by_service[name].values()
+        counts = dict.fromkeys(Status, 0)
+        maintenance = 0
+        tags: set[str] = set()
+        versions: set[str] = set()
+        kinds = set()
+        for inst in members:
+            counts[inst.effective_status] += 1
+            maintenance += inst.maintenance
+            tags.update(inst.tags)
+            if inst.version:
+                versions.add(inst.version)
+            kinds.add(inst.kind)
+        return ServiceSummary(
+            name=name,
+            instances=len(self._by_service[name]),
+            passing=counts[Status.PASSING],
+            warning=counts[Status.WARNING],
+            critical=counts[Status.CRITICAL],
+            unknown=counts[Status.UNKNOWN],
+            maintenance=maintenance,
+            tags=sorted(tags),
+            versions=sorted(versions),
+            kinds=sorted(kinds, key=lambda k: k.value),
+        )
 
     def node(self, node_id: str) -> Node | None:
         """One node as ``nodes()`` lists it (registered, or named by instances)."""
@@ -469,8 +487,16 @@ class Catalog:
         """Registered nodes, and nodes that instances name but nobody registered (marked
         ``registered: false``), ordered by id."""
         registered = self._others["node"]
-        ids = sorted(set(registered) | set(self._by_node))
-        return [self._node_view(i, registered.get(i), self._by_node.get(i, set())) for i in ids]
+        cached = self._node_views
+        out = []
+        for i in sorted(set(registered) | set(self._by_node)):
+            view = cached.get(i)
+            if view is None:
+                view = cached[i] = self._node_view(
+                    i, registered.get(i), self._by_node.get(i, set())
+                )
+            out.append(view)
+        return out
 
     def nodes_revision(self) -> int:
         """The revision of the last change that could alter ``nodes()``."""

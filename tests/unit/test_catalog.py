@@ -272,3 +272,53 @@ def test_a_relist_after_a_gap_goes_out_as_the_difference_in_events() -> None:
     assert cat.mod_revision("n2", kind="node") == 8
     # Nothing changed: nothing goes out.
     assert cat.relist(rows, 10) == []
+
+
+CHANGES = st.lists(
+    st.tuples(
+        st.sampled_from(["put", "delete", "node-put", "node-delete"]),
+        st.sampled_from(["i1", "i2", "i3", "i4", "i5"]),
+        st.sampled_from(["web", "db", "cache"]),
+        st.sampled_from(["n1", "n2", ""]),
+        st.sampled_from(["passing", "warning", "critical"]),
+        st.booleans(),
+        st.sampled_from([(), ("a",), ("a", "b")]),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(CHANGES, st.integers(0, 4))
+def test_kept_summaries_equal_a_recompute_after_any_changes(
+    changes: list[tuple[str, str, str, str, str, bool, tuple[str, ...]]], reload_at: int
+) -> None:
+    """services() and nodes() keep each service's (node's) answer until it changes: after
+    any sequence of changes (and a full reload), they equal answers computed afresh."""
+    from waypost.model import Node
+
+    c = Catalog()
+    rev = 0
+    for n, (op, iid, service, node, status, maint, tags) in enumerate(changes):
+        rev = n + 1
+        entry: Instance | Node
+        if op.startswith("node"):
+            entry = Node(id=node or "n3", address="10.0.0.9")
+            kind = "put" if op == "node-put" else "delete"
+        else:
+            entry = inst(
+                iid, service, node=node or None, status=status, maintenance=maint, tags=list(tags)
+            )
+            kind = op
+        c.apply([Event(revision=rev, type=kind, entry=entry)])  # type: ignore[arg-type]
+        c.services()
+        c.nodes()  # keep answers, so later changes must drop them
+        if n == reload_at:
+            rows = [(i, c._mod[i.id]) for i in c._by_id.values()]
+            rows += [(e, rev) for e in c._others["node"].values()]
+            c.load(rows, rev)
+    fresh = [c._summary(name) for name in sorted(c._by_service)]
+    assert c.services() == fresh
+    registered = c._others["node"]
+    ids = sorted(set(registered) | set(c._by_node))
+    assert c.nodes() == [c._node_view(i, registered.get(i), c._by_node.get(i, set())) for i in ids]
