@@ -44,7 +44,7 @@ from waypost.traffic.exchange import Attempt, Exchange, Policies, endpoint_stats
 from waypost.traffic.routes import RouteTable, rewrite
 
 if TYPE_CHECKING:
-    from waypost.client.cache import AsyncServiceCache, ServiceCache
+    from waypost.client.cache import AsyncServiceCache, ServiceCache, ServiceView
 
 
 @dataclass(slots=True)
@@ -74,7 +74,46 @@ class _Failure(Exception):
         self.kind = kind
 
 
-class ServiceHttp:
+class _Caller:
+    """What the async and the blocking caller share: the policy objects they keep per
+    service, and their counters."""
+
+    service: str
+    zone: str
+    _rng: random.Random
+    _policies: dict[str, Policies]
+
+    def _held(self, service: str) -> ServiceView | None:
+        raise NotImplementedError
+
+    def policies(self, config: ServiceConfig | None, service: str | None = None) -> Policies:
+        """The policy objects for ``service``'s ``config`` (default: this one's); kept
+        (with their state) while it is the same config."""
+        name = service or self.service
+        previous = self._policies.get(name)
+        p = Policies.build(name, config, zone=self.zone, rng=self._rng, previous=previous)
+        if p is not previous:
+            self._policies[name] = p
+            prune(self._policies, lambda n: n == self.service or self._held(n) is not None)
+        return p
+
+    def stats(self) -> dict[str, object]:
+        """Each service this caller reached (the service, and those its routes sent
+        requests to): its endpoints' counters and breaker states, and the view's age."""
+        now = time.monotonic()
+        out: dict[str, object] = {}
+        for name, p in sorted(self._policies.items()):
+            view = self._held(name)
+            if view is not None:
+                out[name] = {
+                    "stale": view.stale,
+                    "age_s": round(view.age_s(), 3),
+                    "endpoints": endpoint_stats(p, view.endpoints, now),
+                }
+        return out
+
+
+class ServiceHttp(_Caller):
     """Requests to one service (``AsyncClient.http(service)``)."""
 
     def __init__(
@@ -117,31 +156,8 @@ class ServiceHttp:
             )
         return self._session
 
-    def policies(self, config: ServiceConfig | None, service: str | None = None) -> Policies:
-        """The policy objects for ``service``'s ``config`` (default: this one's); kept
-        (with their state) while it is the same config."""
-        name = service or self.service
-        previous = self._policies.get(name)
-        p = Policies.build(name, config, zone=self.zone, rng=self._rng, previous=previous)
-        if p is not previous:
-            self._policies[name] = p
-            prune(self._policies, lambda n: n == self.service or self.cache.held(n) is not None)
-        return p
-
-    def stats(self) -> dict[str, object]:
-        """Each service this caller reached (the service, and those its routes sent
-        requests to): its endpoints' counters and breaker states, and the view's age."""
-        now = time.monotonic()
-        out: dict[str, object] = {}
-        for name, p in sorted(self._policies.items()):
-            view = self.cache.held(name)
-            if view is not None:
-                out[name] = {
-                    "stale": view.stale,
-                    "age_s": round(view.age_s(), 3),
-                    "endpoints": endpoint_stats(p, view.endpoints, now),
-                }
-        return out
+    def _held(self, service: str) -> ServiceView | None:
+        return self.cache.held(service)
 
     async def route(
         self, method: str, path: str, headers: Mapping[str, str] | None = None
@@ -259,7 +275,7 @@ class ServiceHttp:
             raise _Failure("reset", str(exc) or type(exc).__name__) from None
 
 
-class SyncServiceHttp:
+class SyncServiceHttp(_Caller):
     """Requests to one service from blocking code (``Client.http(service)``): the same
     routes, policies and attempts as ``ServiceHttp``, on httpx (keep-alive connections per
     endpoint). Thread-safe: picks and their bookkeeping happen under a lock."""
@@ -302,29 +318,8 @@ class SyncServiceHttp:
             self._session = httpx.Client(limits=httpx.Limits(max_connections=None))
         return self._session
 
-    def policies(self, config: ServiceConfig | None, service: str | None = None) -> Policies:
-        name = service or self.service
-        previous = self._policies.get(name)
-        p = Policies.build(name, config, zone=self.zone, rng=self._rng, previous=previous)
-        if p is not previous:
-            self._policies[name] = p
-            prune(self._policies, lambda n: n == self.service or self.cache.held(n) is not None)
-        return p
-
-    def stats(self) -> dict[str, object]:
-        """Each service this caller reached (the service, and those its routes sent
-        requests to): its endpoints' counters and breaker states, and the view's age."""
-        now = time.monotonic()
-        out: dict[str, object] = {}
-        for name, p in sorted(self._policies.items()):
-            view = self.cache.held(name)
-            if view is not None:
-                out[name] = {
-                    "stale": view.stale,
-                    "age_s": round(view.age_s(), 3),
-                    "endpoints": endpoint_stats(p, view.endpoints, now),
-                }
-        return out
+    def _held(self, service: str) -> ServiceView | None:
+        return self.cache.held(service)
 
     def route(
         self, method: str, path: str, headers: Mapping[str, str] | None = None
