@@ -119,7 +119,8 @@ def test_kill9_fails_the_node_then_deregisters_and_restart_restores(
     wait_until(failed, 10, "the node's services critical")
     inst = on_node(http)["web-n1"]
     assert "node n1 failed" in inst["output"]
-    assert http.get("/api/v1/nodes/n1").json()["status"] == "failed"
+    # The node's own status is a separate write: wait for it rather than race it.
+    wait_until(lambda: http.get("/api/v1/nodes/n1").json()["status"] == "failed", 10, "node failed")
     assert http.get("/api/v1/services/web?status=passing").json() == []
     # ... then deregistered after deregister_critical_after.
     wait_until(lambda: "web-n1" not in on_node(http), 15, "deregistration")

@@ -347,7 +347,7 @@ def test_an_agent_joins_with_a_registry_file_fails_over_and_moves_back(
         first.restart()
         write(first_file, registry(first).read_text())
         agent.signal(signal.SIGHUP)
-        wait_until(lambda: _has(first, "svc-1"), 20, "the agent to move back to the first")
+        wait_until(lambda: _has(first, "svc-1"), 45, "the agent to move back to the first")
         status = httpx.get(f"{agent.url}/status").json()
         assert status["servers"][0] == first.url
     finally:
