@@ -19,6 +19,7 @@ LAYERS = {
     "members": 1,
     "model": 2,
     "query": 2,
+    "compact": 2,
     "catalog": 3,
     "store": 3,
     "traffic": 3,
@@ -51,7 +52,7 @@ FORBIDDEN = {
     ("model", "query"),
 }
 # Pure layers: no I/O libraries (design.md: the catalog knows no HTTP, traffic/ no sockets).
-PURE = ("catalog", "traffic", "model", "query", "versions", "durations", "sse")
+PURE = ("catalog", "compact", "traffic", "model", "query", "versions", "durations", "sse")
 IO_LIBRARIES = {"aiohttp", "httpx", "socket", "asyncio.streams", "ssl", "uvloop", "requests"}
 
 

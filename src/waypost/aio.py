@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import signal
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -40,3 +42,43 @@ async def until_signalled(on_hup: Callable[[], None] | None = None) -> None:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(signal.SIGHUP, on_hup)
     await stop.wait()
+
+
+class LoopMonitor:
+    """Measures how late the event loop runs a timer: a stall (a long callback, a GC
+    pause, a starved process) shows as lateness. Keeps the largest stall since start, a
+    count of stalls over ``threshold_s``, and the most recent ones (bounded)."""
+
+    def __init__(self, interval_s: float = 0.01, threshold_s: float = 0.02) -> None:
+        self.interval_s = interval_s
+        self.threshold_s = threshold_s
+        self.max_stall_s = 0.0
+        self.stalls = 0
+        # (unix time the stall ended, seconds): the last few, for "during this window".
+        self.recent: collections.deque[tuple[float, float]] = collections.deque(maxlen=64)
+        self._handle: asyncio.TimerHandle | None = None
+        self._due = 0.0
+
+    def start(self) -> None:
+        """Begin measuring on the running loop."""
+        loop = asyncio.get_running_loop()
+        self._due = loop.time() + self.interval_s
+        self._handle = loop.call_at(self._due, self._tick)
+
+    def stop(self) -> None:
+        """Stop measuring."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        late = now - self._due
+        if late > self.max_stall_s:
+            self.max_stall_s = late
+        if late > self.threshold_s:
+            self.stalls += 1
+            self.recent.append((time.time(), late))
+        self._due = now + self.interval_s
+        self._handle = loop.call_at(self._due, self._tick)

@@ -139,6 +139,10 @@ LeaseId = Annotated[int, Meta(ge=1, le=MAX_LEASE_ID, description="A lease id (PO
 class Status(enum.Enum):
     """Health of an instance, worst last: as Consul's check states."""
 
+    # Members are singletons compared by identity: hash them so (Enum's own hash is a
+    # Python call, and the catalog counts by status and kind on every change).
+    __hash__ = object.__hash__
+
     PASSING = "passing"
     WARNING = "warning"
     CRITICAL = "critical"
@@ -171,6 +175,10 @@ def parse_status(text: str, *, field: str = "status") -> Status:
 class Kind(enum.Enum):
     """What an instance stands for: a plain service, an actor network, or one actor."""
 
+    # Members are singletons compared by identity: hash them so (Enum's own hash is a
+    # Python call, and the catalog counts by status and kind on every change).
+    __hash__ = object.__hash__
+
     SERVICE = "service"
     NETWORK = "network"
     ACTOR = "actor"
@@ -178,6 +186,10 @@ class Kind(enum.Enum):
 
 class NodeStatus(enum.Enum):
     """Liveness of a node as its agent's lease sees it."""
+
+    # Members are singletons compared by identity: hash them so (Enum's own hash is a
+    # Python call, and the catalog counts by status and kind on every change).
+    __hash__ = object.__hash__
 
     ALIVE = "alive"
     SUSPECT = "suspect"
@@ -825,6 +837,15 @@ class DnsStatus(Struct, frozen=True, kw_only=True):
     stale: bool = False
 
 
+class LoopStatus(Struct, frozen=True, kw_only=True):
+    """How late the server's event loop ran a 10 ms timer: the largest stall since
+    start, how many were over 20 ms, and the latest of those as ``[unix time, ms]``."""
+
+    max_stall_ms: float = 0.0
+    stalls_over_20ms: int = 0
+    recent_stalls: list[tuple[float, float]] = []
+
+
 class ServerStatus(Struct, frozen=True, kw_only=True):
     """Answer of ``GET /status``."""
 
@@ -851,6 +872,7 @@ class ServerStatus(Struct, frozen=True, kw_only=True):
     problem: str | None = None
     skipped_records: int = 0
     dns: DnsStatus | None = None
+    event_loop: LoopStatus = LoopStatus()
     config: dict[str, str] = field(default_factory=dict)
 
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -288,13 +289,66 @@ CHANGES = st.lists(
 )
 
 
-@settings(max_examples=150, deadline=None)
-@given(CHANGES, st.integers(0, 4))
+def _scan_summaries(c: Catalog) -> list[Any]:
+    """The services summary computed by visiting every instance (the reference)."""
+    from waypost.model import ServiceSummary
+
+    out = []
+    for name in sorted({i.service for i in c.all()}):
+        members = [i for i in c.all() if i.service == name]
+        by = [i.effective_status for i in members]
+        out.append(
+            ServiceSummary(
+                name=name,
+                instances=len(members),
+                passing=by.count(Status.PASSING),
+                warning=by.count(Status.WARNING),
+                critical=by.count(Status.CRITICAL),
+                unknown=by.count(Status.UNKNOWN),
+                maintenance=sum(i.maintenance for i in members),
+                tags=sorted({t for i in members for t in i.tags}),
+                versions=sorted({i.version for i in members if i.version}),
+                kinds=sorted({i.kind for i in members}, key=lambda k: k.value),
+            )
+        )
+    return out
+
+
+def _scan_nodes(c: Catalog) -> list[Any]:
+    """The node list computed by visiting every instance (the reference)."""
+    from waypost.model import Node, NodeStatus
+
+    registered = {n.key: n for n in c.entries("node")}
+    out = []
+    for nid in sorted(set(registered) | {i.node for i in c.all() if i.node}):
+        members = [i for i in c.all() if i.node == nid]  # in query order
+        seen = max((m.updated_at for m in members), default=0.0)
+        reg = registered.get(nid)
+        if isinstance(reg, Node):
+            view = Node(
+                id=nid, address=reg.address, meta=reg.meta, lease=reg.lease, status=reg.status,
+                registered=True, instances=len(members), registered_at=reg.registered_at,
+                updated_at=reg.updated_at, last_seen=max(reg.last_seen, seen),
+            )  # fmt: skip
+        else:
+            view = Node(
+                id=nid, address=members[0].address, status=NodeStatus.ALIVE, registered=False,
+                instances=len(members), last_seen=seen,
+            )  # fmt: skip
+        out.append(view)
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(CHANGES, st.integers(0, 4), st.lists(st.integers(0, 50), min_size=40, max_size=40))
 def test_kept_summaries_equal_a_recompute_after_any_changes(
-    changes: list[tuple[str, str, str, str, str, bool, tuple[str, ...]]], reload_at: int
+    changes: list[tuple[str, str, str, str, str, bool, tuple[str, ...]]],
+    reload_at: int,
+    times: list[int],
 ) -> None:
-    """services() and nodes() keep each service's (node's) answer until it changes: after
-    any sequence of changes (and a full reload), they equal answers computed afresh."""
+    """services() and nodes() are kept from counts updated as instances change, each
+    answer until its service (node) changes: after any sequence of changes (and a full
+    reload) they equal answers computed by visiting every instance."""
     from waypost.model import Node
 
     c = Catalog()
@@ -307,8 +361,19 @@ def test_kept_summaries_equal_a_recompute_after_any_changes(
             kind = "put" if op == "node-put" else "delete"
         else:
             entry = inst(
-                iid, service, node=node or None, status=status, maintenance=maint, tags=list(tags)
+                iid,
+                service,
+                node=node or None,
+                status=status,
+                maintenance=maint,
+                tags=list(tags),
+                version=f"1.{n % 3}.0" if n % 2 else None,
+                address=f"10.0.0.{n % 7 + 1}",
+                updated_at=float(times[n]),
+                domain=f"{service}.local" if service != "cache" else None,
             )
+            if n % 3 == 0:  # ids in capitals are found by DNS in any case
+                entry = msgspec.structs.replace(entry, id=iid.upper())
             kind = op
         c.apply([Event(revision=rev, type=kind, entry=entry)])  # type: ignore[arg-type]
         c.services()
@@ -317,8 +382,21 @@ def test_kept_summaries_equal_a_recompute_after_any_changes(
             rows = [(i, c._mod[i.id]) for i in c._by_id.values()]
             rows += [(e, rev) for e in c._others["node"].values()]
             c.load(rows, rev)
-    fresh = [c._summary(name) for name in sorted(c._by_service)]
-    assert c.services() == fresh
-    registered = c._others["node"]
-    ids = sorted(set(registered) | set(c._by_node))
-    assert c.nodes() == [c._node_view(i, registered.get(i), c._by_node.get(i, set())) for i in ids]
+    assert c.services() == _scan_summaries(c)
+    assert c.nodes() == _scan_nodes(c)
+    # The DNS indexes (address, custom domain, ids in any case) equal a scan too.
+    everything = c.all()
+    for address in {f"10.0.0.{k}" for k in range(1, 9)}:
+        assert c.at_address(address.upper()) == {i.id for i in everything if i.address == address}
+    for domain in ("web.local", "db.local"):
+        expected = {i.id for i in everything if i.domain == domain}
+        assert c.with_domain(domain.upper() + ".") == expected
+    for iid in ("i1", "i2", "i3", "i4", "i5"):
+        for asked in (iid, iid.upper()):
+            exact = [i for i in everything if i.id == asked]
+            other = [i for i in everything if i.id.lower() == iid]
+            assert c.folded(asked) == (exact or other or [None])[0]
+    assert c.service_count() == len(c.services())
+    assert c.node_count() == len(c.nodes())
+    for view in c.nodes():
+        assert c.node(view.id) == view

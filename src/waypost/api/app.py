@@ -18,6 +18,7 @@ from aiohttp import web
 
 from waypost import sse as sse_frames
 from waypost._version import __version__
+from waypost.aio import LoopMonitor
 from waypost.api.blocking import Answer, AnswerCache, BlockingQueries, Key
 from waypost.api.openapi import openapi_spec
 from waypost.checking import CheckHost
@@ -45,6 +46,7 @@ from waypost.model import (
     ItemResult,
     Lease,
     LeaseGrant,
+    LoopStatus,
     MaintenanceUpdate,
     Node,
     Query,
@@ -458,6 +460,7 @@ class Api:
         self.config = config
         self.dns_status = dns_status
         self.stats = {"event_streams": 0}
+        self.loop_monitor = LoopMonitor()
         self._plain: dict[str, Key] = {}
 
     async def answer(self, key: Key, index: int | None, wait_s: float) -> web.Response:
@@ -609,6 +612,7 @@ class Api:
         cat = self.catalog
         problem = await _problem(reg)
         dns = self.dns_status()
+        mon = self.loop_monitor
         if dns is not None and problem is not None:
             dns = msgspec.structs.replace(dns, stale=True)
         body = ServerStatus(
@@ -630,11 +634,24 @@ class Api:
             skipped_records=reg.store.skipped_records,
             config=self.config,
             dns=dns,
+            event_loop=LoopStatus(
+                max_stall_ms=round(mon.max_stall_s * 1000, 3),
+                stalls_over_20ms=mon.stalls,
+                recent_stalls=[(round(t, 3), round(s * 1000, 3)) for t, s in mon.recent],
+            ),
         )
         return _json(_encode(body))
 
 
 API = web.AppKey("api", Api)
+
+
+async def _start_monitor(app: web.Application) -> None:
+    app[API].loop_monitor.start()
+
+
+async def _stop_monitor(app: web.Application) -> None:
+    app[API].loop_monitor.stop()
 
 
 def _routed(handler: Routed, param: str = "") -> Handler:
@@ -872,6 +889,8 @@ def build_app(
     streams: set[asyncio.Task[object]] = set()
     app[STREAMS] = streams
     app.on_shutdown.append(_release_long_requests)
+    app.on_startup.append(_start_monitor)
+    app.on_cleanup.append(_stop_monitor)
     r = app.router
     r.add_put("/api/v1/instances/{id}", _routed(api.put_instance, "id"))
     r.add_get("/api/v1/instances/{id}", _routed(api.get_instance, "id"))

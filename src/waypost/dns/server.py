@@ -192,7 +192,6 @@ class DnsServer:
     # --- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
-        self.zone.reindex()
         self.registry.listeners.append(self._on_batch)
         loop = asyncio.get_running_loop()
         try:
@@ -276,15 +275,15 @@ class DnsServer:
 
     def _on_batch(self, batch: Sequence[Event] | None) -> None:
         if batch is None:
-            self.zone.reindex()
             self._forget_all()
             return
         scopes: set[str] = set()
         for ev in batch:
             entry = ev.entry
             if isinstance(entry, Instance):
+                catalog = self.zone.catalog
                 scopes |= self.zone.instance_changed(
-                    entry.id, None if ev.type == "delete" else entry
+                    entry.id, catalog.changed_from.get(entry.id, entry), catalog.get(entry.id)
                 )
             elif isinstance(entry, Node):
                 scopes.add(f"node:{entry.id}")

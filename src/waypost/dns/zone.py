@@ -42,7 +42,7 @@ import dns.rdtypes.IN.SRV
 import dns.reversename
 import dns.rrset
 
-from waypost.catalog import Catalog
+from waypost.catalog import Catalog, domain_key
 from waypost.durations import parse_duration
 from waypost.model import Instance, ServiceConfig, Status
 
@@ -133,54 +133,15 @@ class Zone:
         self.allow_warning = allow_warning
         self.ns_name = dns.name.from_text("ns", self.origin)
         self.ns_addresses = [a for a in ns_addresses if _is_ip(a)] or ["127.0.0.1"]
-        # address -> instance ids, custom domain -> instance ids (kept by ``changed``)
-        self.by_address: dict[str, set[str]] = {}
-        self.by_domain: dict[dns.name.Name, set[str]] = {}
-        self._indexed: dict[str, Instance] = {}
         self.serial = 1
 
-    # --- indexes -------------------------------------------------------------------------
+    # --- changes -------------------------------------------------------------------------
 
-    def reindex(self) -> None:
-        self.by_address.clear()
-        self.by_domain.clear()
-        self._indexed.clear()
-        for inst in self.catalog.all():
-            self._add(inst)
-
-    def _add(self, inst: Instance) -> None:
-        self._indexed[inst.id] = inst
-        self.by_address.setdefault(inst.address.lower(), set()).add(inst.id)
-        if inst.domain:
-            self.by_domain.setdefault(self._domain_name(inst.domain), set()).add(inst.id)
-
-    def _remove(self, iid: str) -> Instance | None:
-        old = self._indexed.pop(iid, None)
-        if old is None:
-            return None
-        address = old.address.lower()
-        ids = self.by_address.get(address)
-        if ids is not None:
-            ids.discard(iid)
-            if not ids:
-                del self.by_address[address]
-        if old.domain:
-            domain = self._domain_name(old.domain)
-            ids = self.by_domain.get(domain)
-            if ids is not None:
-                ids.discard(iid)
-                if not ids:
-                    del self.by_domain[domain]
-        return old
-
-    @staticmethod
-    def _domain_name(domain: str) -> dns.name.Name:
-        return dns.name.from_text(domain.rstrip(".") + ".").canonicalize()
-
-    def instance_changed(self, iid: str, inst: Instance | None) -> set[str]:
-        """Index an instance change; the scopes whose answers it affects."""
+    def instance_changed(self, iid: str, old: Instance | None, new: Instance | None) -> set[str]:
+        """The scopes whose answers a change of instance ``iid`` from ``old`` to ``new``
+        affects (the catalog keeps the indexes by address and domain)."""
         scopes = {f"instance:{iid}"}
-        for seen in (self._remove(iid), inst):
+        for seen in (old, new):
             if seen is None:
                 continue
             scopes.add(f"service:{seen.service}")
@@ -188,9 +149,7 @@ class Zone:
             if seen.node:
                 scopes.add(f"node:{seen.node}")
             if seen.domain:
-                scopes.add(f"domain:{self._domain_name(seen.domain)}")
-        if inst is not None:
-            self._add(inst)
+                scopes.add(f"domain:{domain_key(seen.domain)}")
         return scopes
 
     # --- helpers -------------------------------------------------------------------------
@@ -301,7 +260,7 @@ class Zone:
             return self._in_zone(name, rdtype)
         if name.is_subdomain(REVERSE[0]) or name.is_subdomain(REVERSE[1]):
             return self._reverse(name, rdtype)
-        ids = self.by_domain.get(name)
+        ids = self.catalog.with_domain(name.to_text())
         if ids:
             return self._custom(name, ids, rdtype)
         return None
@@ -406,9 +365,9 @@ class Zone:
 
     def _instance(self, name: dns.name.Name, iid: str, rdtype: int, reply: Reply) -> Reply:
         reply.scopes.add(f"instance:{iid}")
-        inst = self.catalog.get(iid)
-        if inst is None:
-            inst = next((i for k, i in self._indexed.items() if k.lower() == iid), None)
+        # Names are not case-sensitive: an id with capitals is found by its lower case
+        # (an index, not a scan: a flood of made-up names costs a lookup each).
+        inst = self.catalog.folded(iid)
         if inst is None:
             return self._negative(reply, dns.rcode.NXDOMAIN)
         reply.scopes.add(f"service:{inst.service}")
@@ -437,7 +396,7 @@ class Zone:
         except (dns.exception.SyntaxError, ValueError):
             return None
         address = ipaddress.ip_address(address).compressed
-        ids = self.by_address.get(address)
+        ids = self.catalog.at_address(address)
         if not ids:
             return None
         reply = Reply(scopes={f"address:{address}"})
@@ -451,7 +410,7 @@ class Zone:
         return self._negative(reply, dns.rcode.NOERROR)
 
     def _custom(self, name: dns.name.Name, ids: set[str], rdtype: int) -> Reply:
-        reply = Reply(scopes={f"domain:{name}"})
+        reply = Reply(scopes={f"domain:{domain_key(name.to_text())}"})
         insts = [i for i in (self.catalog.get(x) for x in sorted(ids)) if i is not None]
         for inst in insts:
             reply.scopes.add(f"service:{inst.service}")

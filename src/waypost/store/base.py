@@ -28,10 +28,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import msgspec
 from msgspec import Struct
 
+from waypost.compact import decode_stored_instance
 from waypost.errors import Conflict, Gone, InvalidInput, NotFound, Unavailable, WaypostError
-from waypost.model import ENTRY_TYPES, MAX_LEASE_ID, Entry, Event, decode_lenient
+from waypost.model import ENTRY_TYPES, MAX_LEASE_ID, Entry, Event, Instance, decode_lenient
 
 log = logging.getLogger("waypost.store")
 
@@ -312,6 +314,11 @@ def decode_record(kind: str, key: str, data: bytes) -> Entry | None:
     if type_ is None:
         log.warning("skipping stored record %s/%s: unknown kind (a newer Waypost's?)", kind, key)
         return None
+    if type_ is Instance:
+        try:
+            return decode_stored_instance(data)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            pass  # the lenient decoder drops unknown nested fields, or says what is wrong
     try:
         return decode_lenient(data, type_)
     except WaypostError as exc:

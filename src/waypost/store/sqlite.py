@@ -610,14 +610,17 @@ class SqliteStore(LocalLeases, StoreOps):
 
     async def snapshot(self) -> tuple[int, list[Stored]]:
         def read(conn: sqlite3.Connection) -> tuple[int, list[Stored]]:
-            rows = conn.execute("SELECT kind, key, data, revision FROM entries").fetchall()
+            cur = conn.execute("SELECT kind, key, data, revision FROM entries")
             out: list[Stored] = []
-            for kind, key, data, revision in rows:
-                entry = decode_record(kind, key, data)
-                if entry is None:
-                    self.skipped_records += 1
-                else:
-                    out.append((entry, revision))
+            # A page at a time: the raw rows of a million records never sit in memory
+            # at once next to what they decode into.
+            while rows := cur.fetchmany(4096):
+                for kind, key, data, revision in rows:
+                    entry = decode_record(kind, key, data)
+                    if entry is None:
+                        self.skipped_records += 1
+                    else:
+                        out.append((entry, revision))
             return self._revision, out
 
         return await self._read(read)
