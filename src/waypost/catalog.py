@@ -17,7 +17,7 @@ import asyncio
 import collections
 import heapq
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from waypost.aio import settle
 from waypost.compact import compact
@@ -135,6 +135,11 @@ class Catalog:
         self._by_address: dict[str, set[str]] = {}
         self._by_domain: dict[str, set[str]] = {}
         self._folded: dict[str, set[str]] = {}
+        # Ids by effective status other than passing, and by kind other than service:
+        # the few that queries across services ask for ("what is critical?"), found
+        # without a scan; the common value is not indexed (its answer is most of them).
+        self._by_status: dict[Status, set[str]] = {}
+        self._by_kind: dict[Kind, set[str]] = {}
         # What the last ``apply`` changed, as each instance was before it (None: it was
         # not registered), for listeners that index by old values (DNS).
         self.changed_from: dict[str, Instance | None] = {}
@@ -188,6 +193,8 @@ class Catalog:
         self._by_address.clear()
         self._by_domain.clear()
         self._folded.clear()
+        self._by_status.clear()
+        self._by_kind.clear()
         self.changed_from = {}
         self._service_names = None
         self._node_names = None
@@ -230,7 +237,7 @@ class Catalog:
         )
         others, other_mod = self._others, self._other_mod
         by_address = self._by_address
-        critical = Status.CRITICAL
+        critical, passing, service_kind = Status.CRITICAL, Status.PASSING, Kind.SERVICE
         newest_instance = 0
         for entry, mod in rows:
             if not isinstance(entry, Instance):
@@ -272,7 +279,13 @@ class Catalog:
             if ids is None:
                 ids = by_address[address] = set()
             ids.add(iid)
-            if entry.domain or iid.lower() != iid:
+            if (
+                entry.domain
+                or entry.maintenance
+                or entry.status is not passing
+                or entry.kind is not service_kind
+                or iid.lower() != iid
+            ):
                 self._index_names(entry)  # (rare: done again, harmlessly, for the address)
             node = entry.node
             if node:
@@ -439,6 +452,11 @@ class Catalog:
 
     def _index_names(self, inst: Instance) -> None:
         iid = inst.id
+        status = inst.effective_status
+        if status is not Status.PASSING:
+            self._by_status.setdefault(status, set()).add(iid)
+        if inst.kind is not Kind.SERVICE:
+            self._by_kind.setdefault(inst.kind, set()).add(iid)
         address = inst.address.lower()
         ids = self._by_address.get(address)
         if ids is None:
@@ -452,6 +470,11 @@ class Catalog:
 
     def _unindex_names(self, inst: Instance) -> None:
         iid = inst.id
+        status = inst.effective_status
+        if status is not Status.PASSING:
+            _discard(self._by_status, status, iid)
+        if inst.kind is not Kind.SERVICE:
+            _discard(self._by_kind, inst.kind, iid)
         _discard(self._by_address, inst.address.lower(), iid)
         if inst.domain:
             _discard(self._by_domain, domain_key(inst.domain), iid)
@@ -618,6 +641,10 @@ class Catalog:
                 inst = self._by_id.get(min(spellings)) if spellings else None
         return inst
 
+    def instance_ids(self) -> list[str]:
+        """Every instance id, in no particular order (a copy: safe across awaits)."""
+        return list(self._by_id)
+
     def instances(self) -> Iterable[Instance]:
         """Every instance, in no particular order (no sort: for whole-registry passes)."""
         return self._by_id.values()
@@ -654,12 +681,26 @@ class Catalog:
         return out
 
     def _narrow(self, q: Query) -> Iterable[Instance]:
-        """The smallest candidate set an index gives for ``q`` (no service named)."""
+        """The smallest candidate set an index gives for ``q`` (no service named): its
+        node, a tag, any of its tags, a status other than passing, a kind other than
+        service. Only a query none of these narrows visits every instance (and then
+        its answer is about that large, or it asks by meta or version alone)."""
         sets: list[set[str]] = []
         if q.node is not None:
             sets.append(self._by_node.get(q.node, set()))
         for tag in q.tags:
             sets.append(self._by_tag.get(tag, set()))
+        if q.kind is not None and q.kind is not Kind.SERVICE:
+            sets.append(self._by_kind.get(q.kind, set()))
+        alternatives: list[list[set[str]]] = []
+        if q.any_tags:
+            alternatives.append([self._by_tag.get(t, set()) for t in q.any_tags])
+        if q.status and Status.PASSING not in q.status:
+            alternatives.append([self._by_status.get(s, set()) for s in q.status])
+        for parts in alternatives:
+            # A union costs its size: worth building only when it beats the best so far.
+            if not sets or sum(map(len, parts)) < min(map(len, sets)):
+                sets.append(set().union(*parts))
         if not sets:
             return self._by_id.values()
         smallest = min(sets, key=len)
@@ -797,7 +838,10 @@ class Catalog:
         return out
 
 
-def _discard(index: dict[str, set[str]], key: str, iid: str) -> None:
+_K = TypeVar("_K")
+
+
+def _discard(index: dict[_K, set[str]], key: _K, iid: str) -> None:
     ids = index.get(key)
     if ids is not None:
         ids.discard(iid)

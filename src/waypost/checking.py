@@ -10,16 +10,21 @@ instance's checks run on one server, and move when the set of servers changes.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterator, Sequence
 from typing import Literal
 
+from waypost.aio import cancel_all
 from waypost.errors import Conflict, NotFound
 from waypost.health.scheduler import Scheduler
 from waypost.members import Members
 from waypost.model import CheckRow, CheckState, Event, Instance, ServiceConfig
 from waypost.registry import Registry, node_failed
 from waypost.store.base import missing
+
+# Instances gone over per turn of the event loop when all are looked at again.
+RESCAN_SLICE = 5000
 
 log = logging.getLogger("waypost.checks")
 
@@ -33,6 +38,8 @@ class CheckHost:
         self.registry = registry
         self.members = members
         self.scheduler = Scheduler(self._report, parallelism=parallelism)
+        self._rescan: asyncio.Task[None] | None = None
+        self._rescan_wanted = False
         registry.listeners.append(self._on_batch)
         if members is not None:
             members.listeners.append(self._on_members)
@@ -56,25 +63,13 @@ class CheckHost:
     def _on_batch(self, batch: Sequence[Event] | None) -> None:
         catalog = self.registry.catalog
         if batch is None:
-            wanted = set()
-            # Services whose config gives their instances a check template: every other
-            # instance without checks of its own is passed over at once (a start at a
-            # million instances, most with no server-run checks, would spend a second).
-            templated = {
-                e.service
-                for e in catalog.entries("service_config")
-                if isinstance(e, ServiceConfig) and e.check is not None
-            }
-            for inst in catalog.instances():
-                if inst.agent or (not inst.checks and inst.service not in templated):
-                    if inst.id in self.scheduler:
-                        self.scheduler.remove_instance(inst.id)
-                    continue
-                if self.consider(inst):
-                    wanted.add(inst.id)
-            for iid in self.scheduler.instances():
-                if iid not in wanted:
-                    self.scheduler.remove_instance(iid)
+            # Everything may have changed (a load, a re-list, servers came or went): go
+            # over every instance, a slice per turn of the event loop.
+            self._rescan_wanted = True
+            if self._rescan is None or self._rescan.done():
+                self._rescan = asyncio.get_running_loop().create_task(
+                    self._rescan_all(), name="waypost-checks-rescan"
+                )
             return
         for ev in batch:
             entry = ev.entry
@@ -86,6 +81,40 @@ class CheckHost:
             elif isinstance(entry, ServiceConfig):
                 for inst in catalog.service_instances(entry.service):
                     self.consider(inst)
+
+    async def _rescan_all(self) -> None:
+        """Take up or let go of every instance's checks, ``RESCAN_SLICE`` instances per
+        turn of the event loop: at a million instances one pass would hold the loop for
+        a third of a second. Changes meanwhile arrive as batches and are handled there;
+        each step looks at the instance as it is now, so the order does not matter."""
+        catalog = self.registry.catalog
+        while self._rescan_wanted:
+            self._rescan_wanted = False
+            # Services whose config gives their instances a check template: every other
+            # instance without checks of its own is passed over at once.
+            templated = {
+                e.service
+                for e in catalog.entries("service_config")
+                if isinstance(e, ServiceConfig) and e.check is not None
+            }
+            ids = catalog.instance_ids()
+            for n, iid in enumerate(ids):
+                if n % RESCAN_SLICE == RESCAN_SLICE - 1:
+                    await asyncio.sleep(0)
+                inst = catalog.get(iid)
+                if inst is None:
+                    continue
+                if inst.agent or (not inst.checks and inst.service not in templated):
+                    if iid in self.scheduler:
+                        self.scheduler.remove_instance(iid)
+                    continue
+                self.consider(inst)
+            for n, iid in enumerate(self.scheduler.instances()):
+                if n % RESCAN_SLICE == RESCAN_SLICE - 1:
+                    await asyncio.sleep(0)
+                inst = catalog.get(iid)
+                if inst is None:
+                    self.scheduler.remove_instance(iid)
 
     def consider(self, inst: Instance) -> bool:
         """Check ``inst`` here if it should be; True when it is."""
@@ -202,4 +231,7 @@ class CheckHost:
     async def close(self) -> None:
         if self._on_batch in self.registry.listeners:
             self.registry.listeners.remove(self._on_batch)
+        if self._rescan is not None:
+            await cancel_all([self._rescan])
+            self._rescan = None
         await self.scheduler.close()

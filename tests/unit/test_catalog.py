@@ -209,6 +209,16 @@ def test_indexed_queries_equal_a_brute_force_filter(
         gone = insts[removed % len(insts)]
         c.apply([Event(revision=c.revision + 1, type="delete", entry=gone)])
         insts.remove(gone)
+    if insts:  # and one changed in place: its status, maintenance and kind move indexes
+        was = insts[(removed * 7) % len(insts)]
+        now = msgspec.structs.replace(
+            was,
+            status=Status.CRITICAL if was.status is Status.PASSING else Status.PASSING,
+            maintenance=not was.maintenance,
+            kind=Kind.SERVICE if was.kind is not Kind.SERVICE else Kind.NETWORK,
+        )
+        c.apply([Event(revision=c.revision + 1, type="put", entry=now)])
+        insts[insts.index(was)] = now
     expected = sorted((i for i in insts if brute(q, i)), key=lambda i: (i.service, i.id))
     assert [i.id for i in c.query(q)] == [i.id for i in expected]
 

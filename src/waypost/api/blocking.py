@@ -19,7 +19,7 @@ import msgspec
 from multidict import CIMultiDict
 
 from waypost.catalog import Catalog
-from waypost.model import Query
+from waypost.model import Node, Query, ServiceSummary
 
 # Distinct answers kept encoded; least recently used first out.
 MAX_CACHED_ANSWERS = 10_000
@@ -67,13 +67,31 @@ class AnswerCache:
     def __init__(self, catalog: Catalog) -> None:
         self._catalog = catalog
         self._answers: collections.OrderedDict[Key, Answer] = collections.OrderedDict()
+        # Each listed service's (node's) JSON, kept with the object it encodes: the
+        # catalog keeps a summary until its service changes, so a change re-encodes one.
+        self._parts: dict[str, dict[str, tuple[object, bytes]]] = {"services": {}, "nodes": {}}
+
+    def _listing(self, kind: str, items: list[ServiceSummary] | list[Node]) -> bytes:
+        """``_encode(items)``, byte for byte, encoding only the items not seen before."""
+        kept = self._parts[kind]
+        fresh: dict[str, tuple[object, bytes]] = {}
+        parts = []
+        for item in items:
+            name = item.name if isinstance(item, ServiceSummary) else item.id
+            seen = kept.get(name)
+            if seen is None or seen[0] is not item:
+                seen = (item, _encode(item))
+            fresh[name] = seen
+            parts.append(seen[1])
+        self._parts[kind] = fresh  # what left the listing is forgotten
+        return b"[" + b",".join(parts) + b"]"
 
     def _compute(self, key: Key) -> bytes:
         kind, query = key
         if kind == "services":
-            return _encode(self._catalog.services())
+            return self._listing(kind, self._catalog.services())
         if kind == "nodes":
-            return _encode(self._catalog.nodes())
+            return self._listing(kind, self._catalog.nodes())
         if kind == "routes":
             return _encode(self._catalog.entries("route"))
         if kind == "configs":
