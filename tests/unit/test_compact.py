@@ -54,11 +54,13 @@ def test_a_stored_instance_reads_back_as_the_strict_decoder_reads_it(inst: Insta
 def test_repeated_strings_are_shared_between_instances(inst: Instance) -> None:
     data = msgspec.json.encode(inst)
     a, b = decode_stored_instance(data), decode_stored_instance(data)
-    assert a.service is b.service and a.address is b.address
+    assert a.service is b.service
+    assert a.address is b.address
     assert all(x is y for x, y in zip(a.tags, b.tags, strict=True))
     # An instance decoded elsewhere (the API) takes the shared strings too.
     c = compact(msgspec.json.decode(data, type=Instance))
-    assert c.service is a.service and c.node is a.node
+    assert c.service is a.service
+    assert c.node is a.node
     assert compact(c) is c  # already compact: not rebuilt
 
 
