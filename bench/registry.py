@@ -93,6 +93,30 @@ async def client_writes(url: str, conc: int, coalesce: bool) -> float:
         return await timed(conc, 64, put)
 
 
+def sync_client_writes(url: str, total: int, coalesce: bool) -> float:
+    """Registrations/s from 64 threads calling one blocking ``Client`` (httpx), with
+    its batching on or off."""
+    import threading
+
+    from waypost import Client
+
+    tag = "tb" if coalesce else "ts"
+    numbers = iter(range(total))
+    with Client(url, coalesce=coalesce) as c:
+
+        def worker() -> None:
+            for n in numbers:
+                c.register(body(n) | {"id": f"{tag}-{n}"})
+
+        threads = [threading.Thread(target=worker) for _ in range(64)]
+        start = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return total / (time.perf_counter() - start)
+
+
 async def client_latency(url: str, n: int, coalesce: bool) -> float:
     """p50 ms of one ``AsyncClient.register`` call at a time (nothing to batch with)."""
     from waypost import AsyncClient
@@ -511,6 +535,9 @@ def main() -> None:
             run["put_64_client_batched"] = uvloop.run(client_writes(url, conc, coalesce=True))
             run["p50_ms_client"] = uvloop.run(client_latency(url, seq, coalesce=False))
             run["p50_ms_client_batched"] = uvloop.run(client_latency(url, seq, coalesce=True))
+        with waypost_server() as url:
+            run["put_64_sync"] = sync_client_writes(url, conc // 4, coalesce=False)
+            run["put_64_sync_batched"] = sync_client_writes(url, conc // 4, coalesce=True)
         with etcd_member() as port:
             eruns.append(uvloop.run(etcd_writes(port, seq, conc)))
             eruns[-1]["put_64_2proc"] = spread_writes("etcd", str(port), conc)
@@ -574,6 +601,18 @@ def main() -> None:
             f"{w['put_64_client_batched']:,.0f}",
             f"{e['put_64']:,.0f}",
             f"{w['put_64_client_batched'] / e['put_64']:.2f}x",
+        ),
+        (
+            "registrations/s, 64 threads calling Client (httpx), batching off / aetcd",
+            f"{w['put_64_sync']:,.0f}",
+            f"{e['put_64']:,.0f}",
+            f"{w['put_64_sync'] / e['put_64']:.2f}x",
+        ),
+        (
+            "registrations/s, 64 threads calling Client (httpx), batching on / aetcd",
+            f"{w['put_64_sync_batched']:,.0f}",
+            f"{e['put_64']:,.0f}",
+            f"{w['put_64_sync_batched'] / e['put_64']:.2f}x",
         ),
         (
             "one AsyncClient.register at a time, p50 ms: batching on / off",

@@ -1,16 +1,18 @@
-"""``AsyncClient`` sends concurrent writes as one batch, and each caller still gets
-exactly what its own call would have returned: the same result, or the same error."""
+"""``AsyncClient`` sends concurrent writes as one batch (and ``Client`` those of several
+threads), and each caller still gets exactly what its own call would have returned: the
+same result, or the same error."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 from typing import Any
 
 import httpx
 
-from tests.conftest import ServerProcess, instance
-from waypost import AsyncClient, WaypostError
+from tests.conftest import ServerProcess, instance, wait_until
+from waypost import AsyncClient, Client, WaypostError
 from waypost.model import WriteResult
 
 
@@ -84,3 +86,76 @@ def test_many_concurrent_writers_are_each_answered(server: ServerProcess) -> Non
     assert [r.id for r in results] == [f"w-{n}" for n in range(200)]
     assert batches >= 200 // 16
     assert len(httpx.get(f"{server.url}/api/v1/services/many").json()) == 200
+
+
+_THREAD_CALLS: list[tuple[str, Any]] = [
+    ("register", instance("ok-1")),
+    ("register", instance("ok-2", tags=["a"])),
+    ("register", instance("bad-lease", lease=424242)),
+    ("register", instance("bad-check", checks=[{"name": "c", "command": ["true"]}])),
+    ("deregister", "old-1"),
+    ("deregister", "missing"),
+    ("heartbeat", "ttl-1"),
+    ("heartbeat", "ok-0"),
+]
+
+
+def _threaded(url: str, coalesce: bool) -> tuple[list[object], tuple[int, int]]:
+    """Each call of ``_THREAD_CALLS`` from a thread of its own; with ``coalesce`` the
+    first request is held until every other call waits behind it, so they go as one."""
+    with Client(url, coalesce=coalesce) as c:
+        c.register(instance("old-1"))
+        c.register(instance("ttl-1", ttl="30s"))
+        gate = threading.Event()
+        if c.coalescer is not None:
+            real = c.coalescer._call
+
+            def held(req: Any) -> bytes:
+                assert gate.wait(10)
+                return real(req)
+
+            c.coalescer._call = held
+        results: list[object] = [None] * len(_THREAD_CALLS)
+
+        def run(n: int) -> None:
+            method, arg = _THREAD_CALLS[n]
+            try:
+                results[n] = getattr(c, method)(arg)
+            except WaypostError as exc:
+                results[n] = exc
+
+        threads = [threading.Thread(target=run, args=(n,)) for n in range(len(_THREAD_CALLS))]
+        for t in threads:
+            t.start()
+        if c.coalescer is not None:
+            queued = c.coalescer
+            assert wait_until(lambda: len(queued._waiting) == len(_THREAD_CALLS) - 1)
+        gate.set()
+        for t in threads:
+            t.join(30)
+        sent = (c.coalescer.alone, c.coalescer.batches) if c.coalescer is not None else (0, 0)
+    return results, sent
+
+
+def test_threads_calling_the_blocking_client_together_share_one_request(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    alone = start_server(name="alone")
+    together = start_server(name="together")
+    separate, _ = _threaded(alone.url, coalesce=False)
+    coalesced, sent = _threaded(together.url, coalesce=True)
+    assert sent == (3, 1)  # two set-up calls and the first alone; the seven behind it, one batch
+    assert [_shape(r) for r in coalesced] == [_shape(r) for r in separate]
+    shapes = [_shape(r)[0] for r in coalesced]
+    assert shapes.count("ok") == 4, shapes
+    for server in (alone, together):
+        got = httpx.get(f"{server.url}/api/v1/services/web").json()
+        assert sorted(i["id"] for i in got) == ["ok-1", "ok-2", "ttl-1"]
+
+
+def test_the_blocking_client_sends_a_lone_call_at_once(server: ServerProcess) -> None:
+    with Client(server.url) as c:
+        for n in range(3):
+            c.register(instance(f"web-{n}"))
+        assert c.coalescer is not None
+        assert (c.coalescer.alone, c.coalescer.batches) == (3, 0)

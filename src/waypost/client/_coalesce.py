@@ -9,14 +9,21 @@ in flight, calls gather for at most ``window_s`` or until ``max_calls`` (or ``MA
 of body) are waiting, as a group commit does: under load the batches grow by themselves.
 Measured in bench/registry.py: the client's CPU per registration is what limits a
 Python process's writes, and one request for 64 calls costs little more than one.
+
+``ThreadCoalescer`` does the same for the blocking ``Client`` called from many threads:
+the first caller sends its own call at once; calls made while a request is in flight
+wait for it, and the first of them then sends them all as one batch (a group commit).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 
@@ -108,28 +115,10 @@ class Coalescer:
                 self._timer = asyncio.get_running_loop().call_soon(self._flush)
 
     async def _send_batch(self, calls: list[_Pending]) -> None:
-        by_kind: dict[str, list[_Pending]] = {k: [] for k in KINDS}
-        for c in calls:
-            by_kind[c.kind].append(c)
-        body = (
-            b'{"atomic":false,'
-            + b",".join(
-                b'"' + k.encode() + b'":[' + b",".join(c.item for c in by_kind[k]) + b"]"
-                for k in KINDS
-            )
-            + b"}"
-        )
-        answer, _ = await self._call(Request("POST", "/api/v1/batch", [], body))
-        outcome = _core.decode_as(answer, BatchOutcome)
-        for kind in KINDS:
-            results = getattr(outcome, kind)
-            waiting = by_kind[kind]
-            if len(results) != len(waiting):
-                raise WaypostError(
-                    f"the server answered {len(results)} {kind} results for {len(waiting)}"
-                )
-            for c, result in zip(waiting, results, strict=True):
-                settle(c.fut, _result(result))
+        by_kind = _by_kind(calls)
+        answer, _ = await self._call(Request("POST", "/api/v1/batch", [], _batch_body(by_kind)))
+        for c, result in _results(answer, by_kind):
+            settle(c.fut, result)
 
     async def close(self) -> None:
         """Send what waits and let every request in flight finish."""
@@ -137,6 +126,125 @@ class Coalescer:
             self._flush()
         while self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _by_kind(calls: list[Any]) -> dict[str, list[Any]]:
+    by_kind: dict[str, list[Any]] = {k: [] for k in KINDS}
+    for c in calls:
+        by_kind[c.kind].append(c)
+    return by_kind
+
+
+def _batch_body(by_kind: dict[str, list[Any]]) -> bytes:
+    return (
+        b'{"atomic":false,'
+        + b",".join(
+            b'"' + k.encode() + b'":[' + b",".join(c.item for c in by_kind[k]) + b"]" for k in KINDS
+        )
+        + b"}"
+    )
+
+
+def _results(
+    answer: bytes, by_kind: dict[str, list[Any]]
+) -> list[tuple[Any, WriteResult | WaypostError]]:
+    """Each call with its own result, from a ``BatchOutcome`` (raises if the answer
+    does not hold one result per call)."""
+    outcome = _core.decode_as(answer, BatchOutcome)
+    out: list[tuple[Any, WriteResult | WaypostError]] = []
+    for kind in KINDS:
+        results = getattr(outcome, kind)
+        waiting = by_kind[kind]
+        if len(results) != len(waiting):
+            raise WaypostError(
+                f"the server answered {len(results)} {kind} results for {len(waiting)}"
+            )
+        out += [(c, _result(r)) for c, r in zip(waiting, results, strict=True)]
+    return out
+
+
+@dataclass(slots=True)
+class _Waiting:
+    kind: str
+    item: bytes
+    alone: Request
+    done: threading.Event
+    result: WriteResult | BaseException | None = None
+    # Set when this caller is handed the lead: the calls it sends, itself first.
+    group: list[_Waiting] | None = None
+
+
+class ThreadCoalescer:
+    """Gathers the blocking client's write calls from many threads into batches;
+    ``call`` sends a request and returns the answer's body (raising on an error)."""
+
+    def __init__(self, call: Callable[[Request], bytes], *, max_calls: int) -> None:
+        self._call = call
+        self.max_calls = max(1, max_calls)
+        self._lock = threading.Lock()
+        self._waiting: collections.deque[_Waiting] = collections.deque()
+        self._busy = False
+        self.batches = 0
+        self.alone = 0
+
+    def submit(self, kind: str, item: bytes, alone: Request) -> WriteResult:
+        me = _Waiting(kind, item, alone, threading.Event())
+        with self._lock:
+            if self._busy:
+                self._waiting.append(me)
+                group = None
+            else:
+                self._busy = True
+                group = [me]
+        if group is None:
+            me.done.wait()  # a result, or the lead (the request in flight ended)
+            group = me.group
+        if group is not None:
+            try:
+                self._send(group)
+            finally:
+                self._hand_off()
+        if isinstance(me.result, BaseException):
+            raise me.result
+        assert me.result is not None
+        return me.result
+
+    def _send(self, group: list[_Waiting]) -> None:
+        try:
+            if len(group) == 1:
+                self.alone += 1
+                group[0].result = _core.decode_as(self._call(group[0].alone), WriteResult)
+            else:
+                self.batches += 1
+                by_kind = _by_kind(group)
+                body = self._call(Request("POST", "/api/v1/batch", [], _batch_body(by_kind)))
+                for c, result in _results(body, by_kind):
+                    c.result = result
+        except Exception as exc:  # the whole request failed: every caller hears why
+            for c in group:
+                c.result = exc
+        except BaseException as exc:
+            for c in group:
+                c.result = WaypostError(f"the request was interrupted ({exc!r})")
+            raise
+        finally:
+            for c in group[1:]:
+                c.done.set()
+
+    def _hand_off(self) -> None:
+        """The next calls to the first of their callers, or nobody in flight."""
+        with self._lock:
+            if not self._waiting:
+                self._busy = False
+                return
+            group: list[_Waiting] = []
+            size = 0
+            while self._waiting and len(group) < self.max_calls and size < MAX_BYTES:
+                c = self._waiting.popleft()
+                group.append(c)
+                size += len(c.item) + 1
+            group[0].group = group
+        group[0].done.set()
 
 
 def _result(item: ItemResult) -> WriteResult | WaypostError:

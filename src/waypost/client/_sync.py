@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from waypost.client import _core
+from waypost.client._coalesce import ThreadCoalescer, encode_id
 from waypost.client._core import QueryResult, Request, WatchState
 from waypost.durations import parse_duration
 from waypost.errors import NotFound, Unavailable, WaypostError
@@ -32,6 +33,7 @@ from waypost.model import (
     ServiceSummary,
     Status,
     WriteResult,
+    is_label,
 )
 from waypost.model import Lease as LeaseInfo
 from waypost.sse import SseParser, SseTooLarge
@@ -108,9 +110,14 @@ class Client:
         join: Sequence[str] | None = None,
         trust_keys: Sequence[str] = (),
         dns_resolver: str | None = None,
+        coalesce: bool = True,
+        batch_max: int = 64,
     ) -> None:
         """``cache_snapshot``, ``join``, ``trust_keys``, ``dns_resolver``: as
-        ``AsyncClient``'s."""
+        ``AsyncClient``'s. ``coalesce``: register, deregister and heartbeat calls made
+        from several threads while one is in flight go together as one request when it
+        ends (at most ``batch_max``), each caller still getting exactly its own call's
+        answer; a call with none in flight is sent at once, alone."""
         self._servers, self.discovery = _core.discovery_for(servers, join, trust_keys, dns_resolver)
         self._discovering = threading.Lock()
         self._token = token
@@ -122,6 +129,11 @@ class Client:
         self._service_pool: httpx.Client | None = None
         self._traffic: dict[str, dict[str, Policies]] = {}  # by zone/service called
         self._traffic_lock = threading.Lock()
+        self.coalescer: ThreadCoalescer | None = None
+        if coalesce:
+            self.coalescer = ThreadCoalescer(
+                lambda req: self._call(req).content, max_calls=batch_max
+            )
 
     def __enter__(self) -> Client:
         return self
@@ -232,17 +244,24 @@ class Client:
     ) -> WriteResult:
         """Register or replace an instance (an Instance, a mapping, or keyword fields)."""
         inst = _core.instance_of(instance, fields)
-        return _core.decode_as(self._call(_core.register_request(inst)).content, WriteResult)
+        req = _core.register_request(inst)
+        return self._write("register", req.body or b"", req, inst.id)
 
     def deregister(self, instance_id: str) -> WriteResult:
         """Remove an instance; NotFound when it is not registered."""
-        resp = self._call(_core.deregister_request(instance_id))
-        return _core.decode_as(resp.content, WriteResult)
+        req = _core.deregister_request(instance_id)
+        return self._write("deregister", encode_id(instance_id), req, instance_id)
 
     def heartbeat(self, instance_id: str) -> WriteResult:
         """Renew a TTL instance."""
-        resp = self._call(_core.heartbeat_request(instance_id))
-        return _core.decode_as(resp.content, WriteResult)
+        req = _core.heartbeat_request(instance_id)
+        return self._write("heartbeat", encode_id(instance_id), req, instance_id)
+
+    def _write(self, kind: str, item: bytes, req: Request, iid: str) -> WriteResult:
+        # An id a batch cannot carry (not a DNS label) goes alone, for its own answer.
+        if self.coalescer is not None and is_label(iid):
+            return self.coalescer.submit(kind, item, req)
+        return _core.decode_as(self._call(req).content, WriteResult)
 
     def set_status(self, instance_id: str, status: Status | str, output: str = "") -> WriteResult:
         """Set an instance's status and output."""
