@@ -25,7 +25,7 @@ import gc
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import msgspec
@@ -436,6 +436,31 @@ class Registry:
             # The common case, kept short: no derived lease to look after.
             return await self._commit([Put(entry=inst, lease=inst.lease)])
         return await self._put_instances([inst])
+
+    async def register_each(self, insts: Sequence[Instance]) -> list[int | BaseException]:
+        """Register each instance on its own, all at once: what each ``register`` call
+        would have answered (its revision, or its error), in order. The store's group
+        commit writes those that come together in one transaction; the common ones (no
+        derived lease) go to the store with no task each, and the catalog is waited for
+        once (a non-atomic batch of 64 registrations)."""
+        refused: dict[int, BaseException] = {}
+        pending: list[Awaitable[int]] = []
+        for n, inst in enumerate(insts):
+            try:
+                inst = self.prepare(inst)
+            except WaypostError as exc:
+                refused[n] = exc
+                continue
+            if inst.ttl is None and inst.status is not Status.CRITICAL:
+                pending.append(self.store.submit([Put(entry=inst, lease=inst.lease)]))
+            else:
+                pending.append(asyncio.ensure_future(self._put_instances([inst])))
+        done = iter(await asyncio.gather(*pending, return_exceptions=True))
+        out = [refused[n] if n in refused else next(done) for n in range(len(insts))]
+        revisions = [r for r in out if isinstance(r, int)]
+        if revisions:
+            await self.catalog.wait_for_revision(max(revisions), APPLY_TIMEOUT_S)
+        return out
 
     async def _put_instances(self, insts: Sequence[Instance], extra: Sequence[Op] = ()) -> int:
         puts: list[Op] = [Put(entry=i, lease=self.lease_of(i)) for i in insts]

@@ -566,11 +566,14 @@ class Api:
     async def _loose_batch(self, batch: Batch) -> web.Response:
         """Each item as its own call, all at once: the store's group commit still writes
         the registrations that come together in one transaction."""
-        results = await asyncio.gather(
-            *(self._item("register", inst) for inst in batch.register),
-            *(self._item("deregister", iid) for iid in batch.deregister),
-            *(self._item("heartbeat", iid) for iid in batch.heartbeat),
+        registered, others = await asyncio.gather(
+            self._registers(batch.register),
+            asyncio.gather(
+                *(self._item("deregister", iid) for iid in batch.deregister),
+                *(self._item("heartbeat", iid) for iid in batch.heartbeat),
+            ),
         )
+        results = [*registered, *others]
         first_deregister = len(batch.register)
         first_heartbeat = first_deregister + len(batch.deregister)
         indexes = [r.index for r in results if r.index is not None]
@@ -581,6 +584,33 @@ class Api:
             heartbeat=results[first_heartbeat:],
         )
         return _json(_encode(outcome))
+
+    async def _registers(self, insts: list[Instance]) -> list[ItemResult]:
+        """The registrations of a non-atomic batch, each answered as its own call."""
+        valid: list[Instance] = []
+        refused: dict[int, ItemResult] = {}
+        for n, inst in enumerate(insts):
+            try:
+                valid.append(validate_instance(inst))
+            except WaypostError as err:
+                refused[n] = _failed_item(inst.id, err)
+        done = iter(await self.registry.register_each(valid))
+        out = []
+        for n, inst in enumerate(insts):
+            if n in refused:
+                out.append(refused[n])
+                continue
+            result = next(done)
+            if isinstance(result, int):
+                out.append(ItemResult(id=inst.id, status=200, index=result))
+            elif isinstance(result, WaypostError):
+                out.append(_failed_item(inst.id, result))
+            else:  # as the middleware: logged, answered as an internal error
+                log.error("unhandled error on a batch item register %r", inst.id, exc_info=result)
+                out.append(
+                    _failed_item(inst.id, WaypostError("internal error; see the server log"))
+                )
+        return out
 
     async def _item(self, kind: str, item: Instance | str) -> ItemResult:
         """One item of a non-atomic batch: the answer its own call would have had."""

@@ -131,6 +131,10 @@ class Store(Protocol):
         """Apply ``ops`` all or nothing, durably, at one new revision (when any event
         results); return that revision (or the current one when none did)."""
 
+    def submit(self, ops: Sequence[Op]) -> Awaitable[int]:
+        """``apply``, started now: many writes submitted before any is awaited share the
+        store's group commit without a task each (a batch of separate registrations)."""
+
     async def snapshot(self) -> tuple[int, list[Stored]]:
         """Every entry with its mod revision, and the revision of the snapshot."""
 
@@ -181,6 +185,11 @@ class StoreOps:
 
     async def apply(self, ops: Sequence[Op]) -> int:
         raise NotImplementedError
+
+    def submit(self, ops: Sequence[Op]) -> Awaitable[int]:
+        """``apply`` as a task started now (a store with a queue of its own answers with
+        its future instead)."""
+        return asyncio.ensure_future(self.apply(ops))
 
     async def snapshot(self) -> tuple[int, list[Stored]]:
         raise NotImplementedError

@@ -604,6 +604,10 @@ class SqliteStore(LocalLeases, StoreOps):
         result: int = await self._submit(list(ops), None)
         return result
 
+    def submit(self, ops: Sequence[Op]) -> asyncio.Future[int]:
+        """The writer thread's future for ``ops``: no task needed to await it."""
+        return self._submit(list(ops), None)
+
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         result: T = await self._submit(None, fn)
         return result
