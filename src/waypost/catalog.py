@@ -238,7 +238,7 @@ class Catalog:
         others, other_mod = self._others, self._other_mod
         by_address = self._by_address
         critical, passing, service_kind = Status.CRITICAL, Status.PASSING, Kind.SERVICE
-        newest_instance = 0
+        newest_instance = last_mod = 0
         for entry, mod in rows:
             if not isinstance(entry, Instance):
                 others[entry.KIND][entry.key] = entry
@@ -248,6 +248,9 @@ class Catalog:
                 continue
             iid, service = entry.id, entry.service
             by_id[iid] = entry
+            if mod == last_mod:
+                mod = last_mod  # one int object for the instances of one revision
+            last_mod = mod
             mods[iid] = mod
             if mod > newest_instance:
                 newest_instance = mod

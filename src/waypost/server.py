@@ -92,6 +92,10 @@ class WaypostServer:
             if join is not None:
                 await join(self.members)
             await self.registry.start()
+            # What the load built lives as long as the server: out of the cyclic
+            # collector's sight at once (a full collection walks every instance: 0.2 s
+            # at 1,000,000), not only once serving starts.
+            gc.freeze()
             if self.dns is not None:
                 try:
                     await self.dns.start()

@@ -29,8 +29,9 @@ from typing import Any, TypeVar
 import msgspec
 
 from waypost.aio import settle
+from waypost.compact import decode_stored_rows
 from waypost.errors import StoreError, Unavailable, WaypostError
-from waypost.model import SCHEMA_VERSION, Entry, Event
+from waypost.model import SCHEMA_VERSION, Entry, Event, Instance
 from waypost.store.base import (
     CHANGES_PAGE,
     DEFAULT_EVENT_MAX,
@@ -614,17 +615,28 @@ class SqliteStore(LocalLeases, StoreOps):
 
     async def snapshot(self) -> tuple[int, list[Stored]]:
         def read(conn: sqlite3.Connection) -> tuple[int, list[Stored]]:
-            cur = conn.execute("SELECT kind, key, data, revision FROM entries")
             out: list[Stored] = []
-            # A page at a time: the raw rows of a million records never sit in memory
-            # at once next to what they decode into.
+
+            def unreadable(key: str, data: bytes) -> Instance | None:
+                entry = decode_record("instance", key, data)
+                if entry is None:
+                    self.skipped_records += 1
+                return entry if isinstance(entry, Instance) else None
+
+            # Instances first, a page at a time (the raw rows of a million records never
+            # sit in memory at once next to what they decode into), then the rest.
+            cur = conn.execute("SELECT key, data, revision FROM entries WHERE kind = 'instance'")
             while rows := cur.fetchmany(4096):
-                for kind, key, data, revision in rows:
-                    entry = decode_record(kind, key, data)
-                    if entry is None:
-                        self.skipped_records += 1
-                    else:
-                        out.append((entry, revision))
+                out += decode_stored_rows(rows, unreadable)
+            cur = conn.execute(
+                "SELECT kind, key, data, revision FROM entries WHERE kind != 'instance'"
+            )
+            for kind, key, data, revision in cur:
+                entry = decode_record(kind, key, data)
+                if entry is None:
+                    self.skipped_records += 1
+                else:
+                    out.append((entry, revision))
             return self._revision, out
 
         return await self._read(read)
