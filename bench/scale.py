@@ -143,6 +143,7 @@ async def watched_writes(url: str, total: int, services: int, writes: int) -> di
         watch.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watch
+    # The server notes every stall over 5 ms (the latest 64): the window's own.
     stalls = [ms for at, ms in st["event_loop"]["recent_stalls"] if at >= began]
     return {
         "write_p50_ms": percentile(took, 50),
@@ -153,7 +154,7 @@ async def watched_writes(url: str, total: int, services: int, writes: int) -> di
         "nodes_ms": percentile(reads["nodes"], 50),
         "nodes_max_ms": max(reads["nodes"]),
         "max_stall_ms": max(stalls, default=0.0),
-        "stalls_over_20ms": len(stalls),
+        "stalls_over_20ms": sum(1 for ms in stalls if ms > 20),
     }
 
 
@@ -307,7 +308,8 @@ def main() -> None:
             (f"{n}: `/api/v1/nodes` after a change, p50 / max ms (target <= 10)",
              f"{w['nodes_ms']:.2f} / {w['nodes_max_ms']:.2f}", "-", "-"),
             (f"{n}: longest event-loop stall while measured, ms (count > 20 ms; target <= 20)",
-             f"{w['max_stall_ms']:.1f} ({w['stalls_over_20ms']})", "-", "-"),
+             f"{w['max_stall_ms']:.1f} ({w['stalls_over_20ms']})" if w["max_stall_ms"]
+             else "< 5 (0)", "-", "-"),
             (f"{n}: RSS MiB, loaded / after restart (target at 1M: <= 1,536)",
              f"{w['rss_loaded_mib']:.0f} / {w['rss_restarted_mib']:.0f}",
              f"{fmt(e.get('rss_loaded_mib'), '.0f')} / {fmt(e.get('rss_restarted_mib'), '.0f')}",

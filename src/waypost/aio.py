@@ -47,11 +47,14 @@ async def until_signalled(on_hup: Callable[[], None] | None = None) -> None:
 class LoopMonitor:
     """Measures how late the event loop runs a timer: a stall (a long callback, a GC
     pause, a starved process) shows as lateness. Keeps the largest stall since start, a
-    count of stalls over ``threshold_s``, and the most recent ones (bounded)."""
+    count of stalls over ``threshold_s``, and the latest over ``noted_s`` (bounded)."""
 
-    def __init__(self, interval_s: float = 0.01, threshold_s: float = 0.02) -> None:
+    def __init__(
+        self, interval_s: float = 0.01, threshold_s: float = 0.02, noted_s: float = 0.005
+    ) -> None:
         self.interval_s = interval_s
         self.threshold_s = threshold_s
+        self.noted_s = noted_s
         self.max_stall_s = 0.0
         self.stalls = 0
         # (unix time the stall ended, seconds): the last few, for "during this window".
@@ -79,6 +82,7 @@ class LoopMonitor:
             self.max_stall_s = late
         if late > self.threshold_s:
             self.stalls += 1
+        if late > self.noted_s:
             self.recent.append((time.time(), late))
         self._due = now + self.interval_s
         self._handle = loop.call_at(self._due, self._tick)

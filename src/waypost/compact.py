@@ -63,10 +63,10 @@ def _twin() -> type[msgspec.Struct]:
     )
 
 
-def _builder() -> Callable[[Any], Instance]:
-    """``build(x)``: an ``Instance`` from anything with its fields (the twin, or another
-    instance), its repeated strings shared. Generated, as dataclasses generate
-    ``__init__``: one call with every field named, no loop."""
+def _builders() -> tuple[Callable[[Any], Instance], Callable[[Instance], Instance]]:
+    """``build(x)``: an ``Instance`` from anything with its fields (the twin), its
+    repeated values shared; ``reshare(inst)``: an instance with its repeated values
+    shared. Generated, as dataclasses generate ``__init__``: one call, no loop."""
     special = {
         "tags": "tuple([share(t, t) for t in x.tags]) if x.tags else ()",
         # A map is shared by its items (the key is a tuple, never equal to a string).
@@ -75,24 +75,29 @@ def _builder() -> Callable[[Any], Instance]:
         "updated_at": "x.registered_at if x.updated_at == x.registered_at else x.updated_at",
         "last_check": "x.updated_at if x.last_check == x.updated_at else x.last_check",
     }
-    args = []
+    args, shared = [], []
     for name in Instance.__struct_fields__:
         if name in _SHARED:
-            args.append(f"{name}=share(x.{name}, x.{name})")
+            shared.append(f"{name}=share(x.{name}, x.{name}) if x.{name} is not None else None")
         elif name in special:
-            args.append(f"{name}={special[name]}")
+            shared.append(f"{name}={special[name]}")
         else:
             args.append(f"{name}=x.{name}")
-    source = "def build(x):\n    return Instance(" + ", ".join(args) + ")\n"
-    scope: dict[str, Any] = {"Instance": Instance, "share": _share}
+    source = (
+        "def build(x):\n    return Instance(" + ", ".join(args + shared) + ")\n"
+        # An Instance already: only the shared fields change (0.6 µs, not 1.6).
+        "def reshare(x):\n    return replace(x, " + ", ".join(shared) + ")\n"
+    )
+    scope: dict[str, Any] = {
+        "Instance": Instance, "share": _share, "replace": msgspec.structs.replace
+    }  # fmt: skip
     exec(source, scope)
-    build: Callable[[Any], Instance] = scope["build"]
-    return build
+    return scope["build"], scope["reshare"]
 
 
 _StoredInstance = _twin()
 _decode_twin = msgspec.json.Decoder(_StoredInstance).decode
-_build = _builder()
+_build, _reshare = _builders()
 
 
 def _bound() -> None:
@@ -132,4 +137,4 @@ def compact(inst: Instance) -> Instance:
     if _table.get(inst.service) is inst.service and _table.get(inst.address) is inst.address:
         return inst
     _bound()
-    return _build(inst)
+    return _reshare(inst)

@@ -839,7 +839,7 @@ class DnsStatus(Struct, frozen=True, kw_only=True):
 
 class LoopStatus(Struct, frozen=True, kw_only=True):
     """How late the server's event loop ran a 10 ms timer: the largest stall since
-    start, how many were over 20 ms, and the latest of those as ``[unix time, ms]``."""
+    start, how many were over 20 ms, and the latest over 5 ms as ``[unix time, ms]``."""
 
     max_stall_ms: float = 0.0
     stalls_over_20ms: int = 0

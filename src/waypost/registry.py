@@ -444,7 +444,9 @@ class Registry:
         derived lease) go to the store with no task each, and the catalog is waited for
         once (a non-atomic batch of 64 registrations)."""
         refused: dict[int, BaseException] = {}
-        pending: list[Awaitable[int]] = []
+        plain: list[list[Op]] = []
+        slots: list[tuple[bool, int]] = []  # (plain?, position among its kind)
+        leased: list[Awaitable[int]] = []
         for n, inst in enumerate(insts):
             try:
                 inst = self.prepare(inst)
@@ -452,9 +454,13 @@ class Registry:
                 refused[n] = exc
                 continue
             if inst.ttl is None and inst.status is not Status.CRITICAL:
-                pending.append(self.store.submit([Put(entry=inst, lease=inst.lease)]))
+                slots.append((True, len(plain)))
+                plain.append([Put(entry=inst, lease=inst.lease)])
             else:
-                pending.append(asyncio.ensure_future(self._put_instances([inst])))
+                slots.append((False, len(leased)))
+                leased.append(asyncio.ensure_future(self._put_instances([inst])))
+        submitted = self.store.submit_each(plain)
+        pending = [submitted[k] if is_plain else leased[k] for is_plain, k in slots]
         done = iter(await asyncio.gather(*pending, return_exceptions=True))
         out = [refused[n] if n in refused else next(done) for n in range(len(insts))]
         revisions = [r for r in out if isinstance(r, int)]

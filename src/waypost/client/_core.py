@@ -131,6 +131,8 @@ def query_request(
 def _iid(instance_id: str) -> str:
     if not instance_id:
         raise InvalidInput("id: empty instance id", field="id")
+    if instance_id.isascii() and instance_id.replace("-", "").isalnum():
+        return instance_id  # nothing to quote (the usual id: quote costs 2 µs a call)
     return quote(instance_id, safe="")
 
 

@@ -277,6 +277,8 @@ class DnsServer:
         if batch is None:
             self._forget_all()
             return
+        if not self._scopes:
+            return  # no cached answer any change could touch (none asked, or all dropped)
         scopes: set[str] = set()
         for ev in batch:
             entry = ev.entry

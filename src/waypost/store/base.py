@@ -131,9 +131,10 @@ class Store(Protocol):
         """Apply ``ops`` all or nothing, durably, at one new revision (when any event
         results); return that revision (or the current one when none did)."""
 
-    def submit(self, ops: Sequence[Op]) -> Awaitable[int]:
-        """``apply``, started now: many writes submitted before any is awaited share the
-        store's group commit without a task each (a batch of separate registrations)."""
+    def submit_each(self, jobs: Sequence[Sequence[Op]]) -> list[Awaitable[int]]:
+        """``apply`` of each job on its own (each all or nothing, each its own answer),
+        all started now: they share the store's group commit without a task each (a
+        batch of separate registrations)."""
 
     async def snapshot(self) -> tuple[int, list[Stored]]:
         """Every entry with its mod revision, and the revision of the snapshot."""
@@ -186,10 +187,10 @@ class StoreOps:
     async def apply(self, ops: Sequence[Op]) -> int:
         raise NotImplementedError
 
-    def submit(self, ops: Sequence[Op]) -> Awaitable[int]:
-        """``apply`` as a task started now (a store with a queue of its own answers with
-        its future instead)."""
-        return asyncio.ensure_future(self.apply(ops))
+    def submit_each(self, jobs: Sequence[Sequence[Op]]) -> list[Awaitable[int]]:
+        """``apply`` of each job as a task started now (a store with a queue of its own
+        answers with its futures instead)."""
+        return [asyncio.ensure_future(self.apply(ops)) for ops in jobs]
 
     async def snapshot(self) -> tuple[int, list[Stored]]:
         raise NotImplementedError

@@ -22,7 +22,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -381,7 +381,7 @@ class SqliteStore(LocalLeases, StoreOps):
             first = self._queue.get()
             if first is _STOP:
                 return
-            jobs = [first]
+            jobs = first if isinstance(first, list) else [first]  # (submit_each's)
             stop = False
             while len(jobs) < MAX_GROUP:
                 try:
@@ -391,7 +391,10 @@ class SqliteStore(LocalLeases, StoreOps):
                 if nxt is _STOP:
                     stop = True
                     break
-                jobs.append(nxt)
+                if isinstance(nxt, list):
+                    jobs += nxt
+                else:
+                    jobs.append(nxt)
             writes = [j for j in jobs if isinstance(j, _Job) and j.ops is not None]
             reads = [j for j in jobs if isinstance(j, _Job) and j.fn is not None]
             if writes:
@@ -425,15 +428,20 @@ class SqliteStore(LocalLeases, StoreOps):
         now = time.time()
         try:
             cur.execute("BEGIN IMMEDIATE")
+            blind: list[tuple[_Job, Entry]] = []
             for job in writes:
                 ops = job.ops
                 assert ops is not None
                 if len(ops) == 1:
                     op = ops[0]
                     if type(op) is Put and op.if_revision is None and op.lease is None:
-                        # A registration: one blind put, nothing to check, no savepoint.
-                        outcomes.append((job, self._blind_put(cur, op.entry, now)))
+                        # A registration: one blind put, nothing to check, no savepoint;
+                        # those in a row go to SQLite together.
+                        blind.append((job, op.entry))
                         continue
+                if blind:
+                    outcomes += self._blind_puts(cur, blind, now)
+                    blind = []
                 # Only blind puts cannot fail; a batch of them needs no savepoint (two
                 # statements saved per registration).
                 guarded = False
@@ -476,6 +484,8 @@ class SqliteStore(LocalLeases, StoreOps):
                 if events:
                     self._revision = events[-1].revision
                 outcomes.append((job, events))
+            if blind:
+                outcomes += self._blind_puts(cur, blind, now)
             cur.execute(
                 "INSERT OR REPLACE INTO meta(key, value) VALUES ('revision', ?)", (self._revision,)
             )
@@ -523,24 +533,36 @@ class SqliteStore(LocalLeases, StoreOps):
         self._marked_second = second
         return 1
 
-    def _blind_put(self, cur: sqlite3.Cursor, entry: Entry, now: float) -> list[Event]:
-        """The one statement pair of a registration (what ``apply_ops`` would do for one
-        blind put, without its machinery: this is the hottest write)."""
-        revision = self._revision + 1
-        data = _encode(entry)
-        kind, key = entry.KIND, entry.key
-        cur.execute(
+    def _blind_puts(
+        self, cur: sqlite3.Cursor, puts: list[tuple[_Job, Entry]], now: float
+    ) -> list[tuple[_Job, list[Event] | WaypostError]]:
+        """Registrations in a row, each at a revision of its own: two statements for the
+        lot (what ``apply_ops`` would do for each blind put, without its machinery: this
+        is the hottest write)."""
+        entries, events = [], []
+        outcomes: list[tuple[_Job, list[Event] | WaypostError]] = []
+        revision = self._revision
+        for job, entry in puts:
+            revision += 1
+            data = _encode(entry)
+            kind, key = entry.KIND, entry.key
+            entries.append((kind, key, revision, SCHEMA_VERSION, data))
+            events.append(
+                (revision << POS_BITS, kind, key, now, self._mark(now), SCHEMA_VERSION, data)
+            )
+            outcomes.append((job, [Event(revision=revision, type="put", entry=entry)]))
+        cur.executemany(
             "INSERT OR REPLACE INTO entries(kind, key, revision, lease, schema, data) "
             "VALUES (?, ?, ?, NULL, ?, ?)",
-            (kind, key, revision, SCHEMA_VERSION, data),
+            entries,
         )
-        cur.execute(
+        cur.executemany(
             "INSERT INTO events(pos, kind, key, type, ts, mark, schema, data) "
             "VALUES (?, ?, ?, 'put', ?, ?, ?, ?)",
-            (revision << POS_BITS, kind, key, now, self._mark(now), SCHEMA_VERSION, data),
+            events,
         )
         self._revision = revision
-        return [Event(revision=revision, type="put", entry=entry)]
+        return outcomes
 
     def _maybe_prune(self, conn: sqlite3.Connection) -> None:
         now = time.time()
@@ -605,9 +627,16 @@ class SqliteStore(LocalLeases, StoreOps):
         result: int = await self._submit(list(ops), None)
         return result
 
-    def submit(self, ops: Sequence[Op]) -> asyncio.Future[int]:
-        """The writer thread's future for ``ops``: no task needed to await it."""
-        return self._submit(list(ops), None)
+    def submit_each(self, jobs: Sequence[Sequence[Op]]) -> list[Awaitable[int]]:
+        """The writer thread's futures for ``jobs``, handed over at once: one wake-up of
+        the writer for the lot, no task needed to await them."""
+        self._check_open()
+        loop = asyncio.get_running_loop()
+        handed = [_Job(loop.create_future(), ops=list(ops), fn=None) for ops in jobs]
+        if handed:
+            self._queue.put(handed)
+        futures: list[Awaitable[int]] = [job.fut for job in handed]
+        return futures
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         result: T = await self._submit(None, fn)
