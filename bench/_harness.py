@@ -80,18 +80,15 @@ def announced(cmd: list[str], stdin: bytes = b"") -> Iterator[str]:
         proc.stdout.close()
 
 
-@contextlib.contextmanager
-def etcd_member() -> Iterator[int]:
-    """A single etcd member on loopback (Debian's etcd-server); yields its client port."""
+def etcd_command(data_dir: Path, client: int, peer: int, *extra: str) -> list[str]:
+    """The command line of one etcd member on loopback (Debian's etcd-server)."""
     exe = shutil.which("etcd")
     if exe is None:
         raise RuntimeError("etcd is not installed: run `make bench` (installs etcd-server)")
-    tmp = Path(tempfile.mkdtemp(prefix="etcd-bench-"))
-    client, peer = free_port(), free_port()
-    cmd = [
+    return [
         exe,
         "--data-dir",
-        str(tmp),
+        str(data_dir),
         "--name",
         "bench",
         "--listen-client-urls",
@@ -106,9 +103,20 @@ def etcd_member() -> Iterator[int]:
         f"bench=http://127.0.0.1:{peer}",
         "--log-level",
         "error",
+        *extra,
     ]
-    env = {**os.environ, "ETCD_UNSUPPORTED_ARCH": platform.machine()}
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+
+
+ETCD_ENV = {**os.environ, "ETCD_UNSUPPORTED_ARCH": platform.machine()}
+
+
+@contextlib.contextmanager
+def etcd_member() -> Iterator[int]:
+    """A single etcd member on loopback (Debian's etcd-server); yields its client port."""
+    tmp = Path(tempfile.mkdtemp(prefix="etcd-bench-"))
+    client, peer = free_port(), free_port()
+    cmd = etcd_command(tmp, client, peer)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ETCD_ENV)
     try:
         deadline = time.monotonic() + 20
         while True:

@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
-import platform
 import shutil
 import signal
 import subprocess
@@ -38,7 +36,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 sys.path.append(str(HERE))
 
-from _harness import free_port, percentile, write_results  # noqa: E402
+from _harness import ETCD_ENV, etcd_command, free_port, percentile, write_results  # noqa: E402
 from waypost.testing import ServerProcess  # noqa: E402
 
 ENC = msgspec.json.encode
@@ -175,19 +173,28 @@ def waypost_size(total: int, writes: int) -> dict[str, Any]:
         count = asyncio.run(_instances(server.url))
         assert count == total + writes, (count, total)
         return {
-            "instances": total,
             "services": services,
             "nodes": NODES,
-            "load_per_s": rate,
             **watched,
-            "rss_loaded_mib": rss_loaded / 2**20,
-            "rss_restarted_mib": rss_restarted / 2**20,
-            "rss_bytes_per_instance": max(rss_loaded, rss_restarted) / total,
-            "restart_s": restart_s,
+            **_common(total, rate, rss_loaded, rss_restarted, restart_s),
         }
     finally:
         server.stop()
         shutil.rmtree(data, ignore_errors=True)
+
+
+def _common(
+    total: int, rate: float, rss_loaded: int, rss_restarted: int, restart_s: float
+) -> dict[str, Any]:
+    """The figures both systems report."""
+    return {
+        "instances": total,
+        "load_per_s": rate,
+        "rss_loaded_mib": rss_loaded / 2**20,
+        "rss_restarted_mib": rss_restarted / 2**20,
+        "rss_bytes_per_instance": max(rss_loaded, rss_restarted) / total,
+        "restart_s": restart_s,
+    }
 
 
 async def _instances(url: str) -> int:
@@ -199,21 +206,10 @@ def etcd_size(total: int) -> dict[str, Any]:
     """One etcd member holding ``total`` records: RSS, and restart until a range answers."""
     import aetcd
 
-    exe = shutil.which("etcd")
-    if exe is None:
-        raise RuntimeError("etcd is not installed: run `make bench` (installs etcd-server)")
     data = Path(tempfile.mkdtemp(prefix="etcd-scale-"))
     client, peer = free_port(), free_port()
-    cmd = [
-        exe, "--data-dir", str(data), "--name", "scale",
-        "--listen-client-urls", f"http://127.0.0.1:{client}",
-        "--advertise-client-urls", f"http://127.0.0.1:{client}",
-        "--listen-peer-urls", f"http://127.0.0.1:{peer}",
-        "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
-        "--initial-cluster", f"scale=http://127.0.0.1:{peer}",
-        "--log-level", "error", "--quota-backend-bytes", str(8 * 2**30),
-    ]  # fmt: skip
-    env = {**os.environ, "ETCD_UNSUPPORTED_ARCH": platform.machine()}
+    cmd = etcd_command(data, client, peer, "--quota-backend-bytes", str(8 * 2**30))
+    env = ETCD_ENV
     services = max(1, total // PER_SERVICE)
 
     async def ready() -> None:
@@ -257,14 +253,7 @@ def etcd_size(total: int) -> dict[str, Any]:
         asyncio.run(ready())
         restart_s = time.perf_counter() - began
         rss_restarted = rss_bytes(proc.pid)
-        return {
-            "instances": total,
-            "load_per_s": rate,
-            "rss_loaded_mib": rss_loaded / 2**20,
-            "rss_restarted_mib": rss_restarted / 2**20,
-            "rss_bytes_per_instance": max(rss_loaded, rss_restarted) / total,
-            "restart_s": restart_s,
-        }
+        return _common(total, rate, rss_loaded, rss_restarted, restart_s)
     finally:
         proc.terminate()
         proc.wait(60)
