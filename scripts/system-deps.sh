@@ -10,6 +10,7 @@ case "${1:-test}" in
     need dig dnsutils
     need dnsmasq dnsmasq-base
     need etcd etcd-server
+    need prometheus prometheus
     ;;
   bench)
     need curl curl

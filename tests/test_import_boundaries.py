@@ -20,6 +20,7 @@ LAYERS = {
     "model": 2,
     "query": 2,
     "compact": 2,
+    "prometheus": 2,
     "catalog": 3,
     "store": 3,
     "traffic": 3,
@@ -52,7 +53,17 @@ FORBIDDEN = {
     ("model", "query"),
 }
 # Pure layers: no I/O libraries (design.md: the catalog knows no HTTP, traffic/ no sockets).
-PURE = ("catalog", "compact", "traffic", "model", "query", "versions", "durations", "sse")
+PURE = (
+    "catalog",
+    "compact",
+    "prometheus",
+    "traffic",
+    "model",
+    "query",
+    "versions",
+    "durations",
+    "sse",
+)
 IO_LIBRARIES = {"aiohttp", "httpx", "socket", "asyncio.streams", "ssl", "uvloop", "requests"}
 
 

@@ -693,6 +693,14 @@ class ServiceSummary(Struct, frozen=True, kw_only=True):
     kinds: list[Kind]
 
 
+class TargetGroup(Struct, frozen=True, kw_only=True):
+    """One group of ``GET /api/v1/prometheus/targets``, as Prometheus' ``http_sd_configs``
+    reads it: ``HOST:PORT`` targets and the ``__meta_waypost_*`` labels they share."""
+
+    targets: list[str]
+    labels: dict[str, str]
+
+
 # --- request and answer bodies of the HTTP API -------------------------------------------
 
 

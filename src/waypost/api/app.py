@@ -53,6 +53,7 @@ from waypost.model import (
     Route,
     ServerStatus,
     ServiceConfig,
+    Status,
     StatusUpdate,
     WriteResult,
     decode,
@@ -522,6 +523,14 @@ class Api:
         query, index, wait_s = parse_query(request.query.items(), service=name)
         return await self.answer(("instances", query), index, wait_s)
 
+    async def prometheus_targets(self, request: web.BaseRequest, _: str = "") -> web.Response:
+        """Prometheus ``http_sd_configs``: the matching instances as target groups; the
+        healthy ones (passing, not in maintenance) unless ``status`` says otherwise."""
+        query, index, wait_s = parse_query(_params(request))
+        if not query.status:
+            query = msgspec.structs.replace(query, status=(Status.PASSING,))
+        return await self.answer(("prometheus", query), index, wait_s)
+
     async def list_services(self, request: web.BaseRequest, _: str = "") -> web.Response:
         index, wait_s = _blocking_params(request)
         return await self.answer(("services", None), index, wait_s)
@@ -942,6 +951,7 @@ def build_app(
     r.add_put("/api/v1/services/{name}/config", put_config)
     r.add_delete("/api/v1/services/{name}/config", delete_config)
     r.add_get("/api/v1/nodes", _routed(api.list_nodes))
+    r.add_get("/api/v1/prometheus/targets", _routed(api.prometheus_targets))
     r.add_put("/api/v1/nodes/{id}", put_node)
     r.add_get("/api/v1/nodes/{id}", get_node)
     r.add_delete("/api/v1/nodes/{id}", delete_node)

@@ -20,6 +20,7 @@ from multidict import CIMultiDict
 
 from waypost.catalog import Catalog
 from waypost.model import Node, Query, ServiceSummary
+from waypost.prometheus import target_groups
 
 # Distinct answers kept encoded; least recently used first out.
 MAX_CACHED_ANSWERS = 10_000
@@ -56,8 +57,9 @@ class Answer:
         return self._headers
 
 
-# What a cache key names: ("instances", query), or (a listing, None): "services",
-# "nodes", "routes", "configs".
+# What a cache key names: ("instances", query), ("prometheus", query) (the same
+# instances as target groups), or (a listing, None): "services", "nodes", "routes",
+# "configs".
 Key = tuple[str, Query | None]
 
 
@@ -97,6 +99,8 @@ class AnswerCache:
         if kind == "configs":
             return _encode(self._catalog.entries("service_config"))
         assert query is not None
+        if kind == "prometheus":
+            return _encode(target_groups(self._catalog.query(query)))
         return _encode(self._catalog.query(query))
 
     def _scope_revision(self, key: Key) -> int:

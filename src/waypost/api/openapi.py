@@ -36,6 +36,7 @@ from waypost.model import (
     ServiceConfig,
     ServiceSummary,
     StatusUpdate,
+    TargetGroup,
     WriteResult,
 )
 from waypost.peers.entry import NodeEntry
@@ -214,6 +215,7 @@ def _components() -> dict[str, Any]:
             StatusUpdate,
             MaintenanceUpdate,
             ServiceSummary,
+            TargetGroup,
             ServerStatus,
             DnsStatus,
             ErrorBody,
@@ -358,6 +360,20 @@ def openapi_spec(version: str) -> dict[str, Any]:
                 {"200": _ok({"type": "array", "items": _ref("ServiceConfig")}, blocking=True)},
                 params=_BLOCKING_PARAMS,
                 errors=reads,
+            ),
+        },
+        "/api/v1/prometheus/targets": {
+            "get": _op(
+                "Prometheus http_sd_configs: the matching instances as target groups "
+                "(__meta_waypost_* labels); only passing ones unless status is given",
+                {"200": _ok({"type": "array", "items": _ref("TargetGroup")}, blocking=True)},
+                params=[
+                    {"name": "service", "in": "query", "schema": {"type": "string"}},
+                    *_FILTER_PARAMS,
+                    *_BLOCKING_PARAMS,
+                ],
+                errors=reads,
+                description=_META_FILTERS.strip(),
             ),
         },
         "/api/v1/nodes": {
