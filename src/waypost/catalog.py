@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import heapq
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from waypost.aio import settle
@@ -812,6 +812,21 @@ class Catalog:
             if view is None:
                 view = cached[i] = self._node_view(i, registered.get(i))
             out.append(view)
+        return out
+
+    def status_counts(self) -> Iterator[tuple[str, dict[Status, int]]]:
+        """Each service's instances by effective status (kept counts: O(services))."""
+        for name in self.service_names():
+            yield name, self._counts[name].status
+
+    def node_status_counts(self) -> dict[NodeStatus, int]:
+        """Nodes by status; nodes that instances name but nobody registered are alive."""
+        out = dict.fromkeys(NodeStatus, 0)
+        registered = self._others["node"]
+        for node in registered.values():
+            if isinstance(node, Node):
+                out[node.status] += 1
+        out[NodeStatus.ALIVE] += sum(1 for n in self._by_node if n not in registered)
         return out
 
     def nodes_revision(self) -> int:

@@ -62,6 +62,7 @@ from waypost.store.base import (
     Store,
     missing,
 )
+from waypost.telemetry import TELEMETRY
 
 log = logging.getLogger("waypost.registry")
 
@@ -325,9 +326,23 @@ class Registry:
     # --- writes --------------------------------------------------------------------------
 
     async def _commit(self, ops: Sequence[Op]) -> int:
-        revision = await self.store.apply(ops)
+        revision = await self._timed(self.store.apply(ops), ops)
         await self.catalog.wait_for_revision(revision, APPLY_TIMEOUT_S)
         return revision
+
+    async def _timed(self, write: Awaitable[int], ops: Sequence[Op]) -> int:
+        """A store write, counted and timed for ``/metrics``."""
+        start = time.perf_counter()
+        for op in ops:
+            TELEMETRY.store_ops[type(op).__name__.lower()] += 1
+        try:
+            return await write
+        except WaypostError as exc:
+            if not isinstance(exc, NotFound | Conflict | Forbidden):
+                TELEMETRY.store_errors += 1  # the store failed, not the request
+            raise
+        finally:
+            TELEMETRY.store_seconds.observe(time.perf_counter() - start)
 
     def checks_of(self, inst: Instance) -> tuple[Check, ...]:
         """The checks an instance runs: its own, or its service config's template
@@ -461,7 +476,19 @@ class Registry:
                 leased.append(asyncio.ensure_future(self._put_instances([inst])))
         submitted = self.store.submit_each(plain)
         pending = [submitted[k] if is_plain else leased[k] for is_plain, k in slots]
-        done = iter(await asyncio.gather(*pending, return_exceptions=True))
+        start = time.perf_counter()
+        results = await asyncio.gather(*pending, return_exceptions=True)
+        # Counted as _timed would, without a task each: they shared one commit.
+        took = time.perf_counter() - start
+        TELEMETRY.store_ops["put"] += len(plain)
+        for (is_plain, _), result in zip(slots, results, strict=True):
+            if is_plain:
+                TELEMETRY.store_seconds.observe(took)
+                if isinstance(result, WaypostError) and not isinstance(
+                    result, NotFound | Conflict | Forbidden
+                ):
+                    TELEMETRY.store_errors += 1
+        done = iter(results)
         out = [refused[n] if n in refused else next(done) for n in range(len(insts))]
         revisions = [r for r in out if isinstance(r, int)]
         if revisions:

@@ -49,18 +49,22 @@ def exporters() -> Iterator[list[int]]:
 
 @pytest.fixture
 def prometheus(tmp_path: Path) -> Iterator[Callable[[str], str]]:
-    """``start(sd_url)``: a Prometheus on loopback discovering targets from ``sd_url``;
-    gives its API URL."""
+    """``start(sd_url, itself)``: a Prometheus on loopback discovering targets from
+    ``sd_url`` (and scraping ``itself``'s /metrics); gives its API URL."""
     procs: list[subprocess.Popen[str]] = []
 
-    def start(sd_url: str) -> str:
+    def start(sd_url: str, itself: str = "") -> str:
         port = free_port()
         config = tmp_path / "prometheus.yml"
+        own = (
+            f"  - job_name: registry\n    static_configs:\n      - targets: ['{itself}']\n"
+            if itself
+            else ""
+        )
         config.write_text(
             "global:\n"
             "  scrape_interval: 1s\n"
-            "scrape_configs:\n"
-            "  - job_name: waypost\n"
+            "scrape_configs:\n" + own + "  - job_name: waypost\n"
             "    http_sd_configs:\n"
             f"      - url: '{sd_url}'\n"
             "        refresh_interval: 1s\n"
@@ -105,6 +109,11 @@ def prometheus(tmp_path: Path) -> Iterator[Callable[[str], str]]:
             terminate(proc)
 
 
+def _sd_targets(prom: str) -> dict[str, dict[str, Any]]:
+    """The discovered services' targets (not the registry's own job)."""
+    return {k: v for k, v in _active(prom).items() if v["labels"]["job"] == "waypost"}
+
+
 def _active(prom: str) -> dict[str, dict[str, Any]]:
     """Prometheus' active targets by address, once each has been scraped."""
     got = httpx.get(f"{prom}/api/v1/targets", params={"state": "active"}).json()
@@ -128,15 +137,27 @@ def test_prometheus_scrapes_exactly_the_passing_instances_and_follows_changes(
         assert http.put(f"/api/v1/instances/app-{n}", json=body).status_code == 200
     other = {"service": "other", "address": "127.0.0.1", "port": exporters[2]}
     assert http.put("/api/v1/instances/other-1", json=other).status_code == 200
-    prom = prometheus(f"{server.url}/api/v1/prometheus/targets?service=app")
+    prom = prometheus(
+        f"{server.url}/api/v1/prometheus/targets?service=app", server.url.removeprefix("http://")
+    )
     healthy = {f"127.0.0.1:{p}" for p in exporters[:2]}
 
     def scraped(expected: set[str]) -> bool:
-        active = _active(prom)
+        active = _sd_targets(prom)
         return set(active) == expected and all(t["health"] == "up" for t in active.values())
 
     wait_until(lambda: scraped(healthy), 30, "prometheus to scrape the two passing instances")
-    for target in _active(prom).values():
+
+    # Waypost's own /metrics, scraped by the same Prometheus.
+    def registry_series() -> list[Any]:
+        query = 'waypost_instances{service="app"}'
+        got = httpx.get(f"{prom}/api/v1/query", params={"query": query}).json()
+        return list(got["data"]["result"])
+
+    series = wait_until(registry_series, 30, "prometheus to scrape waypost's /metrics")
+    by_status = {r["metric"]["status"]: float(r["value"][1]) for r in series}
+    assert (by_status["passing"], by_status["critical"]) == (2.0, 1.0)
+    for target in _sd_targets(prom).values():
         # Waypost's labels reach relabelling; the __meta_ ones are dropped after it.
         assert target["labels"]["version"] == "1.4.2"
         assert target["labels"]["team"] == "core"
@@ -151,7 +172,8 @@ def test_prometheus_scrapes_exactly_the_passing_instances_and_follows_changes(
 
     # A deregistration, and an instance going critical, leave the scrape.
     assert http.delete("/api/v1/instances/app-0").status_code == 200
-    wait_until(lambda: set(_active(prom)) == {f"127.0.0.1:{exporters[1]}"}, 30, "a drop")
+    left = {f"127.0.0.1:{exporters[1]}"}
+    wait_until(lambda: set(_sd_targets(prom)) == left, 30, "a drop")
     set_critical = {"status": "critical", "output": "down"}
     assert http.put("/api/v1/instances/app-1/status", json=set_critical).status_code == 200
     # ... and one coming back to passing joins it.

@@ -20,6 +20,7 @@ from waypost import sse as sse_frames
 from waypost._version import __version__
 from waypost.aio import LoopMonitor
 from waypost.api.blocking import Answer, AnswerCache, BlockingQueries, Key
+from waypost.api.metrics import WaypostCollector, exposition, metrics_registry
 from waypost.api.openapi import openapi_spec
 from waypost.checking import CheckHost
 from waypost.durations import format_duration, parse_duration
@@ -64,6 +65,7 @@ from waypost.model import (
 from waypost.query import MAX_WAIT_S, parse_index, parse_query
 from waypost.registry import Registry
 from waypost.store.base import LeaseState, gone, missing
+from waypost.telemetry import TELEMETRY
 
 log = logging.getLogger("waypost.api")
 
@@ -134,16 +136,25 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
     It also checks the token of writes: one middleware, since each costs a wrapper call
     on every request."""
+    start = time.perf_counter()
+    response: web.StreamResponse
     try:
         if request.method not in READ_METHODS:
             check_token(request, request.app[TOKEN])
-        return await handler(request)
+        response = await handler(request)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return failure_response(request, exc)
+        response = failure_response(request, exc)
     except Exception as exc:  # CancelledError is not an Exception: it goes through
-        return failure_response(request, exc)
+        response = failure_response(request, exc)
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "other"
+    # Streams and blocking queries last as long as their clients want: counted only.
+    timed = route != "/api/v1/events" and "index=" not in request.raw_path
+    took = time.perf_counter() - start if timed else None
+    TELEMETRY.route(route, request.method).record(response.status, took)
+    return response
 
 
 def check_token(request: web.BaseRequest, token: str) -> None:
@@ -462,6 +473,9 @@ class Api:
         self.dns_status = dns_status
         self.stats = {"event_streams": 0}
         self.loop_monitor = LoopMonitor()
+        self.metrics_registry = metrics_registry(
+            WaypostCollector(registry, TELEMETRY, self.gauges, dns_status)
+        )
         self._plain: dict[str, Key] = {}
 
     async def answer(self, key: Key, index: int | None, wait_s: float) -> web.Response:
@@ -640,6 +654,23 @@ class Api:
 
     # the server
 
+    async def metrics(self, request: web.BaseRequest, _: str = "") -> web.Response:
+        """Prometheus' text format (``api/metrics.py``; every metric in docs/metrics.md)."""
+        return web.Response(
+            body=exposition(self.metrics_registry), headers={"Content-Type": METRICS_TYPE}
+        )
+
+    def gauges(self) -> dict[str, int]:
+        """The API's and the store's gauges for ``/metrics``."""
+        out = {
+            "blocking_queries": self.blocking.count,
+            "event_streams": self.stats["event_streams"],
+        }
+        leases = getattr(self.registry.store, "lease_count", None)
+        if callable(leases):
+            out["leases"] = int(leases())
+        return out
+
     async def health(self, request: web.BaseRequest, _: str = "") -> web.Response:
         problem = await _problem(self.registry)
         if problem is not None:
@@ -683,6 +714,8 @@ class Api:
 
 
 API = web.AppKey("api", Api)
+# The text format every Prometheus reads (2.x included).
+METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 async def _start_monitor(app: web.Application) -> None:
@@ -968,6 +1001,7 @@ def build_app(
     r.add_get("/api/v1/events", events)
     r.add_get("/health", _routed(api.health))
     r.add_get("/status", _routed(api.status))
+    r.add_get("/metrics", _routed(api.metrics))
     r.add_get("/openapi.json", openapi)
     app[NODE_ENTRY] = []
     r.add_get("/api/v1/node-registry", node_registry)

@@ -484,6 +484,18 @@ def openapi_spec(version: str) -> dict[str, Any]:
             },
         },
         "/status": {"get": _op("Server status", {"200": _ok(_ref("ServerStatus"))}, errors=())},
+        "/metrics": {
+            "get": _op(
+                "The server's metrics in Prometheus' text format (docs/metrics.md)",
+                {
+                    "200": {
+                        "description": "Prometheus text exposition format 0.0.4",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+                errors=(),
+            )
+        },
         "/api/v1/node-registry": {
             "get": _op(
                 "This server's node registry entry (what node discovery reads)",

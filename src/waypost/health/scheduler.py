@@ -27,6 +27,7 @@ from waypost.health import command, grpc, http, tcp
 from waypost.health.context import CheckContext
 from waypost.health.machine import CheckMachine
 from waypost.model import Check, CheckState, Status
+from waypost.telemetry import TELEMETRY
 
 log = logging.getLogger("waypost.health")
 
@@ -245,6 +246,7 @@ class Scheduler:
         try:
             status, output = await self._execute(job.machine.check, job.timeout)
             self.runs += 1
+            TELEMETRY.check_runs[(job.machine.check.kind, status.value)] += 1
             if not job.live:
                 return
             changed = job.machine.observe(status, output, self._clock(), self._wall())

@@ -523,6 +523,10 @@ class LocalLeases:
     async def apply(self, ops: Sequence[Op]) -> int:
         raise NotImplementedError
 
+    def lease_count(self) -> int:
+        """How many leases are live (for ``/metrics``)."""
+        return len(self._leases)
+
     async def grant(self, ttl_s: float, *, lease_id: int | None = None) -> int:
         lease_id = lease_id or new_lease_id(self._leases.__contains__)
         await self.apply([Grant(lease=lease_id, ttl_s=check_ttl(ttl_s))])

@@ -78,11 +78,12 @@ def test_the_hot_path_routes_as_the_application_does(method: str, target: str) -
                 for p in params
             ), (method, target, canonical)
         return
-    handler, ident = found
+    handler, ident, route = found
     assert match is not None, (method, target)
     assert match.route.method == method
     assert match.route.resource is not None
     assert match.route.resource.canonical == CANONICAL[handler.__name__]
+    assert route == match.route.resource.canonical  # the route /metrics counts under
     assert list(match.values()) == ([ident] if ident else [])
 
 

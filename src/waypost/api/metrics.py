@@ -1,0 +1,149 @@
+"""``GET /metrics``: the server in Prometheus' text format, through ``prometheus_client``.
+
+Nothing is kept in ``prometheus_client`` objects between scrapes: a collector reads the
+catalog's kept counts, the API's gauges and the process's ``Telemetry`` when scraped
+(O(services), not O(instances)), plus the library's process, platform and GC
+collectors. Every metric is listed in docs/metrics.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+
+from waypost.model import DnsStatus, Status
+from waypost.registry import Registry
+from waypost.telemetry import Telemetry
+
+DNS_COUNTERS = (
+    ("queries", "DNS queries received"),
+    ("cache_hits", "DNS queries answered from cached wire bytes"),
+    ("formerr", "DNS queries answered FORMERR"),
+    ("refused", "DNS queries answered REFUSED"),
+    ("forwarded", "DNS queries forwarded to a recursor"),
+    ("forward_failures", "forwarded DNS queries that failed"),
+    ("truncated", "DNS answers truncated for UDP"),
+    ("errors", "DNS queries that failed inside the server (answered SERVFAIL)"),
+    ("dropped", "UDP DNS queries dropped while too many waited"),
+)
+
+
+def _histogram(name: str, doc: str, labels: list[str]) -> HistogramMetricFamily:
+    return HistogramMetricFamily(name, doc, labels=labels)
+
+
+class WaypostCollector(Collector):
+    """The registry, the API and the store, read at each scrape."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        telemetry: Telemetry,
+        gauges: Callable[[], dict[str, int]],
+        dns: Callable[[], DnsStatus | None],
+    ) -> None:
+        self.registry = registry
+        self.telemetry = telemetry
+        self.gauges = gauges
+        self.dns = dns
+
+    def collect(self) -> Iterator[Metric]:
+        cat = self.registry.catalog
+        t = self.telemetry
+        instances = GaugeMetricFamily(
+            "waypost_instances", "Registered instances by service and status",
+            labels=["service", "status"],
+        )  # fmt: skip
+        for service, counts in cat.status_counts():
+            for status in Status:
+                instances.add_metric([service, status.value], counts[status])
+        yield instances
+        yield GaugeMetricFamily(
+            "waypost_services", "Services with an instance", cat.service_count()
+        )
+        nodes = GaugeMetricFamily("waypost_nodes", "Nodes by status", labels=["status"])
+        for node_status, n in cat.node_status_counts().items():
+            nodes.add_metric([node_status.value], n)
+        yield nodes
+        yield GaugeMetricFamily("waypost_revision", "The registry's revision", cat.revision)
+        following = int(self.registry.problem is None)
+        yield GaugeMetricFamily(
+            "waypost_following", "1 while the catalog follows the store", following
+        )
+        for name, value in self.gauges().items():
+            doc = {
+                "blocking_queries": "Blocking queries parked",
+                "event_streams": "Event streams (SSE) open",
+                "leases": "Live leases",
+            }[name]
+            yield GaugeMetricFamily(f"waypost_{name}", doc, value)
+
+        requests = CounterMetricFamily(
+            "waypost_http_requests", "HTTP requests answered, by route, method and status code",
+            labels=["route", "method", "code"],
+        )  # fmt: skip
+        latency = _histogram(
+            "waypost_http_request_duration_seconds",
+            "Time to answer an HTTP request (blocking queries and streams not timed)",
+            ["route", "method"],
+        )
+        for (route, method), stats in sorted(t.routes.items()):
+            for code, n in sorted(stats.by_code().items()):
+                requests.add_metric([route, method, str(code)], n)
+            if stats.seconds.count:
+                latency.add_metric([route, method], stats.seconds.cumulative(), stats.seconds.sum)
+        yield requests
+        yield latency
+
+        ops = CounterMetricFamily("waypost_store_ops", "Store write operations", labels=["op"])
+        for op, n in sorted(t.store_ops.items()):
+            ops.add_metric([op], n)
+        yield ops
+        writes = _histogram("waypost_store_write_duration_seconds", "Time of a store write", [])
+        writes.add_metric([], t.store_seconds.cumulative(), t.store_seconds.sum)
+        yield writes
+        yield CounterMetricFamily(
+            "waypost_store_errors", "Store writes that failed", t.store_errors
+        )
+        yield CounterMetricFamily(
+            "waypost_store_skipped_records", "Stored records that could not be read",
+            self.registry.store.skipped_records,
+        )  # fmt: skip
+
+        runs = CounterMetricFamily(
+            "waypost_check_runs", "Health check runs by kind and result", labels=["kind", "status"]
+        )
+        for (kind, result), n in sorted(t.check_runs.items()):
+            runs.add_metric([kind, result], n)
+        yield runs
+
+        dns = self.dns()
+        if dns is not None:
+            for field, doc in DNS_COUNTERS:
+                yield CounterMetricFamily(f"waypost_dns_{field}", doc, getattr(dns, field))
+
+
+def metrics_registry(collector: WaypostCollector) -> CollectorRegistry:
+    """A registry of its own (not the library's global one) with the process metrics."""
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(collector)
+    ProcessCollector(registry=reg)
+    PlatformCollector(registry=reg)
+    GCCollector(registry=reg)
+    return reg
+
+
+def exposition(reg: CollectorRegistry) -> bytes:
+    """The text format of everything ``reg`` holds now."""
+    return generate_latest(reg)
