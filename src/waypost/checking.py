@@ -87,34 +87,41 @@ class CheckHost:
         turn of the event loop: at a million instances one pass would hold the loop for
         a third of a second. Changes meanwhile arrive as batches and are handled there;
         each step looks at the instance as it is now, so the order does not matter."""
-        catalog = self.registry.catalog
         while self._rescan_wanted:
             self._rescan_wanted = False
-            # Services whose config gives their instances a check template: every other
-            # instance without checks of its own is passed over at once.
-            templated = {
-                e.service
-                for e in catalog.entries("service_config")
-                if isinstance(e, ServiceConfig) and e.check is not None
-            }
-            ids = catalog.instance_ids()
-            for n, iid in enumerate(ids):
-                if n % RESCAN_SLICE == RESCAN_SLICE - 1:
-                    await asyncio.sleep(0)
-                inst = catalog.get(iid)
-                if inst is None:
-                    continue
-                if inst.agent or (not inst.checks and inst.service not in templated):
-                    if iid in self.scheduler:
-                        self.scheduler.remove_instance(iid)
-                    continue
-                self.consider(inst)
-            for n, iid in enumerate(self.scheduler.instances()):
-                if n % RESCAN_SLICE == RESCAN_SLICE - 1:
-                    await asyncio.sleep(0)
-                inst = catalog.get(iid)
-                if inst is None:
+            try:
+                await self._rescan_pass()
+            except Exception:  # a bug: say so, and let the next change try again
+                log.exception("rescanning the checks of every instance failed")
+
+    async def _rescan_pass(self) -> None:
+        """One pass of ``_rescan_all``."""
+        catalog = self.registry.catalog
+        # Services whose config gives their instances a check template: every other
+        # instance without checks of its own is passed over at once.
+        templated = {
+            e.service
+            for e in catalog.entries("service_config")
+            if isinstance(e, ServiceConfig) and e.check is not None
+        }
+        ids = catalog.instance_ids()
+        for n, iid in enumerate(ids):
+            if n % RESCAN_SLICE == RESCAN_SLICE - 1:
+                await asyncio.sleep(0)
+            inst = catalog.get(iid)
+            if inst is None:
+                continue
+            if inst.agent or (not inst.checks and inst.service not in templated):
+                if iid in self.scheduler:
                     self.scheduler.remove_instance(iid)
+                continue
+            self.consider(inst)
+        for n, iid in enumerate(self.scheduler.instances()):
+            if n % RESCAN_SLICE == RESCAN_SLICE - 1:
+                await asyncio.sleep(0)
+            inst = catalog.get(iid)
+            if inst is None:
+                self.scheduler.remove_instance(iid)
 
     def consider(self, inst: Instance) -> bool:
         """Check ``inst`` here if it should be; True when it is."""

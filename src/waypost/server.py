@@ -271,10 +271,7 @@ async def serve(settings: Settings) -> None:
     """Run until SIGINT or SIGTERM, announcing the address on stdout once serving."""
     http_worker = os.environ.get(HTTP_WORKER_ENV) == "1"
     server = WaypostServer(settings, http_worker=http_worker)
-    await server.start()
-    # What start-up loaded (the whole catalog) lives as long as the process: keep it out
-    # of every later collection.
-    gc.freeze()
+    await server.start()  # (which freezes what it loaded out of the collector's sight)
     dns = f", dns {','.join(server.dns.addresses())}" if server.dns is not None else ""
     print(
         f"waypost: serving {server.url} (store {server.store.kind}, node {settings.node}{dns})",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
+import pytest
+
 from waypost.catalog import Catalog
 from waypost.model import Instance, Status, convert_instance
 from waypost.registry import Registry
@@ -121,3 +123,43 @@ def test_concurrent_updates_of_one_instance_all_succeed_and_none_is_lost() -> No
         assert reg._turns == {}  # nothing held once everyone is done
 
     with_registry(body)
+
+
+def test_a_failing_checks_rescan_is_logged_and_the_next_one_still_runs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The rescan after a load runs as a task: a bug in one pass is logged, and a rescan
+    asked for meanwhile still happens (the task does not die with the error)."""
+    from waypost.checking import CheckHost
+
+    async def body(reg: Registry, clock: ManualClock) -> None:
+        host = CheckHost(reg)
+        try:
+            inst = convert_instance(
+                {"id": "w", "service": "web", "address": "10.0.0.1", "port": 1,
+                 "checks": [{"tcp": "10.0.0.1:1", "interval": "1h"}]}
+            )  # fmt: skip
+            await reg.register(inst)
+            real = host.consider
+            calls = 0
+
+            def flaky(i: Instance) -> bool:
+                nonlocal calls
+                calls += 1
+                if calls == 1:
+                    host._rescan_wanted = True  # asked again while this pass runs
+                    raise RuntimeError("a bug")
+                return real(i)
+
+            host.consider = flaky  # type: ignore[method-assign]
+            host.scheduler.remove_instance("w")
+            reg._tell(None)
+            assert host._rescan is not None
+            await host._rescan
+            assert "w" in host.scheduler
+            assert "rescanning the checks of every instance failed" in caplog.text
+        finally:
+            await host.close()
+
+    with caplog.at_level("ERROR", logger="waypost.checks"):
+        with_registry(body)
