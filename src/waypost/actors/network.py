@@ -719,23 +719,20 @@ class Network:
         it, or the first of ``networks``) and, when the primary fails, to the next; the
         order in use."""
         order = list(networks) if networks else await self._offering(actor)
-        if not order:
-            raise NetworkNotFound(f"no network offers {actor!r}")
-        if self._taken(alias):
-            raise NameConflict(f"{alias!r} is taken here", field="alias")
-        self._remote[alias] = RemoteActor(alias, actor, order[0], order, "failover")
-        self._nodes[alias] = alias
-        return order
+        return self._alias_over(alias, actor, order, "failover")
 
     async def register_balanced(self, alias: str, actor: str) -> list[str]:
         """``alias`` spreads messages over every network offering ``actor`` (round
         robin; one that fails is skipped for that message)."""
-        order = await self._offering(actor)
+        return self._alias_over(alias, actor, await self._offering(actor), "balanced")
+
+    def _alias_over(self, alias: str, actor: str, order: list[str], mode: str) -> list[str]:
+        """Register ``alias`` for ``actor`` over the networks ``order`` in ``mode``."""
         if not order:
             raise NetworkNotFound(f"no network offers {actor!r}")
         if self._taken(alias):
             raise NameConflict(f"{alias!r} is taken here", field="alias")
-        self._remote[alias] = RemoteActor(alias, actor, order[0], order, "balanced")
+        self._remote[alias] = RemoteActor(alias, actor, order[0], order, mode)
         self._nodes[alias] = alias
         return order
 
