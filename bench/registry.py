@@ -523,6 +523,9 @@ def main() -> None:
     wruns: list[dict[str, float]] = []
     eruns: list[dict[str, float]] = []
     wputs: list[dict[str, float]] = []
+    qruns: list[dict[str, float]] = []
+    bares: list[dict[str, float]] = []
+    equeries: list[dict[str, float]] = []
     for _ in range(repeats):
         with waypost_server() as url:
             wputs.append(wrk(url, connections=64, seconds=secs, script=str(HERE / "put.lua")))
@@ -541,16 +544,22 @@ def main() -> None:
         with etcd_member() as port:
             eruns.append(uvloop.run(etcd_writes(port, seq, conc)))
             eruns[-1]["put_64_2proc"] = spread_writes("etcd", str(port), conc)
+        # Reads alternate too (etcd's range through aetcd moved 6.6k-7.8k between runs).
+        with waypost_server() as url:
+            uvloop.run(seed_waypost(url, 100))
+            qruns.append(wrk(f"{url}/api/v1/services/q", connections=64, seconds=secs))
+            bares.append(ceiling(f"{url}/api/v1/services/q", secs))
+        with etcd_member() as port:
+            equeries.append(uvloop.run(etcd_reads(port, 100, secs)))
     w = median_by_key(wruns)
     e = median_by_key(eruns)
     wput = median_by_key(wputs, "rps")
+    q = median_by_key(qruns, "rps")
+    bare = median_by_key(bares, "rps")
+    eq = median_by_key(equeries)
     with waypost_server() as url:
-        uvloop.run(seed_waypost(url, 100))
-        q = wrk(f"{url}/api/v1/services/q", connections=64, seconds=secs)
-        bare = ceiling(f"{url}/api/v1/services/q", secs)
         wake = uvloop.run(waypost_wakeups(url, rounds))
     with etcd_member() as port:
-        eq = uvloop.run(etcd_reads(port, 100, secs))
         ewake = uvloop.run(etcd_wakeups(port, rounds))
     wp99, ep99 = percentile(wake, 99), percentile(ewake, 99)
     data = {
@@ -570,6 +579,7 @@ def main() -> None:
             "write_repeats": repeats,
         },
         "write_runs": {"waypost": wruns, "waypost_wrk": wputs, "etcd": eruns},
+        "read_runs": {"waypost": qruns, "ceiling": bares, "etcd": equeries},
     }
     table = [
         (
@@ -650,7 +660,7 @@ def main() -> None:
     notes = (
         "Waypost: one `waypost server` process on SQLite (synchronous=FULL, group commit), "
         "HTTP/1.1 JSON through aiohttp. etcd 3.4 single member through aetcd (gRPC). "
-        "Write figures are medians of 3 alternating rounds. Ratios > 1 favour Waypost "
+        "Write and read figures are medians of 3 alternating rounds. Ratios > 1 favour Waypost "
         "(for wake-up: etcd p99 / Waypost p99). The load "
         "generator shares the 2 cores with the servers. Measured here: the aiohttp client "
         "spends ~68 us of CPU per registration, aetcd ~53 us; the Waypost server ~60 us "
