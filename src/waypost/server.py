@@ -110,6 +110,7 @@ class WaypostServer:
                 max_wait_s=self.settings.max_wait_s(),
                 checks=self.checks,
                 dns_status=self._dns_status,
+                dns_counts=lambda: None if self.dns is None else self.dns.query_counts(),
             )
             # handler_cancellation: a client that hangs up frees its parked blocking
             # query or event stream at once, not when its wait runs out.
@@ -277,6 +278,8 @@ async def serve(settings: Settings) -> None:
         f"waypost: serving {server.url} (store {server.store.kind}, node {settings.node}{dns})",
         flush=True,
     )
+    if not http_worker:
+        print(f"waypost: dashboard {server.url}/ui/", flush=True)
     try:
         if http_worker:
             await _until_signalled_or_orphaned()

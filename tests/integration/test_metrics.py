@@ -4,11 +4,17 @@ lists, and its values follow what the server does."""
 from __future__ import annotations
 
 import re
+import socket
 from pathlib import Path
 
+import dns.message
+import dns.query
+import dns.rcode
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
+
+from tests.conftest import ServerProcess
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
 
@@ -103,3 +109,56 @@ def test_a_scrape_of_a_large_registry_reads_counts_not_instances(http: httpx.Cli
     inst = scrape(http)["waypost_instances"]
     assert len(inst) == 50 * 4
     assert sum(s.value for s in inst) == 5000
+
+
+def test_dns_answers_are_counted_by_type_and_rcode_with_latency(server: ServerProcess) -> None:
+    """Real DNS queries (dnspython over UDP and TCP) to the server's DNS: each shows in
+    ``waypost_dns_answers_total`` under its query type and rcode, cached repeats too."""
+    assert server.dns is not None
+    host, port = server.dns
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        body = {"service": "web", "address": "10.0.0.7", "port": 80}
+        assert http.put("/api/v1/instances/web-1", json=body).status_code == 200
+
+        def ask(name: str, qtype: str, tcp: bool = False) -> int:
+            q = dns.message.make_query(name, qtype)
+            send = dns.query.tcp if tcp else dns.query.udp
+            return int(send(q, host, port=port, timeout=5).rcode())
+
+        for _ in range(20):  # the first is built, the rest come from the UDP memo
+            assert ask("web.service.waypost.", "A") == dns.rcode.NOERROR
+        assert ask("web.service.waypost.", "AAAA", tcp=True) == dns.rcode.NOERROR
+        assert ask("_web._tcp.service.waypost.", "SRV") == dns.rcode.NOERROR
+        assert ask("nope.service.waypost.", "A") == dns.rcode.NXDOMAIN
+        assert ask("example.com.", "A") == dns.rcode.REFUSED
+        # Garbage with a valid header: FORMERR.
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(5)
+            s.sendto(b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\xff", (host, port))
+            got = s.recv(512)
+        assert got[3] & 0x0F == dns.rcode.FORMERR
+
+        def answers() -> dict[tuple[str, str], float]:
+            fams = scrape(http)
+            return {
+                (s.labels["qtype"], s.labels["rcode"]): s.value
+                for s in fams["waypost_dns_answers"]
+                if s.name == "waypost_dns_answers_total"
+            }
+
+        # The UDP thread counts a memo answer before sending it: all 20 are in.
+        got = answers()
+        assert got[("A", "NOERROR")] == 20
+        assert got[("AAAA", "NOERROR")] == 1
+        assert got[("SRV", "NOERROR")] == 1
+        assert got[("A", "NXDOMAIN")] == 1
+        assert got[("A", "REFUSED")] == 1
+        assert got[("unknown", "FORMERR")] == 1
+        fams = scrape(http)
+        lat = fams["waypost_dns_answer_duration_seconds"]
+        name = "waypost_dns_answer_duration_seconds"
+        timed = value(lat, f"{name}_count")
+        # Every answer built on the event loop is timed (A, AAAA, SRV, NXDOMAIN, REFUSED,
+        # FORMERR), and one in 16 of the 19 memo answers.
+        assert timed == 6 + 19 // 16
+        assert value(lat, f"{name}_bucket", le="+Inf") == timed

@@ -20,8 +20,9 @@ from waypost import sse as sse_frames
 from waypost._version import __version__
 from waypost.aio import LoopMonitor
 from waypost.api.blocking import Answer, AnswerCache, BlockingQueries, Key
-from waypost.api.metrics import WaypostCollector, exposition, metrics_registry
+from waypost.api.metrics import DnsCounts, WaypostCollector, exposition, metrics_registry
 from waypost.api.openapi import openapi_spec
+from waypost.api.ui import add_ui_routes, ui_files
 from waypost.checking import CheckHost
 from waypost.durations import format_duration, parse_duration
 from waypost.errors import (
@@ -462,6 +463,7 @@ class Api:
         max_wait_s: float,
         config: dict[str, str],
         dns_status: DnsStatusFn,
+        dns_counts: Callable[[], DnsCounts | None] = lambda: None,
     ) -> None:
         self.registry = registry
         self.catalog = registry.catalog
@@ -474,7 +476,7 @@ class Api:
         self.stats = {"event_streams": 0}
         self.loop_monitor = LoopMonitor()
         self.metrics_registry = metrics_registry(
-            WaypostCollector(registry, TELEMETRY, self.gauges, dns_status)
+            WaypostCollector(registry, TELEMETRY, self.gauges, dns_status, dns_counts)
         )
         self._plain: dict[str, Key] = {}
 
@@ -937,6 +939,7 @@ def build_app(
     max_wait_s: float = MAX_WAIT_S,
     checks: CheckHost | None = None,
     dns_status: Callable[[], DnsStatus | None] | None = None,
+    dns_counts: Callable[[], DnsCounts | None] | None = None,
 ) -> web.Application:
     """The aiohttp application serving one registry; ``config`` is shown by /status
     (already redacted); blocking queries wait at most ``max_wait_s``."""
@@ -947,6 +950,7 @@ def build_app(
         max_wait_s=max_wait_s,
         config=dict(config or {}),
         dns_status=dns_status or (lambda: None),
+        dns_counts=dns_counts or (lambda: None),
     )
     app[API] = api
     app[REGISTRY] = registry
@@ -1003,6 +1007,7 @@ def build_app(
     r.add_get("/status", _routed(api.status))
     r.add_get("/metrics", _routed(api.metrics))
     r.add_get("/openapi.json", openapi)
+    add_ui_routes(r, ui_files())
     app[NODE_ENTRY] = []
     r.add_get("/api/v1/node-registry", node_registry)
     return app

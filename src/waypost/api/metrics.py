@@ -24,7 +24,10 @@ from prometheus_client.registry import Collector
 
 from waypost.model import DnsStatus, Status
 from waypost.registry import Registry
-from waypost.telemetry import Telemetry
+from waypost.telemetry import Histogram, Telemetry
+
+# DNS answers by (query type, rcode) and their latency (``DnsServer.query_counts``).
+DnsCounts = tuple[dict[tuple[str, str], int], Histogram]
 
 DNS_COUNTERS = (
     ("queries", "DNS queries received"),
@@ -52,7 +55,9 @@ class WaypostCollector(Collector):
         telemetry: Telemetry,
         gauges: Callable[[], dict[str, int]],
         dns: Callable[[], DnsStatus | None],
+        dns_counts: Callable[[], DnsCounts | None] = lambda: None,
     ) -> None:
+        self.dns_counts = dns_counts
         self.registry = registry
         self.telemetry = telemetry
         self.gauges = gauges
@@ -132,6 +137,23 @@ class WaypostCollector(Collector):
         if dns is not None:
             for field, doc in DNS_COUNTERS:
                 yield CounterMetricFamily(f"waypost_dns_{field}", doc, getattr(dns, field))
+        counted = self.dns_counts()
+        if counted is not None:
+            by_type, seconds = counted
+            answers = CounterMetricFamily(
+                "waypost_dns_answers", "DNS answers by query type and rcode (forwarded "
+                "queries apart)", labels=["qtype", "rcode"],
+            )  # fmt: skip
+            for (qtype, rcode), n in sorted(by_type.items()):
+                answers.add_metric([qtype, rcode], n)
+            yield answers
+            latency = _histogram(
+                "waypost_dns_answer_duration_seconds",
+                "Time to answer a DNS query once read (one in 16 cached UDP answers timed)",
+                [],
+            )
+            latency.add_metric([], seconds.cumulative(), seconds.sum)
+            yield latency
 
 
 def metrics_registry(collector: WaypostCollector) -> CollectorRegistry:

@@ -42,6 +42,7 @@ from waypost.catalog import Catalog
 from waypost.dns import wire
 from waypost.dns.zone import SHUFFLES, Reply, Zone, stratified_orders
 from waypost.model import DnsStatus, Event, Instance, Node, ServiceConfig
+from waypost.telemetry import SAMPLE_EVERY, Histogram
 
 log = logging.getLogger("waypost.dns")
 
@@ -76,9 +77,39 @@ def size_class(payload: int) -> int:
     return best
 
 
+# Query types counted by name in /metrics; any other is "other" (a fixed label set: what
+# clients send must not grow the metrics).
+QTYPE_NAMES = {
+    int(t): t.name
+    for t in (
+        dns.rdatatype.A, dns.rdatatype.AAAA, dns.rdatatype.SRV, dns.rdatatype.TXT,
+        dns.rdatatype.ANY, dns.rdatatype.NS, dns.rdatatype.SOA, dns.rdatatype.PTR,
+        dns.rdatatype.CNAME, dns.rdatatype.MX, dns.rdatatype.HTTPS, dns.rdatatype.SVCB,
+        dns.rdatatype.AXFR, dns.rdatatype.IXFR,
+    )
+}  # fmt: skip
+# (query type, rcode): the labels of one count of ``DnsServer.query_counts``.
+Label = tuple[str, str]
+UNPARSED = "unknown"  # a query read no further than its header
+# Seconds: a memo answer takes microseconds, a built one (dnspython) a fraction of a ms.
+DNS_BUCKETS = (
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05,
+    0.25, 1.0,
+)  # fmt: skip
+
+
+def qtype_name(qtype: int) -> str:
+    return QTYPE_NAMES.get(qtype, "other")
+
+
+def _rcode_name(rcode: int) -> str:
+    return dns.rcode.to_text(dns.rcode.Rcode.make(rcode))
+
+
 @dataclass(slots=True)
 class _Cached:
     variants: tuple[bytes, ...]
+    label: Label = (UNPARSED, "NOERROR")
     turn: int = 0
     live: bool = True
 
@@ -96,6 +127,12 @@ class DnsStats:
     tcp_connections: int = 0
     tcp_rejected: int = 0
     errors: int = 0
+    # Answers by (query type, rcode), and the time to answer on the event loop.
+    by_type: dict[Label, int] = dataclasses.field(default_factory=dict)
+    seconds: Histogram = dataclasses.field(default_factory=lambda: Histogram(DNS_BUCKETS))
+
+    def count(self, label: Label) -> None:
+        self.by_type[label] = self.by_type.get(label, 0) + 1
 
 
 # A memo entry: the cached answer, where the question ends, and (for an answer with a
@@ -255,7 +292,11 @@ class DnsServer:
 
     def status(self, workers: int = 1) -> DnsStatus:
         """Listeners and counters, for ``GET /status``."""
-        counts = dataclasses.asdict(self.stats)
+        counts = {
+            f.name: getattr(self.stats, f.name)
+            for f in dataclasses.fields(self.stats)
+            if f.name not in ("by_type", "seconds")
+        }
         counts["dropped"] = sum(udp.dropped for udp in self._udp)
         counts["queries"] += counts["dropped"]
         for udp in self._udp:
@@ -267,6 +308,20 @@ class DnsServer:
             cached_answers=len(self._cache),
             **counts,
         )
+
+    def query_counts(self) -> tuple[dict[Label, int], Histogram]:
+        """Answers by (query type, rcode) and their latency, this process's event loop and
+        UDP threads together (``/metrics``; forwarded queries are counted apart)."""
+        counts = dict(self.stats.by_type)
+        merged = Histogram(DNS_BUCKETS)
+        parts = [self.stats.seconds, *(udp.seconds for udp in self._udp)]
+        for part in parts:
+            merged.sum += part.sum
+            merged.counts = [a + b for a, b in zip(merged.counts, part.counts, strict=True)]
+        for udp in self._udp:
+            for label, n in list(udp.by_type.items()):
+                counts[label] = counts.get(label, 0) + n
+        return counts, merged
 
     def addresses(self) -> list[str]:
         return [f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.bound]
@@ -331,6 +386,7 @@ class DnsServer:
         hit = memo.get(data[2:])
         if hit is not None and hit[0].live:
             self.stats.cache_hits += 1
+            self.stats.count(hit[0].label)
             return _memo_reply(data, hit)
         q = wire.parse(data)
         if q is None:
@@ -339,12 +395,16 @@ class DnsServer:
 
     def safe_answer(self, data: bytes, limit: int | None) -> bytes | tuple[str, bytes] | None:
         """``answer``, with a bug in it answered SERVFAIL (and logged), never raised."""
+        start = time.perf_counter()
         try:
             return self.answer(data, limit)
         except Exception:
             self.stats.errors += 1
+            self.stats.count((UNPARSED, "SERVFAIL"))
             log.exception("DNS answer failed")
             return _header_only(data, dns.rcode.SERVFAIL) if len(data) >= 12 else None
+        finally:
+            self.stats.seconds.observe(time.perf_counter() - start)
 
     def _fast(self, data: bytes, q: wire.Question, limit: int | None) -> bytes | tuple[str, bytes]:
         if q.qclass != dns.rdataclass.IN or q.qtype in REFUSE_TYPES:
@@ -359,6 +419,7 @@ class DnsServer:
             entry = built
         else:
             self.stats.cache_hits += 1
+        self.stats.count(entry.label)
         memo = self._memo if limit is None else self._memo_tcp
         if len(memo) >= MAX_MEMO:
             memo.clear()
@@ -375,6 +436,7 @@ class DnsServer:
         if self.recursors:
             return ("forward", data)
         self.stats.refused += 1
+        self.stats.count((qtype_name(q.qtype), "REFUSED"))
         return _header_only(data, dns.rcode.REFUSED, qd=data[12 : q.end])
 
     def _build(self, name_wire: bytes, qtype: int, edns: bool, cap: int) -> _Cached | None:
@@ -388,7 +450,7 @@ class DnsServer:
             return None
         self.stats.answers_built += 1
         variants = self._render(name, qtype, reply, edns, cap)
-        entry = _Cached(variants=variants)
+        entry = _Cached(variants=variants, label=(qtype_name(qtype), _rcode_name(reply.rcode)))
         self._remember((name_wire, qtype, dns.rdataclass.IN, edns, cap), entry, reply.scopes)
         return entry
 
@@ -434,6 +496,7 @@ class DnsServer:
             return None  # no header to answer, or a response: never answer those
         opcode = (data[2] >> 3) & 0x0F
         if opcode != dns.opcode.QUERY:
+            self.stats.count((UNPARSED, "NOTIMP"))
             return _header_only(data, dns.rcode.NOTIMP)
         try:
             msg = dns.message.from_wire(data, question_only=False)
@@ -441,9 +504,11 @@ class DnsServer:
             return self._badvers(data)
         except Exception:  # malformed in any way at all
             self.stats.formerr += 1
+            self.stats.count((UNPARSED, "FORMERR"))
             return _header_only(data, dns.rcode.FORMERR)
         if len(msg.question) != 1:
             self.stats.formerr += 1
+            self.stats.count((UNPARSED, "FORMERR"))
             return _header_only(data, dns.rcode.FORMERR)
         if msg.edns > 0:
             return self._badvers(data)
@@ -459,10 +524,12 @@ class DnsServer:
         q = wire.parse(again)
         if q is None:
             self.stats.formerr += 1
+            self.stats.count((UNPARSED, "FORMERR"))
             return _header_only(data, dns.rcode.FORMERR)
         return self._fast(again, q, limit)
 
     def _badvers(self, data: bytes) -> bytes:
+        self.stats.count((UNPARSED, "BADVERS"))
         msg = dns.message.Message(id=struct.unpack(">H", data[:2])[0])
         msg.flags = dns.flags.QR
         msg.use_edns(0, 0, OUR_PAYLOAD)
@@ -542,6 +609,10 @@ class _UdpThread(threading.Thread):
         self.queued = 0
         self.handled = 0
         self.dropped = 0
+        # This thread's answers from the memo by (query type, rcode), and the time of one
+        # in SAMPLE_EVERY (written here only; summed at scrape time).
+        self.by_type: dict[Label, int] = {}
+        self.seconds = Histogram(DNS_BUCKETS)
         self._stopping = False
 
     def run(self) -> None:
@@ -563,6 +634,9 @@ class _UdpThread(threading.Thread):
         slow = self._slow
         reply = _memo_reply
         call = self.loop.call_soon_threadsafe
+        by_type = self.by_type
+        clock = time.perf_counter
+        observe = self.seconds.observe
         while True:
             try:
                 data, addr = recv(65535)
@@ -579,10 +653,16 @@ class _UdpThread(threading.Thread):
                 entry, _, tail = hit
                 if entry.live:
                     self.hits += 1
+                    timed = not self.hits % SAMPLE_EVERY
+                    start = clock() if timed else 0.0
+                    label = entry.label
+                    by_type[label] = by_type.get(label, 0) + 1
                     try:
                         send(data[:2] + tail if tail is not None else reply(data, hit), addr)
                     except OSError as exc:
                         log.debug("DNS UDP send failed: %s", exc)
+                    if timed:
+                        observe(clock() - start)
                     continue
             if self.queued - self.handled >= MAX_BACKLOG:
                 self.dropped += 1  # as a full socket buffer would: the client retries
