@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit bench system-deps clean
+.PHONY: screenshots run test lint typecheck unit bench system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ test: $(STAMP) system-deps
 
 system-deps:
 	bash scripts/system-deps.sh test
+
+## make screenshots: the dashboard test in headless Chromium, saving docs/images/dashboard-*.png
+screenshots: $(STAMP) system-deps
+	WAYPOST_SCREENSHOTS=docs/images $(BIN)/python -m pytest -q tests/integration/test_dashboard.py
 
 ## make bench: side-by-side benchmarks (needs etcd-server, wrk); results in bench/results/
 bench: $(STAMP)

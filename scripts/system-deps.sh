@@ -11,6 +11,8 @@ case "${1:-test}" in
     need dnsmasq dnsmasq-base
     need etcd etcd-server
     need prometheus prometheus
+    need chromium chromium
+    need chromedriver chromium-driver
     ;;
   bench)
     need curl curl

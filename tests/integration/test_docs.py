@@ -133,3 +133,21 @@ def test_node_discovery_examples_run(start_server: Callable[..., ServerProcess],
 @pytest.mark.parametrize("n", range(len(blocks("actors.md"))))
 def test_actors_examples_run(n: int) -> None:
     exec(compile(blocks("actors.md")[n], f"actors.md[{n}]", "exec"), {"__name__": "docs_example"})
+
+
+def test_dashboard_page_examples_run(server: ServerProcess) -> None:
+    """docs/dashboard.md's curl block fills a server with what its screenshots show."""
+    import subprocess
+
+    import httpx
+
+    script = next(b for b in SH_BLOCK.findall((DOCS / "dashboard.md").read_text()) if "curl" in b)
+    script = script.replace("localhost:8500", server.url.removeprefix("http://"))
+    script = script.replace("curl ", "curl -sS -f --max-time 3 ")
+    done = subprocess.run(["bash", "-e", "-c", script], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    services = {s["name"] for s in httpx.get(f"{server.url}/api/v1/services").json()}
+    assert services == {"web", "db"}
+    page = httpx.get(f"{server.url}/", follow_redirects=True)
+    assert page.url.path == "/ui/"
+    assert '<script type="module" src="app.js">' in page.text
