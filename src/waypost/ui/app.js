@@ -425,15 +425,21 @@ function route() {
   refresh();
 }
 
-// One refresh at a time; changes arriving meanwhile cause exactly one more.
+// One refresh at a time; changes arriving meanwhile cause exactly one more, at most four a
+// second: a registry taking thousands of writes a second costs a dashboard 4 reads.
+const MIN_GAP_MS = 250;
 let running = false;
 let again = false;
+let lastStart = 0;
 async function refresh() {
   if (running) { again = true; return; }
   running = true;
   try {
     do {
       again = false;
+      const wait = lastStart + MIN_GAP_MS - Date.now();
+      if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
+      lastStart = Date.now();
       const mine = generation;
       const shown = current;
       try {
