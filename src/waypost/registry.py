@@ -398,6 +398,14 @@ class Registry:
             was = kept.get(name)
             if was is not None and was[0] == check:
                 health.append(was[1])
+            elif check.kind == "ttl" and inst.status is Status.CRITICAL:
+                # Registered critical (as Consul's TTL checks start): so until a heartbeat.
+                first = _initial(check, now)
+                health.append(
+                    msgspec.structs.replace(
+                        first, status=Status.CRITICAL, output="registered; awaiting a heartbeat"
+                    )
+                )
             else:
                 health.append(_initial(check, now))
         if inst.ttl and all(h.name != ttl_name(inst) for h in health):
@@ -580,8 +588,15 @@ class Registry:
                     await self.store.apply(await self._lease_ops([new]))
         raise Conflict(f"instance {instance_id!r} kept changing; try again", field="id")
 
-    async def heartbeat(self, instance_id: str) -> int:
-        """Renew a TTL instance; writes only when its status must go back to passing."""
+    async def heartbeat(
+        self,
+        instance_id: str,
+        status: Status = Status.PASSING,
+        output: str | None = None,
+    ) -> int:
+        """Renew a TTL instance; writes only when its status must change. ``status`` and
+        ``output``: what the TTL check now says (Consul's ``check/warn`` and ``fail``
+        renew the TTL too, with their note as output)."""
         inst = self.catalog.get(instance_id)
         if inst is None:
             raise missing("instance", instance_id)
@@ -602,11 +617,13 @@ class Registry:
         def renew(cur: Instance) -> Instance | None:
             now = self._clock()
             if cur.health:
-                return self._with_ttl_state(cur, Status.PASSING, "heartbeat received", now)
-            if cur.status is Status.PASSING and not cur.output and not lease_lost:
+                said = "heartbeat received" if output is None else output
+                return self._with_ttl_state(cur, status, said, now)
+            said = "" if output is None else output
+            if cur.status is status and cur.output == said and not lease_lost:
                 return None
             return msgspec.structs.replace(
-                cur, status=Status.PASSING, output="", updated_at=now, last_check=now
+                cur, status=status, output=said, updated_at=now, last_check=now
             )
 
         if lease_lost:
@@ -621,7 +638,7 @@ class Registry:
         """``cur`` with its TTL state set (None when that changes nothing)."""
         name = ttl_name(cur)
         old = next((s for s in cur.health if s.name == name), None)
-        if old is not None and old.status is status:
+        if old is not None and old.status is status and old.output == output:
             return None
         state = CheckState(name=name, kind="ttl", status=status, output=output, changed_at=now)
         health = tuple(state if s.name == name else s for s in cur.health)

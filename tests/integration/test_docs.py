@@ -151,3 +151,18 @@ def test_dashboard_page_examples_run(server: ServerProcess) -> None:
     page = httpx.get(f"{server.url}/", follow_redirects=True)
     assert page.url.path == "/ui/"
     assert '<script type="module" src="app.js">' in page.text
+
+
+def test_consul_compat_example_runs(server: ServerProcess) -> None:
+    """docs/consul-compat.md's py-consul example, against a real server."""
+    code = blocks("consul-compat.md")[0]
+    host, _, port = server.url.removeprefix("http://").rpartition(":")
+    code = code.replace('host="127.0.0.1", port=8500', f'host="{host}", port={port}')
+    code = code.replace('wait="30s"', 'wait="100ms"')
+    namespace: dict[str, object] = {"__name__": "docs_example"}
+    exec(compile(code, "consul-compat.md[0]", "exec"), namespace)
+    entries = namespace["entries"]
+    assert [e["Service"]["ID"] for e in entries] == ["web-1"]  # type: ignore[attr-defined]
+    import httpx
+
+    assert httpx.get(f"{server.url}/api/v1/services/web").json() == []  # deregistered

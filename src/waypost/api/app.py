@@ -20,6 +20,7 @@ from waypost import sse as sse_frames
 from waypost._version import __version__
 from waypost.aio import LoopMonitor
 from waypost.api.blocking import Answer, AnswerCache, BlockingQueries, Key
+from waypost.api.consul import ConsulApi, add_consul_routes, agent_address
 from waypost.api.metrics import DnsCounts, WaypostCollector, exposition, metrics_registry
 from waypost.api.openapi import openapi_spec
 from waypost.api.ui import add_ui_routes, ui_files
@@ -140,7 +141,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     start = time.perf_counter()
     response: web.StreamResponse
     try:
-        if request.method not in READ_METHODS:
+        # Consul's routes (/v1/) check tokens as Consul's clients send them, themselves.
+        if request.method not in READ_METHODS and not request.raw_path.startswith("/v1/"):
             check_token(request, request.app[TOKEN])
         response = await handler(request)
     except web.HTTPException as exc:
@@ -1008,6 +1010,15 @@ def build_app(
     r.add_get("/metrics", _routed(api.metrics))
     r.add_get("/openapi.json", openapi)
     add_ui_routes(r, ui_files())
+    consul = ConsulApi(
+        registry,
+        api.blocking,
+        node=(config or {}).get("node") or "waypost",
+        address=agent_address((config or {}).get("http", "")),
+        token=token,
+        max_wait_s=max_wait_s,
+    )
+    add_consul_routes(r, consul)
     app[NODE_ENTRY] = []
     r.add_get("/api/v1/node-registry", node_registry)
     return app

@@ -163,6 +163,10 @@ class BlockingQueries:
         self.count = 0
         catalog.add_listener(self._on_change)
 
+    def cache_index(self, key: Key) -> int:
+        """The revision at which ``key``'s answer last changed (no waiting)."""
+        return self._cache.get(key).index
+
     async def wait(self, key: Key, index: int, wait_s: float) -> Answer:
         """The answer for ``key`` once its index passes ``index``, or after ``wait_s``."""
         ans = self._cache.get(key)

@@ -1,0 +1,490 @@
+"""Consul's HTTP API under ``/v1/`` on the same port: the endpoints Consul's own clients
+use (py-consul, python3-consul, the npm ``consul`` package, Prometheus' and Traefik's
+Consul providers), over the same registry the native API serves.
+
+This server is the "agent": services registered through ``/v1/agent/`` live on its node
+(``--node``); ``/v1/catalog/`` and ``/v1/health/`` see every instance, whoever registered
+it. Blocking queries take Consul's ``index`` and ``wait``; every read answers
+``X-Consul-Index`` (a registry revision: never 0, never going back across restarts).
+Errors are plain text, as Consul's.
+"""
+
+from __future__ import annotations
+
+import hmac
+import random
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from waypost._version import __version__
+from waypost.api.blocking import BlockingQueries, Key
+from waypost.catalog import Catalog
+from waypost.consul import mapping as cm
+from waypost.durations import parse_duration
+from waypost.errors import Conflict, Forbidden, InvalidInput, NotFound, WaypostError
+from waypost.model import Instance, Node, NodeStatus, Query, Status
+from waypost.registry import Registry
+
+_encode = msgspec.json.Encoder().encode
+JSON = "application/json"
+DEFAULT_WAIT_S = 300.0
+MAX_WAIT_S = 600.0
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class NoPathToDatacenter(WaypostError):
+    """A ``dc`` other than ours: Consul answers 500 with this text."""
+
+    code = "no_path_to_datacenter"
+    http_status = 500
+
+
+class ConsulApi:
+    """The ``/v1/`` endpoints of one server."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        blocking: BlockingQueries,
+        *,
+        node: str,
+        address: str,
+        token: str,
+        max_wait_s: float,
+    ) -> None:
+        self.registry = registry
+        self.catalog: Catalog = registry.catalog
+        self.blocking = blocking
+        self.node = node
+        self.address = address
+        self.token = token
+        self.max_wait_s = min(max_wait_s, MAX_WAIT_S)
+
+    # --- plumbing ------------------------------------------------------------------------
+
+    def _index(self) -> int:
+        return max(1, self.catalog.revision)
+
+    def _headers(self, index: int) -> dict[str, str]:
+        return {
+            "Content-Type": JSON,
+            "X-Consul-Index": str(max(1, index)),
+            "X-Consul-KnownLeader": "true",
+            "X-Consul-LastContact": "0",
+            "X-Consul-Effective-Consistency": "leader",
+        }
+
+    def _json(self, data: object, index: int | None = None) -> web.Response:
+        return web.Response(
+            body=_encode(data), headers=self._headers(self._index() if index is None else index)
+        )
+
+    def _authorize(self, request: web.Request) -> None:
+        """Writes need the server's token, given as Consul clients give it."""
+        if not self.token:
+            return
+        given = request.headers.get("X-Consul-Token") or request.query.get("token", "")
+        auth = request.headers.get("Authorization", "")
+        if not given and auth.lower().startswith("bearer "):
+            given = auth[7:].strip()
+        if not hmac.compare_digest(given.encode(), self.token.encode()):
+            raise Forbidden("Permission denied: token with write access required")
+
+    def _wait_s(self, request: web.Request) -> float:
+        text = request.query.get("wait", "")
+        if not text:
+            return min(DEFAULT_WAIT_S, self.max_wait_s)
+        try:
+            return min(parse_duration(text, field="wait"), self.max_wait_s)
+        except InvalidInput:
+            raise cm.ConsulInputError(f"Invalid wait time: {text!r}") from None
+
+    def _blocking_index(self, request: web.Request) -> int | None:
+        text = request.query.get("index", "")
+        if not text:
+            return None
+        try:
+            value = int(text)
+        except ValueError:
+            raise cm.ConsulInputError(f"Invalid index: {text!r}") from None
+        if value < 0:
+            raise cm.ConsulInputError(f"Invalid index: {text!r}")
+        return value
+
+    def _datacenter(self, request: web.Request) -> None:
+        dc = request.query.get("dc", "")
+        if dc and dc != cm.DATACENTER:
+            raise NoPathToDatacenter("No path to datacenter")
+
+    async def _block(self, request: web.Request, key: Key | None) -> int:
+        """Wait as a blocking query asks (``index``, ``wait``); the index to answer."""
+        self._datacenter(request)
+        index = self._blocking_index(request)
+        if key is not None:
+            if index is None:
+                return self.blocking.cache_index(key)
+            ans = await self.blocking.wait(key, index, self._wait_s(request))
+            return ans.index
+        if index is not None and index >= self.catalog.revision:
+            wait_s = self._wait_s(request)
+            await self.catalog.wait_for_revision(index + 1, wait_s + random.uniform(0, wait_s / 16))
+        return self._index()
+
+    # --- nodes ---------------------------------------------------------------------------
+
+    def _node_of(self, inst: Instance) -> str:
+        return inst.node or self.node
+
+    def _nodes(self) -> dict[str, Node]:
+        return {n.id: n for n in self.catalog.nodes()}
+
+    def _node_json(self, name: str, nodes: dict[str, Node], fallback: str = "") -> dict[str, Any]:
+        node = nodes.get(name)
+        address = node.address if node is not None and node.address else ""
+        if not address:
+            address = self.address if name == self.node else fallback or self.address
+        meta = node.meta if node is not None else {}
+        return cm.consul_node(name, address, meta)
+
+    def _node_status(self, name: str, nodes: dict[str, Node]) -> NodeStatus:
+        node = nodes.get(name)
+        return node.status if node is not None else NodeStatus.ALIVE
+
+    def _services(self) -> list[Instance]:
+        return [i for i in self.catalog.instances() if cm.is_consul_service(i)]
+
+    def _find(self, consul_id: str) -> Instance:
+        inst = self.catalog.get(cm.local_label(consul_id))
+        if inst is None or cm.consul_id(inst) != consul_id:
+            raise NotFound(f'Unknown service ID "{consul_id}". Ensure that the service ID is '
+                           "passed, not the service name.")  # fmt: skip
+        return inst
+
+    # --- agent ---------------------------------------------------------------------------
+
+    async def agent_self(self, request: web.Request) -> web.StreamResponse:
+        nodes = self._nodes()
+        me = self._node_json(self.node, nodes)
+        return self._json(
+            {
+                "Config": {
+                    "Datacenter": cm.DATACENTER,
+                    "PrimaryDatacenter": cm.DATACENTER,
+                    "NodeName": self.node,
+                    "NodeID": "",
+                    "Revision": "waypost",
+                    "Server": True,
+                    "Version": f"1.20.0+waypost.{__version__}",
+                },
+                "DebugConfig": {},
+                "Coord": None,
+                "Member": {
+                    "Name": self.node,
+                    "Addr": me["Address"],
+                    "Port": 8301,
+                    "Tags": {"dc": cm.DATACENTER, "role": "consul", "build": "waypost"},
+                    "Status": 1,
+                },
+                "Stats": {},
+                "Meta": {},
+                "xDS": None,
+            }
+        )
+
+    def _local(self) -> list[Instance]:
+        return sorted(
+            (i for i in self._services() if self._node_of(i) == self.node), key=cm.consul_id
+        )
+
+    async def agent_services(self, request: web.Request) -> web.StreamResponse:
+        out = {cm.consul_id(i): cm.agent_service(i) for i in self._local()}
+        return self._json(out)
+
+    async def agent_service(self, request: web.Request) -> web.StreamResponse:
+        inst = self._find(request.match_info["id"])
+        return self._json(cm.agent_service(inst))
+
+    async def agent_checks(self, request: web.Request) -> web.StreamResponse:
+        out: dict[str, Any] = {}
+        for inst in self._local():
+            for check in cm.service_checks(inst, self.node):
+                out[check["CheckID"]] = check
+        return self._json(dict(sorted(out.items())))
+
+    async def register(self, request: web.Request) -> web.StreamResponse:
+        self._authorize(request)
+        body = await request.read()
+        nodes = self._nodes()
+        address = self._node_json(self.node, nodes)["Address"]
+        inst = cm.registration(body, node=self.node, node_address=address)
+        old = self.catalog.get(inst.id)
+        if old is not None and cm.consul_id(old) != cm.consul_id(inst):
+            raise Conflict(f"service ID {cm.consul_id(inst)!r} collides with {old.id!r}")
+        await self.registry.register(inst)
+        return web.Response(text="", content_type="text/plain")
+
+    async def deregister(self, request: web.Request) -> web.StreamResponse:
+        self._authorize(request)
+        inst = self._find(request.match_info["id"])
+        await self.registry.deregister(inst.id)
+        return web.Response(text="", content_type="text/plain")
+
+    def _check_target(self, check_id: str) -> Instance:
+        """The instance a Consul CheckID belongs to (``service:<id>[:N]``, or a check's
+        own id on an instance of this agent)."""
+        if check_id.startswith("service:"):
+            rest = check_id[len("service:") :]
+            for sid in (rest, rest.rpartition(":")[0]):
+                if not sid:
+                    continue
+                inst = self.catalog.get(cm.local_label(sid))
+                if inst is not None and cm.consul_id(inst) == sid:
+                    return inst
+        for inst in self._local():
+            if any(s.name == check_id for s in inst.health):
+                return inst
+        raise NotFound(f'Unknown check ID "{check_id}". Ensure that the check ID is passed, '
+                       "not the check name.")  # fmt: skip
+
+    def ttl_update(self, status: Status) -> Handler:
+        async def handler(request: web.Request) -> web.StreamResponse:
+            self._authorize(request)
+            check_id = request.match_info["id"]
+            inst = self._check_target(check_id)
+            if not inst.ttl:
+                raise cm.ConsulInputError(f'Check "{check_id}" is not a TTL check')
+            note = request.query.get("note", "")
+            if request.method == "PUT" and request.can_read_body:
+                raw = await request.read()
+                if raw.strip():
+                    try:
+                        got = cm.folded(msgspec.json.decode(raw), "body")
+                    except msgspec.DecodeError as exc:
+                        raise cm.ConsulInputError(f"Request decode failed: {exc}") from None
+                    note = str(got.get("output") or note)
+                    given = str(got.get("status") or "")
+                    if given:
+                        if given not in ("passing", "warning", "critical"):
+                            raise cm.ConsulInputError(f"Invalid status: {given!r}")
+                        await self.registry.heartbeat(inst.id, Status(given), note)
+                        return web.Response(text="", content_type="text/plain")
+            await self.registry.heartbeat(inst.id, status, note)
+            return web.Response(text="", content_type="text/plain")
+
+        return handler
+
+    async def maintenance(self, request: web.Request) -> web.StreamResponse:
+        self._authorize(request)
+        inst = self._find(request.match_info["id"])
+        enable = request.query.get("enable", "")
+        if enable not in ("true", "false"):
+            raise cm.ConsulInputError("Missing value for enable")
+        reason = request.query.get("reason", "")
+        await self.registry.set_maintenance(inst.id, enable == "true", reason)
+        return web.Response(text="", content_type="text/plain")
+
+    # --- catalog -------------------------------------------------------------------------
+
+    async def catalog_services(self, request: web.Request) -> web.StreamResponse:
+        index = await self._block(request, ("services", None))
+        out: dict[str, list[str]] = {}
+        for inst in self._services():
+            tags = out.setdefault(cm.consul_name(inst), [])
+            tags.extend(t for t in inst.tags if t not in tags)
+        return self._json({k: sorted(out[k]) for k in sorted(out)}, index)
+
+    def _of_service(self, request: web.Request) -> tuple[str, Key]:
+        name = request.match_info["name"]
+        return name, ("instances", Query(service=cm.local_label(name)))
+
+    def _filtered(self, request: web.Request, name: str) -> list[Instance]:
+        tags = [t.lower() for t in request.query.getall("tag", [])]
+        out = []
+        for inst in self.catalog.service_instances(cm.local_label(name)):
+            if cm.consul_name(inst) != name or not cm.is_consul_service(inst):
+                continue
+            lowered = {t.lower() for t in inst.tags}
+            if all(t in lowered for t in tags):
+                out.append(inst)
+        out.sort(key=cm.consul_id)
+        return out
+
+    def _indexed(self, inst: Instance, data: dict[str, Any]) -> dict[str, Any]:
+        """``data`` with the instance's Create/ModifyIndex (its revision in the registry)."""
+        rev = self.catalog.mod_revision(inst.id) or self._index()
+        data["CreateIndex"] = data["ModifyIndex"] = rev
+        return data
+
+    async def catalog_service(self, request: web.Request) -> web.StreamResponse:
+        name, key = self._of_service(request)
+        index = await self._block(request, key)
+        nodes = self._nodes()
+        rows = [
+            self._indexed(i, cm.catalog_row(i, self._node_json(self._node_of(i), nodes, i.address)))
+            for i in self._filtered(request, name)
+        ]
+        return self._json(rows, index)
+
+    async def catalog_nodes(self, request: web.Request) -> web.StreamResponse:
+        index = await self._block(request, ("nodes", None))
+        nodes = self._nodes()
+        names = set(nodes) | {self.node}
+        return self._json([self._node_json(n, nodes) for n in sorted(names)], index)
+
+    async def catalog_node(self, request: web.Request) -> web.StreamResponse:
+        index = await self._block(request, None)
+        name = request.match_info["node"]
+        nodes = self._nodes()
+        if name not in nodes and name != self.node:
+            return web.Response(body=b"null", headers=self._headers(index))
+        mine = [i for i in self._services() if self._node_of(i) == name]
+        services = {cm.consul_id(i): cm.agent_service(i) for i in sorted(mine, key=cm.consul_id)}
+        return self._json({"Node": self._node_json(name, nodes), "Services": services}, index)
+
+    async def datacenters(self, request: web.Request) -> web.StreamResponse:
+        return self._json([cm.DATACENTER])
+
+    # --- health --------------------------------------------------------------------------
+
+    def _entry_checks(self, inst: Instance, nodes: dict[str, Node]) -> list[dict[str, Any]]:
+        node = self._node_of(inst)
+        return [cm.serf_check(node, self._node_status(node, nodes)),
+                *cm.service_checks(inst, node)]  # fmt: skip
+
+    async def health_service(self, request: web.Request) -> web.StreamResponse:
+        name, key = self._of_service(request)
+        index = await self._block(request, key)
+        passing = request.query.get("passing")
+        only_passing = passing is not None and passing.lower() in ("", "1", "true")
+        if passing is not None and passing.lower() not in ("", "1", "true", "0", "false"):
+            raise cm.ConsulInputError(f"Invalid value for ?passing: {passing!r}")
+        nodes = self._nodes()
+        out = []
+        for inst in self._filtered(request, name):
+            checks = self._entry_checks(inst, nodes)
+            if only_passing and any(c["Status"] != "passing" for c in checks):
+                continue
+            node = self._node_json(self._node_of(inst), nodes, inst.address)
+            service = self._indexed(inst, cm.agent_service(inst))
+            out.append({"Node": node, "Service": service, "Checks": checks})
+        return self._json(out, index)
+
+    async def health_checks(self, request: web.Request) -> web.StreamResponse:
+        name, key = self._of_service(request)
+        index = await self._block(request, key)
+        out = []
+        for inst in self._filtered(request, name):
+            out.extend(cm.service_checks(inst, self._node_of(inst)))
+        return self._json(out, index)
+
+    async def health_state(self, request: web.Request) -> web.StreamResponse:
+        state = request.match_info["state"]
+        if state not in ("any", "passing", "warning", "critical"):
+            raise cm.ConsulInputError(f"Invalid state: {state!r}")
+        index = await self._block(request, None)
+        nodes = self._nodes()
+        out = []
+        for name in sorted(set(nodes) | {self.node}):
+            out.append(cm.serf_check(name, self._node_status(name, nodes)))
+        for inst in sorted(self._services(), key=lambda i: (i.service, cm.consul_id(i))):
+            out.extend(cm.service_checks(inst, self._node_of(inst)))
+        if state != "any":
+            out = [c for c in out if c["Status"] == state]
+        return self._json(out, index)
+
+    async def health_node(self, request: web.Request) -> web.StreamResponse:
+        index = await self._block(request, None)
+        name = request.match_info["node"]
+        nodes = self._nodes()
+        if name not in nodes and name != self.node:
+            return self._json([], index)
+        out = [cm.serf_check(name, self._node_status(name, nodes))]
+        for inst in sorted(self._services(), key=cm.consul_id):
+            if self._node_of(inst) == name:
+                out.extend(cm.service_checks(inst, name))
+        return self._json(out, index)
+
+    # --- status --------------------------------------------------------------------------
+
+    async def leader(self, request: web.Request) -> web.StreamResponse:
+        return self._json(f"{self.address}:8300")
+
+    async def peers(self, request: web.Request) -> web.StreamResponse:
+        return self._json([f"{self.address}:8300"])
+
+    async def not_supported(self, request: web.Request) -> web.StreamResponse:
+        return web.Response(
+            status=501,
+            text=f"{request.path}: not supported by Waypost's Consul API (Connect, sessions, "
+            "ACLs and prepared queries are not implemented); see docs/consul-compat.md",
+            content_type="text/plain",
+        )
+
+
+def _plain_errors(api: ConsulApi, handler: Handler) -> Handler:
+    """Consul answers errors as plain text (a read's with its index); so do these."""
+
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except WaypostError as exc:
+            headers = {"X-Consul-Index": str(api._index())} if request.method == "GET" else {}
+            return web.Response(
+                status=exc.http_status, text=str(exc), content_type="text/plain", headers=headers
+            )
+
+    return wrapped
+
+
+def agent_address(http: str) -> str:
+    """The address this server's node has in Consul's answers: the HTTP host, or this
+    machine's address when it listens on every interface."""
+    host = http.rpartition(":")[0].strip("[]") or "127.0.0.1"
+    if host in ("0.0.0.0", "::", ""):
+        try:
+            return socket.gethostbyname(socket.gethostname())
+        except OSError:
+            return "127.0.0.1"
+    return host
+
+
+def add_consul_routes(router: web.UrlDispatcher, api: ConsulApi) -> None:
+    """The ``/v1/`` routes (writes take ``PUT``, and ``GET`` as python3-consul sends)."""
+    r = router
+
+    def get(path: str, handler: Handler) -> None:
+        r.add_get(path, _plain_errors(api, handler), allow_head=False)
+
+    def put(path: str, handler: Handler, also_get: bool = False) -> None:
+        r.add_put(path, _plain_errors(api, handler))
+        if also_get:
+            r.add_get(path, _plain_errors(api, handler), allow_head=False)
+
+    get("/v1/agent/self", api.agent_self)
+    get("/v1/agent/services", api.agent_services)
+    get("/v1/agent/service/{id}", api.agent_service)
+    get("/v1/agent/checks", api.agent_checks)
+    put("/v1/agent/service/register", api.register)
+    put("/v1/agent/service/deregister/{id}", api.deregister, also_get=True)
+    put("/v1/agent/service/maintenance/{id}", api.maintenance)
+    put("/v1/agent/check/pass/{id}", api.ttl_update(Status.PASSING), also_get=True)
+    put("/v1/agent/check/warn/{id}", api.ttl_update(Status.WARNING), also_get=True)
+    put("/v1/agent/check/fail/{id}", api.ttl_update(Status.CRITICAL), also_get=True)
+    put("/v1/agent/check/update/{id}", api.ttl_update(Status.PASSING))
+    get("/v1/catalog/services", api.catalog_services)
+    get("/v1/catalog/service/{name}", api.catalog_service)
+    get("/v1/catalog/nodes", api.catalog_nodes)
+    get("/v1/catalog/node/{node}", api.catalog_node)
+    get("/v1/catalog/datacenters", api.datacenters)
+    get("/v1/health/service/{name}", api.health_service)
+    get("/v1/health/checks/{name}", api.health_checks)
+    get("/v1/health/state/{state}", api.health_state)
+    get("/v1/health/node/{node}", api.health_node)
+    get("/v1/status/leader", api.leader)
+    get("/v1/status/peers", api.peers)
+    for prefix in ("/v1/connect/", "/v1/session/", "/v1/acl/", "/v1/query", "/v1/txn"):
+        r.add_route("*", prefix + "{rest:.*}", api.not_supported)

@@ -1,0 +1,180 @@
+"""Consul's own Python client (py-consul, unchanged) against a real ``waypost server``:
+register with a TTL check, pass it, find the instance with ``passing``, list the catalog,
+watch with a blocking query, deregister; and the native API and DNS see the same."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import consul
+import dns.message
+import dns.query
+import dns.rcode
+import httpx
+import pytest
+
+from tests.conftest import ServerProcess, instance, wait_until
+
+TOKEN = "consul-compat-token"
+
+
+def client(server: ServerProcess, token: str | None = None) -> consul.Consul:
+    host, _, port = server.url.removeprefix("http://").rpartition(":")
+    return consul.Consul(host=host, port=int(port), token=token)
+
+
+def ids(entries: list[dict[str, object]]) -> list[object]:
+    return [e["Service"]["ID"] for e in entries]  # type: ignore[index]
+
+
+def test_py_consul_registers_passes_finds_watches_and_deregisters(server: ServerProcess) -> None:
+    c = client(server)
+    node = c.agent.self()["Config"]["NodeName"]
+    assert node == "test-node"
+    assert c.health.service("foo")[1] == []
+
+    # Service IDs that are not DNS labels, TTL checks that start critical.
+    c.agent.service.register(
+        "foo", service_id="foo:1", address="10.0.0.1", port=8080, tags=["Prod"],
+        check=consul.Check.ttl("10s"),
+    )  # fmt: skip
+    c.agent.service.register("foo", service_id="foo:2", check=consul.Check.ttl("1s"))
+    index, entries = c.health.service("foo")
+    assert ids(entries) == ["foo:1", "foo:2"]
+    assert int(index) > 0
+    assert c.health.service("foo", passing=True)[1] == []
+    checks = entries[0]["Checks"]
+    assert [ch["CheckID"] for ch in checks] == ["serfHealth", "service:foo:1"]
+    assert checks[0]["Status"] == "passing"
+    assert checks[1]["Status"] == "critical"
+
+    c.agent.check.ttl_pass("service:foo:1", notes="all good")
+    c.agent.check.ttl_pass("service:foo:2")
+    index, entries = c.health.service("foo", passing=True)
+    assert ids(entries) == ["foo:1", "foo:2"]
+    svc = entries[0]["Service"]
+    assert svc["Address"] == "10.0.0.1"
+    assert svc["Port"] == 8080
+    assert svc["Weights"] == {"Passing": 1, "Warning": 1}
+    assert svc["TaggedAddresses"]["lan_ipv4"] == {"Address": "10.0.0.1", "Port": 8080}
+    assert entries[0]["Checks"][1]["Output"] == "all good"
+    assert entries[0]["Node"]["Node"] == node
+    # foo:2's 1 s TTL lapses: it drops out of passing; tags match in any case.
+    wait_until(lambda: ids(c.health.service("foo", passing=True)[1]) == ["foo:1"], 5, "expiry")
+    assert ids(c.health.service("foo", tag="prod")[1]) == ["foo:1"]
+
+    # The catalog.
+    index, services = c.catalog.services()
+    assert services == {"foo": ["Prod"]}
+    _, rows = c.catalog.service("foo")
+    assert [r["ServiceID"] for r in rows] == ["foo:1", "foo:2"]
+    assert rows[0]["ServiceAddress"] == "10.0.0.1"
+    assert rows[1]["ServiceAddress"] == ""  # registered with no address, as Consul shows
+    assert rows[1]["ServicePort"] == 0
+    assert node in [n["Node"] for n in c.catalog.nodes()[1]]
+    assert set(c.agent.services()) == {"foo:1", "foo:2"}
+    assert c.agent.checks()["service:foo:2"]["Status"] == "critical"
+
+    # A blocking query returns within a second of a change (here after 0.3 s).
+    index, _ = c.health.service("foo")
+    timer = threading.Timer(0.3, lambda: c.agent.check.ttl_fail("service:foo:1", notes="down"))
+    timer.start()
+    try:
+        start = time.monotonic()
+        new_index, entries = c.health.service("foo", index=index, wait="10s")
+        took = time.monotonic() - start
+    finally:
+        timer.join()
+    assert 0.25 <= took < 1.3
+    assert int(new_index) > int(index)
+    assert entries[0]["Checks"][1]["Status"] == "critical"
+    assert entries[0]["Checks"][1]["Output"] == "down"
+    # Nothing changes: the query waits its whole wait and answers the same index.
+    start = time.monotonic()
+    same, _ = c.health.service("foo", index=new_index, wait="300ms")
+    assert time.monotonic() - start >= 0.3
+    assert same == new_index
+
+    assert c.agent.service.deregister("foo:1") is True
+    assert c.agent.service.deregister("foo:2") is True
+    index, entries = c.health.service("foo")
+    assert entries == []
+    assert c.health.checks("foo")[1] == []
+
+
+def test_the_native_api_consul_api_and_dns_see_the_same(server: ServerProcess) -> None:
+    c = client(server)
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        # Through Consul: seen natively and in DNS.
+        c.agent.service.register("api", service_id="api-1", address="10.1.0.1", port=9000)
+        native = http.get("/api/v1/services/api").json()
+        assert [(i["id"], i["address"], i["port"]) for i in native] == [("api-1", "10.1.0.1", 9000)]
+        assert server.dns is not None
+        q = dns.message.make_query("api.service.waypost.", "A")
+        answer = dns.query.udp(q, server.dns[0], port=server.dns[1], timeout=5)
+        assert answer.rcode() == dns.rcode.NOERROR
+        assert [r.address for rr in answer.answer for r in rr] == ["10.1.0.1"]
+        # Natively: seen through Consul, critical ones left out of passing.
+        web = instance("web-1", version="1.2.0", tags=["prod"], meta={"zone": "eu"})
+        assert http.put("/api/v1/instances/web-1", json=web).status_code == 200
+        _, entries = c.health.service("web", passing=True)
+        assert ids(entries) == ["web-1"]
+        assert entries[0]["Service"]["Meta"] == {"zone": "eu"}
+        down = {"status": "critical", "output": "disk"}
+        assert http.put("/api/v1/instances/web-1/status", json=down).status_code == 200
+        assert c.health.service("web", passing=True)[1] == []
+        assert c.health.service("web")[1][0]["Checks"][1]["Output"] == "disk"
+        # Maintenance through Consul shows as Consul's maintenance check, and natively.
+        assert c.agent.service.maintenance("api-1", "true", reason="upgrade") is True
+        assert http.get("/api/v1/instances/api-1").json()["maintenance"] is True
+        checks = c.health.service("api")[1][0]["Checks"]
+        assert ("_service_maintenance:api-1", "critical", "upgrade") in [
+            (ch["CheckID"], ch["Status"], ch["Notes"]) for ch in checks
+        ]
+
+
+def test_bad_requests_get_consuls_plain_text_errors(server: ServerProcess) -> None:
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        got = http.put("/v1/agent/service/register", json={"Port": 80})
+        assert got.status_code == 400
+        assert got.text == "Missing service name"
+        assert got.headers["content-type"].startswith("text/plain")
+        got = http.put("/v1/agent/service/register", json={"Name": "x", "Check": {"HTTP": "x"}})
+        assert got.status_code == 400
+        assert "Interval" in got.text
+        got = http.put("/v1/agent/check/pass/service:nope")
+        assert got.status_code == 404
+        assert "nope" in got.text
+        got = http.get("/v1/health/service/web", params={"dc": "elsewhere"})
+        assert got.status_code == 500
+        assert "No path to datacenter" in got.text
+        got = http.get("/v1/health/service/web", params={"wait": "soon", "index": "1"})
+        assert got.status_code == 400
+        got = http.get("/v1/catalog/service/none")
+        assert got.status_code == 200
+        assert got.json() == []
+        assert int(got.headers["X-Consul-Index"]) >= 1
+        assert http.put("/v1/session/create").status_code == 501
+        # Nothing was stored by any of these.
+        assert http.get("/api/v1/instances").json() == []
+
+
+@pytest.mark.parametrize("how", ["header", "query"])
+def test_writes_need_the_token_as_consul_clients_send_it(
+    start_server: Callable[..., ServerProcess], how: str
+) -> None:
+    server = start_server("--token", TOKEN)
+    c = client(server)
+    with pytest.raises(consul.ACLPermissionDenied):
+        c.agent.service.register("api", service_id="api-1", port=9000)
+    if how == "header":
+        assert client(server, TOKEN).agent.service.register("api", service_id="api-1", port=9000)
+    else:
+        with httpx.Client(base_url=server.url, timeout=10) as http:
+            got = http.put(
+                "/v1/agent/service/register", params={"token": TOKEN}, json={"Name": "api"}
+            )
+            assert got.status_code == 200, got.text
+    assert c.catalog.services()[1] == {"api": []}  # reads need no token
