@@ -28,6 +28,7 @@ test: $(STAMP) system-deps
 
 system-deps:
 	bash scripts/system-deps.sh test
+	npm --prefix tests/consul_clients/npm ci --no-audit --no-fund --loglevel=error
 
 ## make screenshots: the dashboard test in headless Chromium, saving docs/images/dashboard-*.png
 screenshots: $(STAMP) system-deps

@@ -13,6 +13,10 @@ case "${1:-test}" in
     need prometheus prometheus
     need chromium chromium
     need chromedriver chromium-driver
+    need node nodejs
+    need npm npm
+    # Debian's python3-consul (a module of Debian's python3, not a command).
+    /usr/bin/python3 -c 'import consul' >/dev/null 2>&1 || want+=(python3-consul)
     ;;
   bench)
     need curl curl

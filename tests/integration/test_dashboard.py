@@ -41,6 +41,12 @@ def chrome() -> Iterator[webdriver.Chrome]:
         "--no-sandbox",
         "--disable-dev-shm-usage",
         "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        # No calls home: this machine's network is closed and each refusal is console noise.
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
         "--window-size=1280,900",
     ):
         options.add_argument(arg)
