@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import consul
 import dns.message
@@ -178,3 +179,60 @@ def test_writes_need_the_token_as_consul_clients_send_it(
             )
             assert got.status_code == 200, got.text
     assert c.catalog.services()[1] == {"api": []}  # reads need no token
+
+
+def test_checks_registered_apart_filters_and_node_meta(server: ServerProcess) -> None:
+    c = client(server)
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        c.agent.service.register("db", service_id="db-1", port=5432, tags=["primary"],
+                                 meta={"zone": "eu"})  # fmt: skip
+        c.agent.service.register("db", service_id="db-2", port=5433, tags=["replica"])
+        # A check added to a service on its own, its id defaulting to its name.
+        assert c.agent.check.register(
+            "db-1 ttl", check=consul.Check.ttl("30s"), service_id="db-1", notes="from cron"
+        )
+        checks = c.agent.checks()
+        assert checks["db-1 ttl"]["ServiceID"] == "db-1"
+        assert checks["db-1 ttl"]["Status"] == "critical"
+        assert checks["db-1 ttl"]["Notes"] == "from cron"
+        assert ids(c.health.service("db", passing=True)[1]) == ["db-2"]
+        c.agent.check.ttl_pass("db-1 ttl")
+        assert ids(c.health.service("db", passing=True)[1]) == ["db-1", "db-2"]
+        # Registering the service again keeps that check, unless told to replace them.
+        c.agent.service.register("db", service_id="db-1", port=5432, tags=["primary"])
+        assert "db-1 ttl" in c.agent.checks()
+        c.agent.service.register(
+            "db", service_id="db-1", port=5432, tags=["primary"], replace_existing_checks=True
+        )
+        assert "db-1 ttl" not in c.agent.checks()
+        assert c.agent.check.register("gone", check=consul.Check.ttl("30s"), service_id="db-1")
+        assert c.agent.check.deregister("gone")
+        assert "gone" not in c.agent.checks()
+        missing = http.put("/v1/agent/check/deregister/nope")
+        assert missing.status_code == 404
+
+        # filter expressions over the answer, as Consul's (py-consul 1.8 has no filter
+        # argument on these: its users pass it as a query parameter).
+        def ask(path: str, expr: str) -> Any:
+            got = http.get(path, params={"filter": expr})
+            assert got.status_code == 200, got.text
+            return got.json()
+
+        entries = ask("/v1/health/service/db", 'Service.Tags contains "replica"')
+        assert ids(entries) == ["db-2"]
+        rows = ask("/v1/catalog/service/db", "ServicePort == 5432 and ServiceMeta is empty")
+        assert [r["ServiceID"] for r in rows] == ["db-1"]
+        assert set(ask("/v1/agent/services", '"primary" in Tags')) == {"db-1"}
+        bad = http.get("/v1/health/service/db", params={"filter": "Service.Tags contains"})
+        assert bad.status_code == 400
+        assert bad.text.startswith("Failed to create boolean expression evaluator")
+
+        # node-meta selects by the node's meta.
+        node = {"address": "10.5.0.1", "meta": {"rack": "r1"}}
+        assert http.put("/api/v1/nodes/n-r1", json=node).status_code == 200
+        body = instance("db-3", "db", node="n-r1")
+        assert http.put("/api/v1/instances/db-3", json=body).status_code == 200
+        _, rows = c.catalog.service("db", node_meta={"rack": "r1"})
+        assert [(r["ServiceID"], r["Address"]) for r in rows] == [("db-3", "10.5.0.1")]
+        _, nodes = c.catalog.nodes(node_meta={"rack": "r1"})
+        assert [n["Node"] for n in nodes] == ["n-r1"]

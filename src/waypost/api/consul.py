@@ -24,9 +24,10 @@ from waypost._version import __version__
 from waypost.api.blocking import BlockingQueries, Key
 from waypost.catalog import Catalog
 from waypost.consul import mapping as cm
+from waypost.consul.filter import FilterError, compile_filter
 from waypost.durations import parse_duration
 from waypost.errors import Conflict, Forbidden, InvalidInput, NotFound, WaypostError
-from waypost.model import Instance, Node, NodeStatus, Query, Status
+from waypost.model import Check, Instance, Node, NodeStatus, Query, Status, validate_instance
 from waypost.registry import Registry
 
 _encode = msgspec.json.Encoder().encode
@@ -134,6 +135,49 @@ class ConsulApi:
             await self.catalog.wait_for_revision(index + 1, wait_s + random.uniform(0, wait_s / 16))
         return self._index()
 
+    def _selected(self, request: web.Request, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """``rows`` that pass the request's ``filter`` and ``node-meta`` (``key:value``,
+        repeat for all of several)."""
+        text = request.query.get("filter")
+        pred = None
+        if text is not None:
+            try:
+                pred = compile_filter(text)
+            except FilterError as exc:
+                raise cm.ConsulInputError(
+                    f"Failed to create boolean expression evaluator: {exc}"
+                ) from None
+        wanted = []
+        for pair in request.query.getall("node-meta", []):
+            key, sep, value = pair.partition(":")
+            if not sep or not key:
+                raise cm.ConsulInputError(f"Invalid node-meta {pair!r}: use key:value")
+            wanted.append((key, value))
+        if pred is None and not wanted:
+            return rows
+        nodes = self._nodes() if wanted else {}
+        out = []
+        for row in rows:
+            if pred is not None and not pred(row):
+                continue
+            if wanted:
+                meta = self._row_node_meta(row, nodes)
+                if any(meta.get(k) != v for k, v in wanted):
+                    continue
+            out.append(row)
+        return out
+
+    def _row_node_meta(self, row: dict[str, Any], nodes: dict[str, Node]) -> dict[str, str]:
+        if isinstance(row.get("NodeMeta"), dict):
+            return dict(row["NodeMeta"])
+        node = row.get("Node")
+        if isinstance(node, dict):
+            return dict(node.get("Meta") or {})
+        if isinstance(node, str):
+            found = nodes.get(node)
+            return dict(found.meta) if found is not None else {}
+        return dict(row.get("Meta") or {})
+
     # --- nodes ---------------------------------------------------------------------------
 
     def _node_of(self, inst: Instance) -> str:
@@ -201,18 +245,16 @@ class ConsulApi:
         )
 
     async def agent_services(self, request: web.Request) -> web.StreamResponse:
-        out = {cm.consul_id(i): cm.agent_service(i) for i in self._local()}
-        return self._json(out)
+        rows = self._selected(request, [cm.agent_service(i) for i in self._local()])
+        return self._json({row["ID"]: row for row in rows})
 
     async def agent_service(self, request: web.Request) -> web.StreamResponse:
         inst = self._find(request.match_info["id"])
         return self._json(cm.agent_service(inst))
 
     async def agent_checks(self, request: web.Request) -> web.StreamResponse:
-        out: dict[str, Any] = {}
-        for inst in self._local():
-            for check in cm.service_checks(inst, self.node):
-                out[check["CheckID"]] = check
+        rows = [c for inst in self._local() for c in cm.service_checks(inst, self.node)]
+        out = {c["CheckID"]: c for c in self._selected(request, rows)}
         return self._json(dict(sorted(out.items())))
 
     async def register(self, request: web.Request) -> web.StreamResponse:
@@ -224,8 +266,63 @@ class ConsulApi:
         old = self.catalog.get(inst.id)
         if old is not None and cm.consul_id(old) != cm.consul_id(inst):
             raise Conflict(f"service ID {cm.consul_id(inst)!r} collides with {old.id!r}")
+        replace = request.query.get("replace-existing-checks", "").lower() in ("1", "true")
+        if old is not None and not replace:
+            # As Consul: checks the registration leaves out stay (added by check/register).
+            names = {c.name for c in inst.checks}
+            kept = [c for c in old.checks if c.name not in names]
+            if kept:
+                meta = dict(inst.meta)
+                for check in kept:
+                    key = cm.check_meta_key(str(check.name))
+                    if key in old.meta:
+                        meta[key] = old.meta[key]
+                inst = self._with_checks(inst, (*inst.checks, *kept), meta)
         await self.registry.register(inst)
         return web.Response(text="", content_type="text/plain")
+
+    def _with_checks(
+        self, inst: Instance, checks: tuple[Check, ...], meta: dict[str, str]
+    ) -> Instance:
+        """``inst`` with these checks (a TTL one sets its ``ttl``, as a registration's
+        would), checked as a registration is."""
+        ttl = next((c.ttl for c in checks if isinstance(c.ttl, str)), None)
+        changed = msgspec.structs.replace(inst, checks=checks, meta=meta, ttl=ttl)
+        try:
+            return validate_instance(changed)
+        except WaypostError as exc:
+            raise cm.ConsulInputError(f"Invalid check: {exc}") from None
+
+    async def check_register(self, request: web.Request) -> web.StreamResponse:
+        self._authorize(request)
+        service_id, raw_check, status, extra = cm.check_registration(await request.read())
+        inst = self._find(service_id)
+        try:
+            check = msgspec.convert(raw_check, Check)
+        except msgspec.ValidationError as exc:
+            raise cm.ConsulInputError(f"Invalid check: {exc}") from None
+        checks = tuple(c for c in inst.checks if c.name != check.name)
+        meta = dict(inst.meta)
+        if extra is not None:
+            meta[cm.check_meta_key(str(check.name))] = extra
+        new = self._with_checks(inst, (*checks, check), meta)
+        if isinstance(check.ttl, str) and status != "passing":
+            new = msgspec.structs.replace(new, status=Status(status))
+        await self.registry.register(new)
+        return web.Response(text="", content_type="text/plain")
+
+    async def check_deregister(self, request: web.Request) -> web.StreamResponse:
+        self._authorize(request)
+        check_id = request.match_info["id"]
+        for inst in self._services():
+            if any(c.name == check_id for c in inst.checks):
+                checks = tuple(c for c in inst.checks if c.name != check_id)
+                meta = dict(inst.meta)
+                meta.pop(cm.check_meta_key(check_id), None)
+                await self.registry.register(self._with_checks(inst, checks, meta))
+                return web.Response(text="", content_type="text/plain")
+        raise NotFound(f'Unknown check ID "{check_id}". Ensure that the check ID is passed, '
+                       "not the check name.")  # fmt: skip
 
     async def deregister(self, request: web.Request) -> web.StreamResponse:
         self._authorize(request)
@@ -327,13 +424,14 @@ class ConsulApi:
             self._indexed(i, cm.catalog_row(i, self._node_json(self._node_of(i), nodes, i.address)))
             for i in self._filtered(request, name)
         ]
-        return self._json(rows, index)
+        return self._json(self._selected(request, rows), index)
 
     async def catalog_nodes(self, request: web.Request) -> web.StreamResponse:
         index = await self._block(request, ("nodes", None))
         nodes = self._nodes()
         names = set(nodes) | {self.node}
-        return self._json([self._node_json(n, nodes) for n in sorted(names)], index)
+        rows = [self._node_json(n, nodes) for n in sorted(names)]
+        return self._json(self._selected(request, rows), index)
 
     async def catalog_node(self, request: web.Request) -> web.StreamResponse:
         index = await self._block(request, None)
@@ -371,7 +469,7 @@ class ConsulApi:
             node = self._node_json(self._node_of(inst), nodes, inst.address)
             service = self._indexed(inst, cm.agent_service(inst))
             out.append({"Node": node, "Service": service, "Checks": checks})
-        return self._json(out, index)
+        return self._json(self._selected(request, out), index)
 
     async def health_checks(self, request: web.Request) -> web.StreamResponse:
         name, key = self._of_service(request)
@@ -379,7 +477,7 @@ class ConsulApi:
         out = []
         for inst in self._filtered(request, name):
             out.extend(cm.service_checks(inst, self._node_of(inst)))
-        return self._json(out, index)
+        return self._json(self._selected(request, out), index)
 
     async def health_state(self, request: web.Request) -> web.StreamResponse:
         state = request.match_info["state"]
@@ -394,7 +492,7 @@ class ConsulApi:
             out.extend(cm.service_checks(inst, self._node_of(inst)))
         if state != "any":
             out = [c for c in out if c["Status"] == state]
-        return self._json(out, index)
+        return self._json(self._selected(request, out), index)
 
     async def health_node(self, request: web.Request) -> web.StreamResponse:
         index = await self._block(request, None)
@@ -406,7 +504,7 @@ class ConsulApi:
         for inst in sorted(self._services(), key=cm.consul_id):
             if self._node_of(inst) == name:
                 out.extend(cm.service_checks(inst, name))
-        return self._json(out, index)
+        return self._json(self._selected(request, out), index)
 
     # --- status --------------------------------------------------------------------------
 
@@ -475,6 +573,8 @@ def add_consul_routes(router: web.UrlDispatcher, api: ConsulApi) -> None:
     put("/v1/agent/check/warn/{id}", api.ttl_update(Status.WARNING), also_get=True)
     put("/v1/agent/check/fail/{id}", api.ttl_update(Status.CRITICAL), also_get=True)
     put("/v1/agent/check/update/{id}", api.ttl_update(Status.PASSING))
+    put("/v1/agent/check/register", api.check_register)
+    put("/v1/agent/check/deregister/{id}", api.check_deregister, also_get=True)
     get("/v1/catalog/services", api.catalog_services)
     get("/v1/catalog/service/{name}", api.catalog_service)
     get("/v1/catalog/nodes", api.catalog_nodes)

@@ -11,8 +11,8 @@ rides in the instance's meta under ``consul.`` keys, hidden from Consul's own an
   ``PASSING * 100``, so Consul's default of 1 balances as Waypost's default of 100);
 - ``consul.no-address``: the registration gave no address (answered ``""`` as Consul
   does; the instance holds its node's address);
-- ``consul.check.<N>``: the Consul ``Name`` and ``Notes`` (JSON) of the instance's Nth
-  check, when not the defaults.
+- ``consul.check.<digest of the CheckID>``: a check's Consul ``Name`` and ``Notes``
+  (JSON), when not the defaults.
 
 A check's name in Waypost is its Consul ``CheckID`` (``service:<id>``, or
 ``service:<id>:N`` for several, as Consul numbers them).
@@ -227,6 +227,31 @@ def _check(
     return out, status, out["name"], extra
 
 
+def check_registration(body: bytes) -> tuple[str, dict[str, Any], str, str | None]:
+    """``PUT /v1/agent/check/register``'s body: the ServiceID it is for, the check (its
+    name is the CheckID, which defaults to the Name as in Consul), its Consul status, and
+    its name and notes for the meta."""
+    try:
+        raw = msgspec.json.decode(body) if body.strip() else {}
+    except msgspec.DecodeError as exc:
+        raise ConsulInputError(f"Request decode failed: {exc}") from None
+    c = folded(raw, "body")
+    name = _str(c, "name", "Name")
+    if not name:
+        raise ConsulInputError("Missing check name")
+    service_id = _str(c, "serviceid", "ServiceID")
+    if not service_id:
+        raise ConsulInputError(
+            "ServiceID: Waypost keeps checks on services; register node checks through "
+            "`waypost agent` definitions"
+        )
+    check_id = _str(c, "checkid", "CheckID") or _str(c, "id", "ID") or name
+    check, status, _, extra = _check(c, "Check", check_id, "")
+    if extra is None and name != check_id:
+        extra = msgspec.json.encode({"Name": name, "Notes": ""}).decode()
+    return service_id, check, status, extra
+
+
 def registration(body: bytes, *, node: str, node_address: str) -> Instance:
     """``PUT /v1/agent/service/register``'s body as the instance it registers on ``node``."""
     try:
@@ -294,7 +319,7 @@ def registration(body: bytes, *, node: str, node_address: str) -> Instance:
                 deregister_after = check.pop("deregister_critical_after")
         checks.append(check)
         if extra is not None:
-            meta[f"{META_CHECK}{n}"] = extra
+            meta[check_meta_key(check["name"])] = extra
     body_dict: dict[str, Any] = {
         "id": iid,
         "service": service,
@@ -367,9 +392,13 @@ def agent_service(inst: Instance, datacenter: str = DATACENTER) -> dict[str, Any
     }
 
 
+def check_meta_key(check_id: str) -> str:
+    """The meta key of a check's Consul name and notes (a digest: CheckIDs are free text)."""
+    return META_CHECK + hashlib.blake2b(check_id.encode(), digest_size=5).hexdigest()
+
+
 def _check_extra(inst: Instance, check_id: str) -> tuple[str, str]:
-    at = next((n for n, c in enumerate(inst.checks) if c.name == check_id), None)
-    raw = inst.meta.get(f"{META_CHECK}{at}") if at is not None else None
+    raw = inst.meta.get(check_meta_key(check_id))
     if raw:
         try:
             got = msgspec.json.decode(raw)
