@@ -282,6 +282,11 @@ def test_dashboard_lists_services_follows_changes_live_and_acts(
         assert "10.0.0.1" in text_of(d, 'tr[data-node="node-1"]')
         assert "unregistered" in text_of(d, 'tr[data-node="node-2"]')
         shots(d, "nodes")
+        # A node's change (not an instance's) shows live too.
+        d.execute_script("window.__sameDocument = true")
+        assert api.put("/api/v1/nodes/node-1", json={"address": "10.0.0.99"}).status_code == 200
+        wait_until(lambda: "10.0.0.99" in text_of(d, 'tr[data-node="node-1"]'), 1.0, "node")
+        assert d.execute_script("return window.__sameDocument === true")
         click(d, 'tr[data-node="node-1"] a')
         wait_until(
             lambda: set(rows(d, "tr.instance", "data-instance")) == {"web-1", "db-1"},

@@ -475,8 +475,11 @@ function connect() {
     if (ev.lastEventId) lastId = ev.lastEventId;
     refresh();
   };
-  source.addEventListener("put", changed);
-  source.addEventListener("delete", changed);
+  // Instances' events are named put and delete; other kinds' kind.put and kind.delete.
+  for (const kind of ["", "node.", "service_config.", "route."]) {
+    source.addEventListener(`${kind}put`, changed);
+    source.addEventListener(`${kind}delete`, changed);
+  }
   source.onerror = () => {
     live.dataset.state = "disconnected";
     live.textContent = "disconnected, reconnecting";
