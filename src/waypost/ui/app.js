@@ -434,6 +434,7 @@ let lastStart = 0;
 async function refresh() {
   if (running) { again = true; return; }
   running = true;
+  view.dataset.refreshing = "1"; // for tests and styles: a refresh is under way
   try {
     do {
       again = false;
@@ -454,6 +455,7 @@ async function refresh() {
     } while (again);
   } finally {
     running = false;
+    delete view.dataset.refreshing;
   }
 }
 
