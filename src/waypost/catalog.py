@@ -42,7 +42,7 @@ DEFAULT_RECENT_EVENTS = 4096
 # Services that had instances and have none now keep their last revision this long (in
 # count), so a blocking query on a just-emptied service does not wake for nothing.
 MAX_EMPTY_SERVICES = 10_000
-KINDS = ("instance", "node", "service_config", "route")
+KINDS = ("instance", "node", "service_config", "route", "kv")
 
 
 # An index past any event of a revision: the whole revision is applied.
@@ -598,6 +598,11 @@ class Catalog:
         """Every entry of a kind other than instances, ordered by key."""
         bucket = self._others.get(kind, {})
         return [bucket[k] for k in sorted(bucket)]
+
+    def keys_with_prefix(self, kind: str, prefix: str) -> list[str]:
+        """The keys of ``kind`` (not instances) that start with ``prefix``, in order."""
+        bucket = self._others.get(kind, {})
+        return sorted(k for k in bucket if k.startswith(prefix))
 
     def mod_revision(self, instance_id: str, kind: str = "instance") -> int:
         """The revision of the last change to this entry (0 when unknown)."""

@@ -634,10 +634,33 @@ class Route(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, gc=Fa
         return self.name
 
 
-Entry = Instance | Node | ServiceConfig | Route
+# Consul's KV: keys up to 512 characters with no control characters (and not starting
+# with "/", which Consul strips); values up to 512 KiB, kept as base64 as Consul answers.
+MAX_KV_KEY_LEN = 512
+MAX_KV_VALUE_BYTES = 512 * 1024
+KV_KEY_PATTERN = r"\A[^/\x00-\x1f\x7f][^\x00-\x1f\x7f]*\Z"
+
+
+class KVPair(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, gc=False):
+    """A key and its value (``/v1/kv/`` of the Consul API). ``create_revision`` is the
+    revision the key was created at once it has been written again (0 until then: its
+    revision then is its creation)."""
+
+    KIND: ClassVar[str] = "kv"
+
+    key: Annotated[str, Meta(min_length=1, max_length=MAX_KV_KEY_LEN, pattern=KV_KEY_PATTERN)]
+    value: Annotated[str, Meta(max_length=(MAX_KV_VALUE_BYTES * 4) // 3 + 4)] = ""
+    flags: Annotated[int, Meta(ge=0)] = 0  # a uint64, checked by the API
+    create_revision: Annotated[int, Meta(ge=0)] = 0
+    updated_at: float = 0.0
+
+
+Entry = Instance | Node | ServiceConfig | Route | KVPair
 """Whatever a store holds: one of the entry kinds."""
-ENTRY_TYPES: dict[str, type[Entry]] = {t.KIND: t for t in (Instance, Node, ServiceConfig, Route)}
-EntryKind = Literal["instance", "node", "service_config", "route"]
+ENTRY_TYPES: dict[str, type[Entry]] = {
+    t.KIND: t for t in (Instance, Node, ServiceConfig, Route, KVPair)
+}
+EntryKind = Literal["instance", "node", "service_config", "route", "kv"]
 
 
 class Event(Struct, frozen=True, kw_only=True, gc=False):

@@ -46,6 +46,7 @@ from waypost.model import (
     Entry,
     Event,
     Instance,
+    KVPair,
     Node,
     NodeStatus,
     Route,
@@ -726,6 +727,20 @@ class Registry:
     async def put_entry(self, entry: ServiceConfig | Route) -> int:
         """Write a service config or a route."""
         return await self._commit([Put(entry=_stamped(entry, self._clock()))])
+
+    async def put_kv(self, pair: KVPair, if_revision: int | None = None) -> int:
+        """Write a key (``if_revision``: only if the key is at that revision, 0: only if
+        it does not exist; Conflict otherwise). The creation revision is kept."""
+        old = self.catalog.entry("kv", pair.key)
+        created = 0
+        if isinstance(old, KVPair):
+            created = old.create_revision or self.catalog.mod_revision(pair.key, "kv")
+        pair = msgspec.structs.replace(pair, create_revision=created, updated_at=self._clock())
+        return await self._commit([Put(entry=pair, if_revision=if_revision)])
+
+    async def delete_kv(self, keys: Sequence[str], if_revision: int | None = None) -> int:
+        """Delete keys in one revision (NotFound if one is gone meanwhile)."""
+        return await self._commit([Delete(id=k, kind="kv", if_revision=if_revision) for k in keys])
 
     async def delete_entry(self, kind: str, key: str) -> int:
         """Remove a service config or a route; NotFound when there is none."""

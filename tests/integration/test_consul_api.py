@@ -236,3 +236,64 @@ def test_checks_registered_apart_filters_and_node_meta(server: ServerProcess) ->
         assert [(r["ServiceID"], r["Address"]) for r in rows] == [("db-3", "10.5.0.1")]
         _, nodes = c.catalog.nodes(node_meta={"rack": "r1"})
         assert [n["Node"] for n in nodes] == ["n-r1"]
+
+
+def test_py_consul_kv(server: ServerProcess) -> None:
+    c = client(server)
+    index, missing = c.kv.get("app/config")
+    assert missing is None
+    assert int(index) >= 1
+    assert c.kv.put("app/config", "v1", flags=7) is True
+    assert c.kv.put("app/db/url", b"postgres://x") is True
+    assert c.kv.put("app/db/pool", "10") is True
+    assert c.kv.put("other", "x") is True
+    index, got = c.kv.get("app/config")
+    assert (got["Key"], got["Value"], got["Flags"]) == ("app/config", b"v1", 7)
+    assert got["CreateIndex"] == got["ModifyIndex"]
+    # cas: 0 creates only; N updates only at ModifyIndex N.
+    assert c.kv.put("app/config", "v2", cas=0) is False
+    assert c.kv.put("app/config", "v2", cas=got["ModifyIndex"] + 1000) is False
+    assert c.kv.put("app/config", "v2", cas=got["ModifyIndex"]) is True
+    _, again = c.kv.get("app/config")
+    assert again["Value"] == b"v2"
+    assert again["CreateIndex"] == got["CreateIndex"] < again["ModifyIndex"]
+    _, all_app = c.kv.get("app/", recurse=True)
+    assert [p["Key"] for p in all_app] == ["app/config", "app/db/pool", "app/db/url"]
+    _, keys = c.kv.get("app/", keys=True, separator="/")
+    assert keys == ["app/config", "app/db/"]
+    # An empty value is null, as Consul answers.
+    assert c.kv.put("app/empty", "") is True
+    assert c.kv.get("app/empty")[1]["Value"] is None
+
+    # A blocking read returns once a key changes.
+    index, _ = c.kv.get("app/config")
+    timer = threading.Timer(0.3, lambda: c.kv.put("app/config", "v3"))
+    timer.start()
+    try:
+        start = time.monotonic()
+        new_index, got = c.kv.get("app/config", index=index, wait="10s")
+    finally:
+        timer.join()
+    assert time.monotonic() - start < 1.3
+    assert int(new_index) > int(index)
+    assert got["Value"] == b"v3"
+
+    assert c.kv.delete("app/db", recurse=True) is True
+    assert c.kv.get("app/", keys=True)[1] == ["app/config", "app/empty"]
+    assert c.kv.delete("app/config", cas=1) is False
+    assert c.kv.delete("app/config") is True
+    assert c.kv.get("app/config")[1] is None
+    assert c.kv.get("other")[1]["Value"] == b"x"
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        assert http.get("/v1/kv/other", params={"raw": ""}).content == b"x"
+        too_big = http.put("/v1/kv/big", content=b"x" * (512 * 1024 + 1))
+        assert too_big.status_code == 413
+        assert http.put("/v1/kv/a%01b", content=b"x").status_code == 400
+        assert http.put("/v1/kv/lock", params={"acquire": "s1"}).status_code == 501
+        # KV changes are registry changes: on the native event stream too.
+        params = {"kind": "kv", "index": "0"}
+        with http.stream("GET", "/api/v1/events", params=params) as stream:
+            assert stream.status_code == 200
+            for line in stream.iter_lines():
+                if line == "event: kv.put":
+                    break

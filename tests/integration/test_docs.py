@@ -166,3 +166,14 @@ def test_consul_compat_example_runs(server: ServerProcess) -> None:
     import httpx
 
     assert httpx.get(f"{server.url}/api/v1/services/web").json() == []  # deregistered
+
+
+def test_consul_compat_kv_example_runs(server: ServerProcess) -> None:
+    code = blocks("consul-compat.md")[1]
+    host, _, port = server.url.removeprefix("http://").rpartition(":")
+    code = code.replace('host="127.0.0.1", port=8500', f'host="{host}", port={port}')
+    namespace: dict[str, object] = {"__name__": "docs_example"}
+    exec(compile(code, "consul-compat.md[1]", "exec"), namespace)
+    import httpx
+
+    assert httpx.get(f"{server.url}/v1/kv/app/config").status_code == 404  # deleted

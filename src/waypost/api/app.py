@@ -76,7 +76,7 @@ MAX_BODY_BYTES = 1024 * 1024
 # An idle event stream gets a comment this often, so proxies keep it open.
 SSE_KEEPALIVE_S = 15.0
 JSON = "application/json"
-EVENT_KINDS = ("instance", "node", "service_config", "route")
+EVENT_KINDS = ("instance", "node", "service_config", "route", "kv")
 
 _encode = msgspec.json.Encoder().encode
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

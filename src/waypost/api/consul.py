@@ -11,6 +11,8 @@ Errors are plain text, as Consul's.
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import hmac
 import random
 import socket
@@ -26,8 +28,26 @@ from waypost.catalog import Catalog
 from waypost.consul import mapping as cm
 from waypost.consul.filter import FilterError, compile_filter
 from waypost.durations import parse_duration
-from waypost.errors import Conflict, Forbidden, InvalidInput, NotFound, WaypostError
-from waypost.model import Check, Instance, Node, NodeStatus, Query, Status, validate_instance
+from waypost.errors import (
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    PayloadTooLarge,
+    WaypostError,
+)
+from waypost.model import (
+    MAX_KV_KEY_LEN,
+    MAX_KV_VALUE_BYTES,
+    Check,
+    Instance,
+    KVPair,
+    Node,
+    NodeStatus,
+    Query,
+    Status,
+    validate_instance,
+)
 from waypost.registry import Registry
 
 _encode = msgspec.json.Encoder().encode
@@ -35,6 +55,13 @@ JSON = "application/json"
 DEFAULT_WAIT_S = 300.0
 MAX_WAIT_S = 600.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class NotSupported(WaypostError):
+    """A Consul feature Waypost does not have."""
+
+    code = "not_supported"
+    http_status = 501
 
 
 class NoPathToDatacenter(WaypostError):
@@ -506,6 +533,147 @@ class ConsulApi:
                 out.extend(cm.service_checks(inst, name))
         return self._json(self._selected(request, out), index)
 
+    # --- kv ------------------------------------------------------------------------------
+
+    async def _kv_block(self, request: web.Request) -> int:
+        """A KV read's blocking wait: until a key changes (any key: Consul's KV index is
+        the table's too), or ``wait`` passes."""
+        self._datacenter(request)
+        index = self._blocking_index(request)
+        if index is not None and index >= self.catalog.kind_revision("kv"):
+            wait_s = self._wait_s(request)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + wait_s + random.uniform(0, wait_s / 16)
+            while self.catalog.kind_revision("kv") <= index:
+                left = deadline - loop.time()
+                if left <= 0:
+                    break
+                await self.catalog.wait_for_revision(self.catalog.revision + 1, left)
+        return max(1, self.catalog.kind_revision("kv"))
+
+    def _pair_json(self, pair: KVPair) -> dict[str, Any]:
+        modified = self.catalog.mod_revision(pair.key, "kv")
+        return {
+            "LockIndex": 0,
+            "Key": pair.key,
+            "Flags": pair.flags,
+            "Value": pair.value or None,
+            "CreateIndex": pair.create_revision or modified,
+            "ModifyIndex": modified,
+        }
+
+    def _pairs(self, keys: list[str]) -> list[KVPair]:
+        out = []
+        for key in keys:
+            pair = self.catalog.entry("kv", key)
+            if isinstance(pair, KVPair):
+                out.append(pair)
+        return out
+
+    async def kv_get(self, request: web.Request) -> web.StreamResponse:
+        key = request.match_info["key"]
+        q = request.query
+        index = await self._kv_block(request)
+        if "keys" in q:
+            separator = q.get("separator", "")
+            found: list[str] = []
+            for k in self.catalog.keys_with_prefix("kv", key):
+                if separator:
+                    cut = k.find(separator, len(key))
+                    if cut >= 0:
+                        k = k[: cut + len(separator)]
+                if not found or found[-1] != k:
+                    found.append(k)
+            if not found:
+                return web.Response(status=404, headers=self._headers(index))
+            return self._json(found, index)
+        if "recurse" in q:
+            pairs = self._pairs(self.catalog.keys_with_prefix("kv", key))
+        else:
+            pairs = self._pairs([key]) if key else []
+        if not pairs:
+            return web.Response(status=404, headers=self._headers(index))
+        if "raw" in q:
+            headers = self._headers(index)
+            headers["Content-Type"] = "application/octet-stream"
+            return web.Response(body=base64.b64decode(pairs[0].value), headers=headers)
+        return self._json([self._pair_json(p) for p in pairs], index)
+
+    def _kv_key(self, request: web.Request) -> str:
+        key = request.match_info["key"]
+        if not key:
+            raise cm.ConsulInputError("Missing key name")
+        if len(key) > MAX_KV_KEY_LEN or any(ord(ch) < 32 or ord(ch) == 127 for ch in key):
+            raise cm.ConsulInputError(
+                f"Invalid key: at most {MAX_KV_KEY_LEN} characters, no control characters"
+            )
+        return key
+
+    def _cas(self, request: web.Request) -> int | None:
+        text = request.query.get("cas")
+        if text is None:
+            return None
+        try:
+            value = int(text)
+        except ValueError:
+            raise cm.ConsulInputError(f"Invalid CAS index: {text!r}") from None
+        if value < 0:
+            raise cm.ConsulInputError(f"Invalid CAS index: {text!r}")
+        return value
+
+    async def kv_put(self, request: web.Request) -> web.StreamResponse:
+        self._authorize(request)
+        key = self._kv_key(request)
+        if "acquire" in request.query or "release" in request.query:
+            raise NotSupported("acquire and release need sessions, which Waypost does not have")
+        flags_text = request.query.get("flags", "0")
+        try:
+            flags = int(flags_text)
+        except ValueError:
+            raise cm.ConsulInputError(f"Invalid flags: {flags_text!r}") from None
+        if not 0 <= flags < 2**64:
+            raise cm.ConsulInputError(f"Invalid flags: {flags_text!r}")
+        if request.content_length is not None and request.content_length > MAX_KV_VALUE_BYTES:
+            raise PayloadTooLarge(f"Value exceeds {MAX_KV_VALUE_BYTES} byte limit")
+        body = await request.read()
+        if len(body) > MAX_KV_VALUE_BYTES:
+            raise PayloadTooLarge(f"Value exceeds {MAX_KV_VALUE_BYTES} byte limit")
+        pair = KVPair(key=key, value=base64.b64encode(body).decode(), flags=flags)
+        cas = self._cas(request)
+        if cas is not None and cas > 0 and self.catalog.mod_revision(key, "kv") != cas:
+            return self._json(False)
+        try:
+            await self.registry.put_kv(pair, cas)
+        except Conflict:
+            return self._json(False)
+        return self._json(True)
+
+    async def kv_delete(self, request: web.Request) -> web.StreamResponse:
+        self._authorize(request)
+        key = request.match_info["key"]
+        cas = self._cas(request)
+        if "recurse" in request.query:
+            for _ in range(3):
+                keys = self.catalog.keys_with_prefix("kv", key)
+                if not keys:
+                    return self._json(True)
+                try:
+                    await self.registry.delete_kv(keys)
+                    return self._json(True)
+                except NotFound:
+                    continue  # one went meanwhile: list again
+            return self._json(False)
+        key = self._kv_key(request)
+        if self.catalog.entry("kv", key) is None:
+            return self._json(cas is None)  # deleting nothing is done (a CAS fails)
+        if cas is not None and self.catalog.mod_revision(key, "kv") != cas:
+            return self._json(False)
+        try:
+            await self.registry.delete_kv([key], cas)
+        except (Conflict, NotFound):
+            return self._json(cas is None)
+        return self._json(True)
+
     # --- status --------------------------------------------------------------------------
 
     async def leader(self, request: web.Request) -> web.StreamResponse:
@@ -584,6 +752,9 @@ def add_consul_routes(router: web.UrlDispatcher, api: ConsulApi) -> None:
     get("/v1/health/checks/{name}", api.health_checks)
     get("/v1/health/state/{state}", api.health_state)
     get("/v1/health/node/{node}", api.health_node)
+    get("/v1/kv/{key:.*}", api.kv_get)
+    put("/v1/kv/{key:.*}", api.kv_put)
+    r.add_delete("/v1/kv/{key:.*}", _plain_errors(api, api.kv_delete))
     get("/v1/status/leader", api.leader)
     get("/v1/status/peers", api.peers)
     for prefix in ("/v1/connect/", "/v1/session/", "/v1/acl/", "/v1/query", "/v1/txn"):
