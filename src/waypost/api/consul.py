@@ -27,7 +27,6 @@ from waypost.api.blocking import BlockingQueries, Key
 from waypost.catalog import Catalog
 from waypost.consul import mapping as cm
 from waypost.consul.filter import FilterError, compile_filter
-from waypost.durations import parse_duration
 from waypost.errors import (
     Conflict,
     Forbidden,
@@ -127,7 +126,7 @@ class ConsulApi:
         if not text:
             return min(DEFAULT_WAIT_S, self.max_wait_s)
         try:
-            return min(parse_duration(text, field="wait"), self.max_wait_s)
+            return min(cm.go_duration_s(text, "wait"), self.max_wait_s)
         except InvalidInput:
             raise cm.ConsulInputError(f"Invalid wait time: {text!r}") from None
 

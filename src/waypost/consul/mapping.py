@@ -27,7 +27,7 @@ from typing import Any
 
 import msgspec
 
-from waypost.durations import parse_duration
+from waypost.durations import MAX_DURATION_S, format_duration, parse_duration
 from waypost.errors import InvalidInput
 from waypost.model import (
     DEFAULT_WEIGHT,
@@ -123,20 +123,40 @@ def _int(d: Mapping[str, Any], key: str, where: str, default: int = 0) -> int:
     return value
 
 
+_GO_DURATION = re.compile(r"\A(?:[0-9]+(?:\.[0-9]*)?(?:ns|us|µs|ms|s|m|h))+\Z")
+_GO_PART = re.compile(r"([0-9]+(?:\.[0-9]*)?)(ns|us|µs|ms|s|m|h)")
+_GO_UNIT_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def go_duration_s(text: str, where: str) -> float:
+    """Seconds of a duration as Go's ``time.ParseDuration`` reads it (``120000ms``,
+    ``1h30m``, ``1.5s``), as Consul's clients send them; ConsulInputError otherwise."""
+    if text == "0":
+        return 0.0
+    if len(text) > 64 or _GO_DURATION.match(text) is None:
+        raise ConsulInputError(f"{where}: {text!r} is not a duration (like 10s, 1m30s, 500ms)")
+    seconds = sum(float(n) * _GO_UNIT_S[u] for n, u in _GO_PART.findall(text))
+    if seconds > MAX_DURATION_S:
+        raise ConsulInputError(f"{where}: {text!r} is too long")
+    return seconds
+
+
 def _duration(d: Mapping[str, Any], key: str, where: str) -> str | None:
     value = d.get(key)
     if value in (None, ""):
         return None
     if isinstance(value, int | float) and not isinstance(value, bool):
         # Go's time.Duration in JSON is nanoseconds.
-        value = f"{int(value) // 1_000_000}ms"
-    if not isinstance(value, str):
+        seconds = float(value) / 1e9
+    elif isinstance(value, str):
+        seconds = go_duration_s(value, where)
+    else:
         raise ConsulInputError(f"Request decode failed: {where}: expected a duration")
-    try:
-        parse_duration(value, field=where)
-    except InvalidInput as exc:
-        raise ConsulInputError(f"Request decode failed: {exc}") from None
-    return value
+    if seconds < 0 or seconds > MAX_DURATION_S:
+        raise ConsulInputError(f"{where}: out of range")
+    spelled = format_duration(seconds)
+    parse_duration(spelled, field=where)  # our own spelling reads back
+    return spelled
 
 
 def check_ids(service_id: str, count: int) -> list[str]:

@@ -124,3 +124,27 @@ def test_a_checks_consul_name_and_notes_are_answered_as_registered() -> None:
     [check] = cm.service_checks(inst, "n1")
     assert (check["CheckID"], check["Name"], check["Notes"]) == ("service:w1", "heartbeat", "n")
     assert check["Status"] == "passing"
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 99999), st.sampled_from(["ms", "s", "m", "h"])),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_go_durations_read_as_go_reads_them(parts: list[tuple[int, str]]) -> None:
+    text = "".join(f"{n}{u}" for n, u in parts)
+    unit = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    assert cm.go_duration_s(text, "wait") == pytest.approx(sum(n * unit[u] for n, u in parts))
+
+
+@pytest.mark.parametrize("text", ["", "10", "1x", "s", "-1s", "1s2", "1.5.5s", "9" * 70 + "s"])
+def test_what_go_refuses_is_refused(text: str) -> None:
+    with pytest.raises(cm.ConsulInputError):
+        cm.go_duration_s(text, "wait")
+
+
+def test_a_check_interval_in_go_spelling_is_kept_in_ours() -> None:
+    inst = reg({"Name": "w", "Check": {"TCP": "127.0.0.1:1", "Interval": "120000ms"}})
+    assert inst.checks[0].interval == "2m"
