@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: screenshots run test lint typecheck unit bench system-deps clean
+.PHONY: consul-suite screenshots run test lint typecheck unit bench system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ system-deps:
 ## make screenshots: the dashboard test in headless Chromium, saving docs/images/dashboard-*.png
 screenshots: $(STAMP) system-deps
 	WAYPOST_SCREENSHOTS=docs/images $(BIN)/python -m pytest -q tests/integration/test_dashboard.py
+
+## make consul-suite: py-consul's own test suite (its PyPI sdist) against Waypost (~45 s)
+consul-suite: $(STAMP)
+	$(BIN)/python -m pip download -q --no-deps --no-binary :all: py-consul==1.8.0 -d tests/consul_clients/py_consul_suite
+	$(BIN)/python -m pytest -q -m slow tests/integration/test_py_consul_suite.py
 
 ## make bench: side-by-side benchmarks (needs etcd-server, wrk); results in bench/results/
 bench: $(STAMP)

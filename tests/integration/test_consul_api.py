@@ -297,3 +297,29 @@ def test_py_consul_kv(server: ServerProcess) -> None:
             for line in stream.iter_lines():
                 if line == "event: kv.put":
                     break
+
+
+def test_node_maintenance_takes_the_nodes_services_out_everywhere(server: ServerProcess) -> None:
+    c = client(server)
+    c.agent.service.register("api", service_id="api-1", port=9000)
+    c.agent.service.register("api", service_id="api-2", port=9001)
+    assert c.agent.service.maintenance("api-2", "true", reason="own reason") is True
+    assert c.agent.maintenance("true", "rack move") is True
+    assert c.agent.checks()["_node_maintenance"]["Notes"] == "rack move"
+    assert c.health.service("api", passing=True)[1] == []
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        native = http.get("/api/v1/services/api", params={"status": "passing"}).json()
+        assert native == []  # the native API leaves them out too
+        assert c.agent.maintenance("false") is True
+        assert "_node_maintenance" not in c.agent.checks()
+        # Only what node maintenance put in comes out: api-2 keeps its own.
+        got = {i["id"]: i["maintenance"] for i in http.get("/api/v1/services/api").json()}
+        assert got == {"api-1": False, "api-2": True}
+    # Tagged addresses and tag override are answered as registered.
+    c.agent.service.register(
+        "tagged", service_id="t-1", enable_tag_override=True,
+        tagged_addresses={"lan": {"address": "10.9.0.1", "port": 80}},
+    )  # fmt: skip
+    svc = c.agent.services()["t-1"]
+    assert svc["EnableTagOverride"] is True
+    assert svc["TaggedAddresses"] == {"lan": {"Address": "10.9.0.1", "Port": 80}}

@@ -252,14 +252,16 @@ class ConsulApi:
                 },
                 "DebugConfig": {},
                 "Coord": None,
-                "Member": {
-                    "Name": self.node,
-                    "Addr": me["Address"],
-                    "Port": 8301,
-                    "Tags": {"dc": cm.DATACENTER, "role": "consul", "build": "waypost"},
-                    "Status": 1,
+                "Member": self._member(me["Address"]),
+                "Stats": {
+                    "consul": {
+                        "leader": "true",
+                        "leader_addr": f"{me['Address']}:8300",
+                        "server": "true",
+                        "known_datacenters": "1",
+                    },
+                    "waypost": {"version": __version__, "revision": str(self.catalog.revision)},
                 },
-                "Stats": {},
                 "Meta": {},
                 "xDS": None,
             }
@@ -279,7 +281,10 @@ class ConsulApi:
         return self._json(cm.agent_service(inst))
 
     async def agent_checks(self, request: web.Request) -> web.StreamResponse:
-        rows = [c for inst in self._local() for c in cm.service_checks(inst, self.node)]
+        rows = [
+            c for c in self._node_checks(self.node, self._nodes()) if c["CheckID"] != cm.SERF_CHECK
+        ]
+        rows += [c for inst in self._local() for c in cm.service_checks(inst, self.node)]
         out = {c["CheckID"]: c for c in self._selected(request, rows)}
         return self._json(dict(sorted(out.items())))
 
@@ -410,6 +415,57 @@ class ConsulApi:
         await self.registry.set_maintenance(inst.id, enable == "true", reason)
         return web.Response(text="", content_type="text/plain")
 
+    def _member(self, address: str) -> dict[str, Any]:
+        """This server as a member of Consul's gossip pool (there is none: just itself)."""
+        return {
+            "Name": self.node,
+            "Addr": address,
+            "Port": 8301,
+            "Tags": {"dc": cm.DATACENTER, "role": "consul", "build": "waypost"},
+            "Status": 1,
+            "ProtocolMin": 1,
+            "ProtocolMax": 5,
+            "ProtocolCur": 2,
+            "DelegateMin": 2,
+            "DelegateMax": 5,
+            "DelegateCur": 4,
+        }
+
+    async def members(self, request: web.Request) -> web.StreamResponse:
+        me = self._node_json(self.node, self._nodes())
+        member = self._member(me["Address"])
+        if request.query.get("wan") not in (None, "", "0", "false"):
+            member = {**member, "Name": f"{self.node}.{cm.DATACENTER}", "Port": 8302}
+        return self._json([member])
+
+    async def node_maintenance(self, request: web.Request) -> web.StreamResponse:
+        """Consul's node maintenance: this server's node gets a ``_node_maintenance``
+        check, and each of its services goes into maintenance (so the native API and DNS
+        leave them out too); ending it takes out only the services it put in."""
+        self._authorize(request)
+        enable = request.query.get("enable", "")
+        if enable not in ("true", "false"):
+            raise cm.ConsulInputError("Missing value for enable")
+        reason = request.query.get("reason", "") or "Maintenance mode is enabled for this node"
+        node = self.catalog.entry("node", self.node)
+        base = node if isinstance(node, Node) else Node(id=self.node, address=self.address)
+        meta = dict(base.meta)
+        marker = f"{cm.NODE_MAINT_REASON}{reason}"
+        if enable == "true":
+            meta[cm.META_NODE_MAINT] = reason
+        else:
+            meta.pop(cm.META_NODE_MAINT, None)
+        await self.registry.register_node(msgspec.structs.replace(base, meta=meta))
+        for inst in self._local():
+            if enable == "true" and not inst.maintenance:
+                await self.registry.set_maintenance(inst.id, True, marker)
+            elif enable == "false" and inst.maintenance_reason.startswith(cm.NODE_MAINT_REASON):
+                await self.registry.set_maintenance(inst.id, False, "")
+        return web.Response(text="", content_type="text/plain")
+
+    async def acl_disabled(self, request: web.Request) -> web.StreamResponse:
+        return web.Response(status=401, text="ACL support disabled", content_type="text/plain")
+
     # --- catalog -------------------------------------------------------------------------
 
     async def catalog_services(self, request: web.Request) -> web.StreamResponse:
@@ -425,6 +481,8 @@ class ConsulApi:
         return name, ("instances", Query(service=cm.local_label(name)))
 
     def _filtered(self, request: web.Request, name: str) -> list[Instance]:
+        if request.query.get("peer"):
+            return []  # no cluster peering: a peer's services are none
         tags = [t.lower() for t in request.query.getall("tag", [])]
         out = []
         for inst in self.catalog.service_instances(cm.local_label(name)):
@@ -474,10 +532,17 @@ class ConsulApi:
 
     # --- health --------------------------------------------------------------------------
 
+    def _node_checks(self, name: str, nodes: dict[str, Node]) -> list[dict[str, Any]]:
+        """Consul's node checks: serfHealth, and ``_node_maintenance`` while it is on."""
+        out = [cm.serf_check(name, self._node_status(name, nodes))]
+        node = nodes.get(name)
+        if node is not None and cm.META_NODE_MAINT in node.meta:
+            out.append(cm.node_maintenance_check(name, node.meta[cm.META_NODE_MAINT]))
+        return out
+
     def _entry_checks(self, inst: Instance, nodes: dict[str, Node]) -> list[dict[str, Any]]:
         node = self._node_of(inst)
-        return [cm.serf_check(node, self._node_status(node, nodes)),
-                *cm.service_checks(inst, node)]  # fmt: skip
+        return [*self._node_checks(node, nodes), *cm.service_checks(inst, node)]
 
     async def health_service(self, request: web.Request) -> web.StreamResponse:
         name, key = self._of_service(request)
@@ -513,7 +578,7 @@ class ConsulApi:
         nodes = self._nodes()
         out = []
         for name in sorted(set(nodes) | {self.node}):
-            out.append(cm.serf_check(name, self._node_status(name, nodes)))
+            out.extend(self._node_checks(name, nodes))
         for inst in sorted(self._services(), key=lambda i: (i.service, cm.consul_id(i))):
             out.extend(cm.service_checks(inst, self._node_of(inst)))
         if state != "any":
@@ -526,7 +591,7 @@ class ConsulApi:
         nodes = self._nodes()
         if name not in nodes and name != self.node:
             return self._json([], index)
-        out = [cm.serf_check(name, self._node_status(name, nodes))]
+        out = self._node_checks(name, nodes)
         for inst in sorted(self._services(), key=cm.consul_id):
             if self._node_of(inst) == name:
                 out.extend(cm.service_checks(inst, name))
@@ -683,9 +748,10 @@ class ConsulApi:
 
     async def not_supported(self, request: web.Request) -> web.StreamResponse:
         return web.Response(
+            headers={"X-Consul-Index": str(self._index())},
             status=501,
-            text=f"{request.path}: not supported by Waypost's Consul API (Connect, sessions, "
-            "ACLs and prepared queries are not implemented); see docs/consul-compat.md",
+            text=f"{request.method} {request.path}: not supported by Waypost's Consul API; "
+            "see docs/consul-compat.md",
             content_type="text/plain",
         )
 
@@ -754,7 +820,10 @@ def add_consul_routes(router: web.UrlDispatcher, api: ConsulApi) -> None:
     get("/v1/kv/{key:.*}", api.kv_get)
     put("/v1/kv/{key:.*}", api.kv_put)
     r.add_delete("/v1/kv/{key:.*}", _plain_errors(api, api.kv_delete))
+    get("/v1/agent/members", api.members)
+    put("/v1/agent/maintenance", api.node_maintenance)
+    r.add_route("*", "/v1/agent/token/{rest:.*}", api.acl_disabled)
     get("/v1/status/leader", api.leader)
     get("/v1/status/peers", api.peers)
-    for prefix in ("/v1/connect/", "/v1/session/", "/v1/acl/", "/v1/query", "/v1/txn"):
-        r.add_route("*", prefix + "{rest:.*}", api.not_supported)
+    # Anything else under /v1/ (Connect, sessions, ACLs, prepared queries, ...): 501.
+    r.add_route("*", "/v1/{rest:.*}", api.not_supported)

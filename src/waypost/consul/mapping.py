@@ -47,11 +47,15 @@ META_ID = "consul.id"
 META_NAME = "consul.name"
 META_WEIGHTS = "consul.weights"
 META_NO_ADDRESS = "consul.no-address"
+META_TAGGED = "consul.tagged-addresses"
+META_TAG_OVERRIDE = "consul.enable-tag-override"
 META_CHECK = "consul.check."
 # Consul keeps a critical service until its DeregisterCriticalServiceAfter, if any: a TTL
 # service registered through this API without one stays (a year, the longest lease).
 NEVER = "8760h"
 SERF_CHECK = "serfHealth"
+META_NODE_MAINT = "consul.maintenance"  # on a node: Consul's node maintenance, its reason
+NODE_MAINT_REASON = "node maintenance: "  # the reason given to its services
 MAINT_PREFIX = "_service_maintenance:"
 _NOT_LABEL = re.compile(r"[^A-Za-z0-9-]+")
 WEIGHT_UNIT = DEFAULT_WEIGHT  # Consul's weight 1 is Waypost's default weight
@@ -316,6 +320,10 @@ def registration(body: bytes, *, node: str, node_address: str) -> Instance:
             raise ConsulInputError("Passing must be greater than 0")
         meta[META_WEIGHTS] = f"{passing},{warning}"
         weight = min(passing * WEIGHT_UNIT, 1000)
+    if r.get("enabletagoverride"):
+        meta[META_TAG_OVERRIDE] = "1"
+    if r.get("taggedaddresses"):
+        meta[META_TAGGED] = _tagged(r["taggedaddresses"])
     tags = r.get("tags") or []
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
         raise ConsulInputError("Request decode failed: Tags: expected a list of strings")
@@ -363,6 +371,23 @@ def registration(body: bytes, *, node: str, node_address: str) -> Instance:
     return inst
 
 
+def _tagged(raw: object) -> str:
+    """A service's TaggedAddresses (``{"lan": {"Address", "Port"}}``) as kept in meta."""
+    if not isinstance(raw, dict):
+        raise ConsulInputError("Request decode failed: TaggedAddresses: expected an object")
+    out: dict[str, dict[str, Any]] = {}
+    for name, value in raw.items():
+        v = folded(value, f"TaggedAddresses.{name}")
+        port = _int(v, "port", f"TaggedAddresses.{name}.Port")
+        if not 0 <= port <= 65535:
+            raise ConsulInputError(f"TaggedAddresses.{name}.Port: invalid port {port}")
+        out[str(name)] = {"Address": _str(v, "address", f"TaggedAddresses.{name}"), "Port": port}
+    text = msgspec.json.encode(out).decode()
+    if len(text) > 512:
+        raise ConsulInputError("TaggedAddresses: too many or too long (512 bytes at most)")
+    return text
+
+
 # --- answers -----------------------------------------------------------------------------
 
 
@@ -392,7 +417,13 @@ def agent_service(inst: Instance, datacenter: str = DATACENTER) -> dict[str, Any
     """An instance as ``/v1/agent/services`` and ``Service`` in health answers show it."""
     address = service_address(inst)
     tagged: dict[str, Any] = {}
-    if address:
+    kept = inst.meta.get(META_TAGGED)
+    if kept:
+        try:
+            tagged = msgspec.json.decode(kept)
+        except msgspec.DecodeError:
+            tagged = {}
+    elif address:
         family = "lan_ipv6" if ":" in address else "lan_ipv4"
         tagged = {
             family: {"Address": address, "Port": inst.port},
@@ -407,7 +438,7 @@ def agent_service(inst: Instance, datacenter: str = DATACENTER) -> dict[str, Any
         "Meta": user_meta(inst.meta),
         "Port": inst.port,
         "Weights": _weights(inst),
-        "EnableTagOverride": False,
+        "EnableTagOverride": META_TAG_OVERRIDE in inst.meta,
         "Datacenter": datacenter,
     }
 
@@ -500,6 +531,24 @@ def serf_check(node: str, status: NodeStatus) -> dict[str, Any]:
     }
 
 
+def node_maintenance_check(node: str, reason: str) -> dict[str, Any]:
+    return {
+        "Node": node,
+        "CheckID": "_node_maintenance",
+        "Name": "Node Maintenance Mode",
+        "Status": "critical",
+        "Notes": reason,
+        "Output": "",
+        "ServiceID": "",
+        "ServiceName": "",
+        "ServiceTags": [],
+        "Type": "maintenance",
+        "Definition": {},
+        "CreateIndex": 0,
+        "ModifyIndex": 0,
+    }
+
+
 def consul_node(
     name: str, address: str, meta: Mapping[str, str], datacenter: str = DATACENTER
 ) -> dict[str, Any]:
@@ -537,7 +586,7 @@ def catalog_row(
         "ServiceWeights": svc["Weights"],
         "ServiceMeta": svc["Meta"],
         "ServicePort": svc["Port"],
-        "ServiceEnableTagOverride": False,
+        "ServiceEnableTagOverride": svc["EnableTagOverride"],
         "ServiceProxy": {"MeshGateway": {}, "Expose": {}},
         "ServiceConnect": {},
         "CreateIndex": 0,
