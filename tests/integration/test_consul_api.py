@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import consul
@@ -17,6 +18,7 @@ import httpx
 import pytest
 
 from tests.conftest import ServerProcess, instance, wait_until
+from waypost.testing import EtcdCluster
 
 TOKEN = "consul-compat-token"
 
@@ -323,3 +325,37 @@ def test_node_maintenance_takes_the_nodes_services_out_everywhere(server: Server
     svc = c.agent.services()["t-1"]
     assert svc["EnableTagOverride"] is True
     assert svc["TaggedAddresses"] == {"lan": {"Address": "10.9.0.1", "Port": 80}}
+
+
+def test_on_etcd_two_servers_answer_alike_and_the_index_never_goes_back(
+    start_server: Callable[..., ServerProcess], etcd_cluster: EtcdCluster, tmp_path: Path
+) -> None:
+    """Two servers on one etcd cluster: a Consul registration and a key written through one
+    are answered by the other; a blocking query on the other wakes; after a restart the
+    index is where it was, not lower."""
+    store = etcd_cluster.url(f"/consul/{tmp_path.name}/")
+    a = start_server("--store", store, name="a", node="node-a")
+    b = start_server("--store", store, name="b", node="node-b")
+    ca, cb = client(a), client(b)
+    ca.agent.service.register("api", service_id="api-1", port=9000, check=consul.Check.ttl("30s"))
+    ca.agent.check.ttl_pass("service:api-1")
+    assert ca.kv.put("cfg/x", "1") is True
+    wait_until(lambda: ids(cb.health.service("api", passing=True)[1]) == ["api-1"], 5, "on b")
+    entry = cb.health.service("api")[1][0]
+    assert entry["Node"]["Node"] == "node-a"  # registered through a's agent
+    assert cb.kv.get("cfg/x")[1]["Value"] == b"1"
+    index, _ = cb.health.service("api")
+    timer = threading.Timer(0.3, lambda: ca.agent.check.ttl_warn("service:api-1", notes="x"))
+    timer.start()
+    try:
+        start = time.monotonic()
+        new_index, entries = cb.health.service("api", index=index, wait="10s")
+    finally:
+        timer.join()
+    assert time.monotonic() - start < 1.3
+    assert entries[0]["Checks"][1]["Status"] == "warning"
+    b.restart()
+    again, _ = client(b).health.service("api")
+    assert int(again) >= int(new_index)
+    kv_index, _ = client(b).kv.get("cfg/x")
+    assert int(kv_index) >= 1
