@@ -40,6 +40,7 @@ from waypost.model import (
     MAX_KV_VALUE_BYTES,
     Check,
     Instance,
+    Kind,
     KVPair,
     Node,
     NodeStatus,
@@ -267,10 +268,13 @@ class ConsulApi:
             }
         )
 
+    def _on_node(self, node: str) -> list[Instance]:
+        """The Consul services on one node, by ID (the node's own index: no scan)."""
+        found = (i for i in self.catalog.node_instances(node) if cm.is_consul_service(i))
+        return sorted(found, key=cm.consul_id)
+
     def _local(self) -> list[Instance]:
-        return sorted(
-            (i for i in self._services() if self._node_of(i) == self.node), key=cm.consul_id
-        )
+        return self._on_node(self.node)
 
     async def agent_services(self, request: web.Request) -> web.StreamResponse:
         rows = self._selected(request, [cm.agent_service(i) for i in self._local()])
@@ -345,7 +349,7 @@ class ConsulApi:
     async def check_deregister(self, request: web.Request) -> web.StreamResponse:
         self._authorize(request)
         check_id = request.match_info["id"]
-        for inst in self._services():
+        for inst in self._local():
             if any(c.name == check_id for c in inst.checks):
                 checks = tuple(c for c in inst.checks if c.name != check_id)
                 meta = dict(inst.meta)
@@ -470,11 +474,17 @@ class ConsulApi:
 
     async def catalog_services(self, request: web.Request) -> web.StreamResponse:
         index = await self._block(request, ("services", None))
+        # From the kept per-service summaries: O(services), not O(instances).
         out: dict[str, list[str]] = {}
-        for inst in self._services():
-            tags = out.setdefault(cm.consul_name(inst), [])
-            tags.extend(t for t in inst.tags if t not in tags)
-        return self._json({k: sorted(out[k]) for k in sorted(out)}, index)
+        for summary in self.catalog.services():
+            if Kind.SERVICE not in summary.kinds:
+                continue
+            name = summary.name
+            first = self.catalog.service_instances(name)
+            if first and cm.META_NAME in first[0].meta:
+                name = cm.consul_name(first[0])
+            out.setdefault(name, []).extend(summary.tags)
+        return self._json({k: sorted(set(out[k])) for k in sorted(out)}, index)
 
     def _of_service(self, request: web.Request) -> tuple[str, Key]:
         name = request.match_info["name"]
@@ -523,8 +533,7 @@ class ConsulApi:
         nodes = self._nodes()
         if name not in nodes and name != self.node:
             return web.Response(body=b"null", headers=self._headers(index))
-        mine = [i for i in self._services() if self._node_of(i) == name]
-        services = {cm.consul_id(i): cm.agent_service(i) for i in sorted(mine, key=cm.consul_id)}
+        services = {cm.consul_id(i): cm.agent_service(i) for i in self._on_node(name)}
         return self._json({"Node": self._node_json(name, nodes), "Services": services}, index)
 
     async def datacenters(self, request: web.Request) -> web.StreamResponse:
@@ -592,9 +601,8 @@ class ConsulApi:
         if name not in nodes and name != self.node:
             return self._json([], index)
         out = self._node_checks(name, nodes)
-        for inst in sorted(self._services(), key=cm.consul_id):
-            if self._node_of(inst) == name:
-                out.extend(cm.service_checks(inst, name))
+        for inst in self._on_node(name):
+            out.extend(cm.service_checks(inst, name))
         return self._json(self._selected(request, out), index)
 
     # --- kv ------------------------------------------------------------------------------
