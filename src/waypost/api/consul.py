@@ -132,16 +132,7 @@ class ConsulApi:
             raise cm.ConsulInputError(f"Invalid wait time: {text!r}") from None
 
     def _blocking_index(self, request: web.Request) -> int | None:
-        text = request.query.get("index", "")
-        if not text:
-            return None
-        try:
-            value = int(text)
-        except ValueError:
-            raise cm.ConsulInputError(f"Invalid index: {text!r}") from None
-        if value < 0:
-            raise cm.ConsulInputError(f"Invalid index: {text!r}")
-        return value
+        return _counter(request, "index", "index")
 
     def _datacenter(self, request: web.Request) -> None:
         dc = request.query.get("dc", "")
@@ -682,16 +673,7 @@ class ConsulApi:
         return key
 
     def _cas(self, request: web.Request) -> int | None:
-        text = request.query.get("cas")
-        if text is None:
-            return None
-        try:
-            value = int(text)
-        except ValueError:
-            raise cm.ConsulInputError(f"Invalid CAS index: {text!r}") from None
-        if value < 0:
-            raise cm.ConsulInputError(f"Invalid CAS index: {text!r}")
-        return value
+        return _counter(request, "cas", "CAS index")
 
     async def kv_put(self, request: web.Request) -> web.StreamResponse:
         self._authorize(request)
@@ -762,6 +744,20 @@ class ConsulApi:
             "see docs/consul-compat.md",
             content_type="text/plain",
         )
+
+
+def _counter(request: web.Request, name: str, what: str) -> int | None:
+    """A non-negative integer query parameter (``index``, ``cas``); None when absent."""
+    text = request.query.get(name, "")
+    if not text:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise cm.ConsulInputError(f"Invalid {what}: {text!r}") from None
+    if value < 0:
+        raise cm.ConsulInputError(f"Invalid {what}: {text!r}")
+    return value
 
 
 def _plain_errors(api: ConsulApi, handler: Handler) -> Handler:

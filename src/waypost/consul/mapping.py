@@ -251,15 +251,20 @@ def _check(
     return out, status, out["name"], extra
 
 
-def check_registration(body: bytes) -> tuple[str, dict[str, Any], str, str | None]:
-    """``PUT /v1/agent/check/register``'s body: the ServiceID it is for, the check (its
-    name is the CheckID, which defaults to the Name as in Consul), its Consul status, and
-    its name and notes for the meta."""
+def _body(body: bytes) -> dict[str, Any]:
+    """A request's JSON object, keys folded; an empty body is an empty object."""
     try:
         raw = msgspec.json.decode(body) if body.strip() else {}
     except msgspec.DecodeError as exc:
         raise ConsulInputError(f"Request decode failed: {exc}") from None
-    c = folded(raw, "body")
+    return folded(raw, "body")
+
+
+def check_registration(body: bytes) -> tuple[str, dict[str, Any], str, str | None]:
+    """``PUT /v1/agent/check/register``'s body: the ServiceID it is for, the check (its
+    name is the CheckID, which defaults to the Name as in Consul), its Consul status, and
+    its name and notes for the meta."""
+    c = _body(body)
     name = _str(c, "name", "Name")
     if not name:
         raise ConsulInputError("Missing check name")
@@ -278,11 +283,7 @@ def check_registration(body: bytes) -> tuple[str, dict[str, Any], str, str | Non
 
 def registration(body: bytes, *, node: str, node_address: str) -> Instance:
     """``PUT /v1/agent/service/register``'s body as the instance it registers on ``node``."""
-    try:
-        raw = msgspec.json.decode(body) if body.strip() else {}
-    except msgspec.DecodeError as exc:
-        raise ConsulInputError(f"Request decode failed: {exc}") from None
-    r = folded(raw, "body")
+    r = _body(body)
     name = _str(r, "name", "Name")
     if not name:
         raise ConsulInputError("Missing service name")
