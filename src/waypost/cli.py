@@ -195,6 +195,19 @@ def server(
         str | None,
         typer.Option(help="Sign node-registry.json with this key (waypost keygen)."),
     ] = None,
+    tls_cert: Annotated[
+        str | None, typer.Option(help="TLS certificate (PEM) for the HTTP listener.")
+    ] = None,
+    tls_key: Annotated[str | None, typer.Option(help="Its private key (PEM).")] = None,
+    tls_ca: Annotated[
+        str | None, typer.Option(help="CA certificate(s) that sign client certificates.")
+    ] = None,
+    tls_verify_clients: Annotated[
+        bool,
+        typer.Option(
+            "--tls-verify-clients", help="Mutual TLS: refuse clients without a certificate."
+        ),
+    ] = False,
     config: Annotated[
         Path | None, typer.Option(help="YAML/JSON settings file (flags and env win).")
     ] = None,
@@ -221,6 +234,10 @@ def server(
         "http_workers": http_workers,
         "advertise_mdns": True if advertise_mdns else None,
         "sign_key": sign_key,
+        "tls_cert": tls_cert,
+        "tls_key": tls_key,
+        "tls_ca": tls_ca,
+        "tls_verify_clients": True if tls_verify_clients else None,
     }
     _serve(flags, config)
 
@@ -837,6 +854,55 @@ def network(
             heartbeat_interval=heartbeat_interval,
         )
     )
+
+
+tls_app = typer.Typer(
+    help="A development CA and certificates for TLS and mutual TLS.", no_args_is_help=True
+)
+app.add_typer(tls_app, name="tls")
+tls_ca_app = typer.Typer(help="The certificate authority.", no_args_is_help=True)
+tls_cert_app = typer.Typer(help="Server and client certificates.", no_args_is_help=True)
+tls_app.add_typer(tls_ca_app, name="ca")
+tls_app.add_typer(tls_cert_app, name="cert")
+TlsDir = Annotated[Path, typer.Option("--dir", help="Folder of ca.pem and ca-key.pem.")]
+
+
+@tls_ca_app.command("create")
+@_friendly
+def tls_ca_create(
+    folder: TlsDir,
+    days: Annotated[int, typer.Option(help="Validity in days.", min=1, max=36500)] = 1825,
+) -> None:
+    """Write DIR/ca.pem and DIR/ca-key.pem (0600): a CA for development and tests."""
+    from waypost.tls import create_ca
+
+    try:
+        path = create_ca(folder, days=days)
+    except OSError as exc:
+        raise InvalidInput(f"--dir: {exc.strerror or exc}", field="dir") from None
+    out.print(f"wrote {path} and {path.with_name('ca-key.pem')}")
+
+
+@tls_cert_app.command("create")
+@_friendly
+def tls_cert_create(
+    folder: TlsDir,
+    name: Annotated[str, typer.Option(help="The certificate's name (a server's host name).")],
+    server: Annotated[bool, typer.Option("--server", help="A server certificate.")] = False,
+    client: Annotated[bool, typer.Option("--client", help="A client certificate.")] = False,
+    days: Annotated[int, typer.Option(help="Validity in days.", min=1, max=3650)] = 365,
+) -> None:
+    """Write DIR/NAME.pem and DIR/NAME-key.pem (0600), signed by DIR's CA. A server
+    certificate also names localhost, 127.0.0.1 and ::1."""
+    from waypost.tls import create_cert
+
+    if server == client:
+        raise InvalidInput("give one of --server and --client", field="server")
+    try:
+        cert, key = create_cert(folder, name, server=server, days=days)
+    except OSError as exc:
+        raise InvalidInput(f"--dir: {exc.strerror or exc}", field="dir") from None
+    out.print(f"wrote {cert} and {key}")
 
 
 agent_app = typer.Typer(

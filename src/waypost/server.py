@@ -126,6 +126,16 @@ class WaypostServer:
             # HTTP workers share the port (SO_REUSEPORT); the first binds only if no
             # other process holds it, so two servers never split one port by mistake.
             shared = self.http_worker or self.settings.http_workers > 1
+            ssl_context = None
+            if self.settings.tls_cert:
+                from waypost.tls import server_context
+
+                ssl_context = server_context(
+                    self.settings.tls_cert,
+                    self.settings.tls_key,
+                    ca=self.settings.tls_ca,
+                    verify_clients=self.settings.tls_verify_clients,
+                )
             site = web.TCPSite(
                 self._runner,
                 host,
@@ -133,6 +143,7 @@ class WaypostServer:
                 reuse_address=True,
                 reuse_port=shared or None,
                 backlog=4096,
+                ssl_context=ssl_context,
             )
             try:
                 if shared and not self.http_worker and port != 0:
@@ -150,7 +161,8 @@ class WaypostServer:
         sockets = getattr(listening, "sockets", None) or []
         bound = sockets[0].getsockname()[1] if sockets else port
         shown = f"[{host}]" if ":" in host else host
-        self.url = f"http://{shown}:{bound}"
+        scheme = "https" if self.settings.tls_cert else "http"
+        self.url = f"{scheme}://{shown}:{bound}"
         try:
             await self._announce(app, host, bound)
         except BaseException:
@@ -205,7 +217,7 @@ class WaypostServer:
 
         reachable = _reachable_host(host)
         shown = f"[{reachable}]" if ":" in reachable else reachable
-        api = f"http://{shown}:{port}"
+        api = f"{'https' if self.settings.tls_cert else 'http'}://{shown}:{port}"
         addresses = [f"{shown}:{port}"]
         if self.dns is not None:
             addresses += [a.replace("0.0.0.0", reachable) for a in self.dns.addresses()]

@@ -62,6 +62,12 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # node-registry.json with this Ed25519 key (waypost keygen).
     advertise_mdns: bool = False
     sign_key: str = ""
+    # TLS on the HTTP listener (API, dashboard, Consul API): certificate and key files;
+    # a CA file, and whether clients must present a certificate it signed (mutual TLS).
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""
+    tls_verify_clients: bool = False
 
     def dns_listeners(self) -> list[tuple[str, int]]:
         """``dns`` as (host, port) pairs; InvalidInput when one is not HOST:PORT."""
@@ -149,6 +155,12 @@ def load_settings(
     except msgspec.ValidationError as exc:
         raise InvalidInput(f"settings: {exc}", field="settings") from None
     settings.http_host_port()
+    if bool(settings.tls_cert) != bool(settings.tls_key):
+        raise InvalidInput("tls: give --tls-cert and --tls-key together", field="tls_cert")
+    if settings.tls_verify_clients and not (settings.tls_cert and settings.tls_ca):
+        raise InvalidInput(
+            "tls_verify_clients: needs --tls-cert, --tls-key and --tls-ca", field="tls_ca"
+        )
     settings.event_window_s()
     settings.max_wait_s()
     settings.dns_listeners()

@@ -50,7 +50,7 @@ class ManualClock:
         return self.now
 
 
-SERVING = re.compile(r"serving (http://\S+)")
+SERVING = re.compile(r"serving (https?://\S+)")
 DNS = re.compile(r"dns (\S+)\)")
 
 

@@ -1,0 +1,165 @@
+"""TLS on the server's HTTP listener, with certificates made by ``waypost tls``: curl with
+the CA talks to it, plain HTTP is refused, TLS below 1.2 and weak ciphers are refused,
+and with ``--tls-verify-clients`` only clients holding a certificate from the CA get in."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import stat
+import subprocess
+import sys
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import ServerProcess
+
+
+def waypost(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "waypost", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CA with a server certificate (server1) and a client certificate (agent1), and a
+    second CA (other/) with a client certificate of its own (made once for the module)."""
+    d = tmp_path_factory.mktemp("tls")
+    for args in (
+        ["tls", "ca", "create", "--dir", str(d)],
+        ["tls", "cert", "create", "--dir", str(d), "--server", "--name", "server1"],
+        ["tls", "cert", "create", "--dir", str(d), "--client", "--name", "agent1"],
+        ["tls", "ca", "create", "--dir", str(d / "other")],
+        ["tls", "cert", "create", "--dir", str(d / "other"), "--client", "--name", "intruder"],
+    ):
+        done = waypost(*args)
+        assert done.returncode == 0, done.stderr
+    return d
+
+
+def test_tls_cli_writes_keys_for_the_owner_only_and_refuses_to_overwrite(pki: Path) -> None:
+    for key in ("ca-key.pem", "server1-key.pem", "agent1-key.pem"):
+        assert stat.S_IMODE((pki / key).stat().st_mode) == 0o600
+    again = waypost("tls", "ca", "create", "--dir", str(pki))
+    assert again.returncode != 0
+    assert "exists" in again.stderr
+    neither = waypost("tls", "cert", "create", "--dir", str(pki), "--name", "x")
+    assert neither.returncode != 0
+    assert "--server" in neither.stderr
+    no_ca = waypost("tls", "cert", "create", "--dir", str(pki / "none"), "--server", "--name", "x")
+    assert no_ca.returncode != 0
+    assert "waypost tls ca create" in no_ca.stderr
+
+
+def tls_server(start: Callable[..., ServerProcess], pki: Path, *more: str) -> ServerProcess:
+    return start(
+        "--tls-cert", str(pki / "server1.pem"), "--tls-key", str(pki / "server1-key.pem"), *more
+    )
+
+
+def test_curl_with_the_ca_talks_to_the_server_and_plain_http_is_refused(
+    start_server: Callable[..., ServerProcess], pki: Path
+) -> None:
+    server = tls_server(start_server, pki)
+    assert server.url.startswith("https://")
+    done = subprocess.run(
+        ["curl", "-sS", "--cacert", str(pki / "ca.pem"), f"{server.url}/health"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert '"status"' in done.stdout or "ok" in done.stdout
+    # Without the CA, verification fails.
+    assert subprocess.run(["curl", "-sS", f"{server.url}/health"], capture_output=True,
+                          timeout=30).returncode != 0  # fmt: skip
+    # Plain HTTP to the TLS port gets no answer.
+    plain = server.url.replace("https://", "http://")
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"{plain}/health", timeout=5)
+    # The Python client with the CA: writes and reads work as over HTTP.
+    ca = ssl.create_default_context(cafile=str(pki / "ca.pem"))
+    with httpx.Client(base_url=server.url, verify=ca, timeout=10) as http:
+        body = {"service": "web", "address": "10.0.0.1", "port": 80}
+        assert http.put("/api/v1/instances/web-1", json=body).status_code == 200
+        assert [i["id"] for i in http.get("/api/v1/services/web").json()] == ["web-1"]
+
+
+def handshake(server: ServerProcess, ctx: ssl.SSLContext) -> str:
+    """A TLS handshake with ``ctx``; the negotiated version."""
+    host = "127.0.0.1"
+    with (
+        socket.create_connection((host, server.port), timeout=5) as raw,
+        ctx.wrap_socket(raw, server_hostname=host) as tls,
+    ):
+        return str(tls.version())
+
+
+def test_no_tls_below_1_2_and_no_weak_ciphers(
+    start_server: Callable[..., ServerProcess], pki: Path
+) -> None:
+    server = tls_server(start_server, pki)
+    ca = str(pki / "ca.pem")
+    good = ssl.create_default_context(cafile=ca)
+    assert handshake(server, good) in ("TLSv1.2", "TLSv1.3")
+    old = ssl.create_default_context(cafile=ca)
+    with warnings.catch_warnings():  # asking for old TLS is deprecated: that is the point
+        warnings.simplefilter("ignore", DeprecationWarning)
+        old.minimum_version = ssl.TLSVersion.TLSv1
+        old.maximum_version = ssl.TLSVersion.TLSv1_1
+    old.set_ciphers("ALL:@SECLEVEL=0")
+    with pytest.raises((ssl.SSLError, OSError)):
+        handshake(server, old)
+    for weak in ("NULL:@SECLEVEL=0", "EXPORT:@SECLEVEL=0", "AES128-SHA:@SECLEVEL=0",
+                 "ECDHE-ECDSA-AES128-SHA:@SECLEVEL=0"):  # fmt: skip
+        ctx = ssl.create_default_context(cafile=ca)
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2  # 1.3 suites are fixed (and strong)
+        try:
+            ctx.set_ciphers(weak)
+        except ssl.SSLError:
+            continue  # this OpenSSL has none of them at all
+        with pytest.raises((ssl.SSLError, OSError)):
+            handshake(server, ctx)
+
+
+def test_mutual_tls_lets_in_only_clients_with_a_certificate_from_the_ca(
+    start_server: Callable[..., ServerProcess], pki: Path
+) -> None:
+    server = tls_server(start_server, pki, "--tls-ca", str(pki / "ca.pem"), "--tls-verify-clients")
+    ca = str(pki / "ca.pem")
+    body = {"service": "web", "address": "10.0.0.1", "port": 80}
+    # No certificate: refused in the handshake.
+    plain = ssl.create_default_context(cafile=ca)
+    with pytest.raises(httpx.HTTPError), httpx.Client(verify=plain, timeout=5) as anon:
+        anon.get(f"{server.url}/health")
+    # A certificate from another CA: refused.
+    other = ssl.create_default_context(cafile=ca)
+    other.load_cert_chain(pki / "other" / "intruder.pem", pki / "other" / "intruder-key.pem")
+    with pytest.raises(httpx.HTTPError), httpx.Client(verify=other, timeout=5) as intruder:
+        intruder.put(f"{server.url}/api/v1/instances/x-1", json=body)
+    # The CA's client certificate: in, and it registers.
+    mine = ssl.create_default_context(cafile=ca)
+    mine.load_cert_chain(pki / "agent1.pem", pki / "agent1-key.pem")
+    with httpx.Client(verify=mine, timeout=10) as agent:
+        assert agent.put(f"{server.url}/api/v1/instances/web-1", json=body).status_code == 200
+        assert agent.get(f"{server.url}/api/v1/instances/x-1").status_code == 404
+
+
+def test_tls_settings_are_checked_at_start(
+    start_server: Callable[..., ServerProcess], pki: Path
+) -> None:
+    for args, words in (
+        (["--tls-cert", str(pki / "server1.pem")], "together"),
+        (["--tls-cert", str(pki / "server1.pem"), "--tls-key", str(pki / "nope.pem")], "nope"),
+        (["--tls-cert", str(pki / "server1.pem"), "--tls-key", str(pki / "agent1-key.pem")],
+         "not a certificate and its key"),
+        (["--tls-cert", str(pki / "server1.pem"), "--tls-key", str(pki / "server1-key.pem"),
+          "--tls-verify-clients"], "--tls-ca"),
+    ):  # fmt: skip
+        done = waypost("server", "--http", "127.0.0.1:0", "--no-dns", *args)
+        assert done.returncode != 0
+        assert words in done.stderr, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
