@@ -177,3 +177,20 @@ def test_consul_compat_kv_example_runs(server: ServerProcess) -> None:
     import httpx
 
     assert httpx.get(f"{server.url}/v1/kv/app/config").status_code == 404  # deleted
+
+
+def test_security_tls_example_runs(tmp_path: Path) -> None:
+    """docs/security.md's certificate commands, as written (waypost from this venv)."""
+    import subprocess
+    import sys
+
+    script = SH_BLOCK.findall((DOCS / "security.md").read_text())[0]
+    bin_dir = Path(sys.executable).parent
+    done = subprocess.run(
+        ["bash", "-e", "-c", script], capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        env={"PATH": f"{bin_dir}:/usr/bin:/bin"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    names = {p.name for p in (tmp_path / "tls").iterdir()}
+    assert names == {"ca.pem", "ca-key.pem", "registry.lan.pem", "registry.lan-key.pem",
+                     "agent-1.pem", "agent-1-key.pem"}  # fmt: skip
