@@ -943,6 +943,13 @@ def agent(
         str, typer.Option(help="How often discovery sources are read again.")
     ] = "60s",
     dns_resolver: DnsResolverOpt = None,
+    tls_ca: Annotated[
+        str | None, typer.Option(help="CA to trust for https:// servers (PEM).")
+    ] = None,
+    tls_cert: Annotated[
+        str | None, typer.Option(help="Client certificate for mutual TLS (PEM).")
+    ] = None,
+    tls_key: Annotated[str | None, typer.Option(help="Its private key (PEM).")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
 ) -> None:
     """Register this node's services from definition files, run their checks, keep the
@@ -997,7 +1004,14 @@ def agent(
         trust_keys=_trust(trust_key),
         refresh_interval=refresh_interval,
         dns_resolver=f"{r[0]}:{r[1]}" if (r := _resolver(dns_resolver)) else "",
+        tls_ca=tls_ca or "",
+        tls_cert=tls_cert or "",
+        tls_key=tls_key or "",
     )
+    if tls_ca or tls_cert or tls_key:
+        from waypost.tls import client_context
+
+        client_context(tls_ca or "", tls_cert or "", tls_key or "")  # bad files: one line now
     _run_agent(settings, log_level)
 
 

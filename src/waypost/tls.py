@@ -185,3 +185,26 @@ def server_context(
         except (ssl.SSLError, OSError) as exc:
             raise InvalidInput(f"tls_ca: cannot read {ca} ({exc})", field="tls_ca") from None
     return ctx
+
+
+def client_context(ca: str = "", cert: str = "", key: str = "") -> ssl.SSLContext:
+    """A client's TLS context: the system's trust store plus ``ca``, TLS 1.2 or newer,
+    presenting ``cert`` and ``key`` when given (mutual TLS)."""
+    for what, path in (("tls_ca", ca), ("tls_cert", cert), ("tls_key", key)):
+        if path and not Path(path).is_file():
+            raise InvalidInput(f"{what}: cannot read {path} (no such file)", field=what)
+    if bool(cert) != bool(key):
+        raise InvalidInput(
+            "tls: give the client certificate and its key together", field="tls_cert"
+        )
+    ctx = ssl.create_default_context(cafile=ca or None)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cert:
+        try:
+            ctx.load_cert_chain(cert, key)
+        except (ssl.SSLError, OSError) as exc:
+            raise InvalidInput(
+                f"tls: {cert} and {key} are not a certificate and its key ({exc})",
+                field="tls_cert",
+            ) from None
+    return ctx

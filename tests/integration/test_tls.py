@@ -163,3 +163,44 @@ def test_tls_settings_are_checked_at_start(
         assert done.returncode != 0
         assert words in done.stderr, done.stderr
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_an_agent_with_a_client_certificate_registers_over_mutual_tls(
+    start_server: Callable[..., ServerProcess], pki: Path, tmp_path: Path
+) -> None:
+    from tests.conftest import wait_until
+    from tests.integration.agents import AgentProcess
+
+    server = tls_server(start_server, pki, "--tls-ca", str(pki / "ca.pem"), "--tls-verify-clients")
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "db.json").write_text('[{"id": "db-a", "service": "db", "port": 5432}]')
+    tls_args = ["--tls-ca", str(pki / "ca.pem")]
+    mine = [*tls_args, "--tls-cert", str(pki / "agent1.pem"),
+            "--tls-key", str(pki / "agent1-key.pem")]  # fmt: skip
+    agent = AgentProcess(server.url, "n1", conf, tmp_path / "agent", *mine).start()
+    try:
+        ctx = ssl.create_default_context(cafile=str(pki / "ca.pem"))
+        ctx.load_cert_chain(pki / "agent1.pem", pki / "agent1-key.pem")
+        with httpx.Client(base_url=server.url, verify=ctx, timeout=10) as http:
+            wait_until(
+                lambda: [i["id"] for i in http.get("/api/v1/services/db").json()] == ["db-a"],
+                15,
+                "the agent's registration over mutual TLS",
+            )
+    finally:
+        agent.stop()
+    # An agent with the CA but no certificate of its own is refused: it never registers.
+    (conf / "db.json").write_text('[{"id": "db-b", "service": "db", "port": 5433}]')
+    bare = AgentProcess(server.url, "n2", conf, tmp_path / "agent2", *tls_args).start()
+    try:
+        sync = wait_until(
+            lambda: (
+                (s := httpx.get(f"{bare.url}/status", timeout=5).json()["sync"])["last_error"] and s
+            ),
+            15,
+            "the refused agent to say why",
+        )
+        assert sync["state"] in ("disconnected", "failed"), sync
+    finally:
+        bare.stop()

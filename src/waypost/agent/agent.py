@@ -60,6 +60,10 @@ class AgentSettings(msgspec.Struct, kw_only=True):
     address: str = "127.0.0.1"
     http: str = "127.0.0.1:0"
     token: str = ""
+    # TLS to https:// servers: a CA to trust, and a client certificate (mutual TLS).
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
     meta: dict[str, str] = msgspec.field(default_factory=dict)
     # Node discovery (instead of, or besides, servers): sources, trust keys, how often
     # the sources are read again, the DNS server for srv: sources.
@@ -168,12 +172,18 @@ class Agent:
 
         has_env = bool(os.environ.get("WAYPOST_NODE_REGISTRIES"))
         peers_file = gather_sources((), data_dir=settings.data_dir)
+        tls = None
+        if settings.tls_ca or settings.tls_cert:
+            from waypost.tls import client_context
+
+            tls = client_context(settings.tls_ca, settings.tls_cert, settings.tls_key)
         if not settings.join and not has_env and not peers_file:
-            return AsyncClient(settings.servers, token=settings.token or None)
+            return AsyncClient(settings.servers, token=settings.token or None, tls=tls)
         try:
             client = AsyncClient(
                 settings.servers or None,
                 token=settings.token or None,
+                tls=tls,
                 join=[*settings.join, *peers_file],
                 trust_keys=settings.trust_keys,
                 dns_resolver=settings.dns_resolver or None,

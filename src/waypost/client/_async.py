@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -119,6 +120,7 @@ class AsyncClient:
         join: Sequence[str] | None = None,
         trust_keys: Sequence[str] = (),
         dns_resolver: str | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         """``coalesce``: send concurrent register, deregister and heartbeat calls as one
         request (each caller still gets exactly its own call's answer, see
@@ -130,7 +132,9 @@ class AsyncClient:
         ``srv:NAME``, ``mdns``; ``WAYPOST_NODE_REGISTRIES`` adds more) to find the servers
         instead of (or besides) ``servers``; ``trust_keys``: accept only entries signed
         by these keys (``WAYPOST_TRUST_KEYS`` adds more); ``dns_resolver``: IP:PORT for
-        ``srv:`` sources."""
+        ``srv:`` sources. ``tls``: the TLS context for ``https://`` servers (a private
+        CA, a client certificate for mutual TLS: ``waypost.tls.client_context``)."""
+        self._tls = tls
         self._cache_snapshot = cache_snapshot
         self._servers, self.discovery = _core.discovery_for(servers, join, trust_keys, dns_resolver)
         self._discovering: asyncio.Lock | None = None
@@ -199,7 +203,9 @@ class AsyncClient:
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 headers=self._headers,
-                connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+                connector=aiohttp.TCPConnector(
+                    limit=0, ttl_dns_cache=300, ssl=self._tls if self._tls else True
+                ),
             )
         return self._session
 

@@ -7,6 +7,7 @@ import concurrent.futures
 import contextlib
 import logging
 import os
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -112,8 +113,9 @@ class Client:
         dns_resolver: str | None = None,
         coalesce: bool = True,
         batch_max: int = 64,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
-        """``cache_snapshot``, ``join``, ``trust_keys``, ``dns_resolver``: as
+        """``cache_snapshot``, ``join``, ``trust_keys``, ``dns_resolver``, ``tls``: as
         ``AsyncClient``'s. ``coalesce``: register, deregister and heartbeat calls made
         from several threads while one is in flight go together as one request when it
         ends (at most ``batch_max``), each caller still getting exactly its own call's
@@ -124,7 +126,7 @@ class Client:
         self._cache_snapshot = cache_snapshot
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._timeout_s = timeout_s
-        self._http = httpx.Client(headers=headers, timeout=timeout_s)
+        self._http = httpx.Client(headers=headers, timeout=timeout_s, verify=tls or True)
         self._cache: ServiceCache | None = None
         self._service_pool: httpx.Client | None = None
         self._traffic: dict[str, dict[str, Policies]] = {}  # by zone/service called
