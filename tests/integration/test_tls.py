@@ -204,3 +204,16 @@ def test_an_agent_with_a_client_certificate_registers_over_mutual_tls(
         assert sync["state"] in ("disconnected", "failed"), sync
     finally:
         bare.stop()
+
+
+def test_the_security_pages_sdk_example_runs(
+    start_server: Callable[..., ServerProcess], pki: Path
+) -> None:
+    import re
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "security.md").read_text()
+    [code] = re.findall(r"```python\n(.*?)```", doc, re.S)
+    server = tls_server(start_server, pki, "--tls-ca", str(pki / "ca.pem"), "--tls-verify-clients")
+    code = code.replace("https://registry.lan:8500", server.url)
+    code = code.replace("tls/", f"{pki}/").replace("agent-1", "agent1")
+    exec(compile(code, "security.md", "exec"), {"__name__": "docs_example"})
