@@ -14,6 +14,7 @@ LAYERS = {
     "aio": 0,
     "processes": 0,
     "durations": 1,
+    "tls": 1,
     "telemetry": 1,
     "versions": 1,
     "sse": 1,
