@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import ServerProcess
 
-FUZZ_SECONDS = 60
+FUZZ_SECONDS = 45
 
 
 @pytest.mark.timeout(FUZZ_SECONDS + 120)
@@ -37,7 +37,7 @@ def test_schemathesis_with_every_check_finds_nothing(
         "--phases",
         "examples,coverage,fuzzing",
         "--max-examples",
-        "30",
+        "20",
         "--max-time",
         str(FUZZ_SECONDS),
         "--request-timeout",
