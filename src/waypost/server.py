@@ -8,6 +8,7 @@ import gc
 import logging
 import os
 import socket
+import ssl
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -49,6 +50,7 @@ class WaypostServer:
         self.settings = settings
         # An HTTP worker: one of the processes another server started to share its port.
         self.http_worker = http_worker
+        self.ssl_context: ssl.SSLContext | None = None
         self.store = store or open_store(
             settings.store,
             data_dir=Path(settings.data_dir),
@@ -130,7 +132,7 @@ class WaypostServer:
             if self.settings.tls_cert:
                 from waypost.tls import server_context
 
-                ssl_context = server_context(
+                ssl_context = self.ssl_context = server_context(
                     self.settings.tls_cert,
                     self.settings.tls_key,
                     ca=self.settings.tls_ca,
@@ -207,6 +209,24 @@ class WaypostServer:
             except BaseException:
                 await self.stop()
                 raise
+
+    def reload_tls(self) -> None:
+        """SIGHUP: read the certificate, key and CA files again. New connections get them;
+        open ones go on. A file that cannot be read keeps the old ones (and says so)."""
+        if self.ssl_context is None:
+            log.info("SIGHUP: no TLS files to reload")
+            return
+        from waypost.tls import reload_context
+
+        try:
+            reload_context(
+                self.ssl_context, self.settings.tls_cert, self.settings.tls_key,
+                self.settings.tls_ca,
+            )  # fmt: skip
+        except WaypostError as exc:
+            log.error("SIGHUP: TLS files not reloaded, the old ones stay: %s", exc)
+            return
+        log.info("SIGHUP: TLS certificate reloaded from %s", self.settings.tls_cert)
 
     async def _announce(self, app: web.Application, host: str, port: int) -> None:
         """Write ``{data_dir}/node-registry.json`` (signed with ``--sign-key``), serve it at
@@ -296,7 +316,7 @@ async def serve(settings: Settings) -> None:
         if http_worker:
             await _until_signalled_or_orphaned()
         else:
-            await until_signalled()
+            await until_signalled(on_hup=server.reload_tls)
     finally:
         log.info("shutting down")
         await server.stop()

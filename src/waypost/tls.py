@@ -208,3 +208,13 @@ def client_context(ca: str = "", cert: str = "", key: str = "") -> ssl.SSLContex
                 field="tls_cert",
             ) from None
     return ctx
+
+
+def reload_context(ctx: ssl.SSLContext, cert: str, key: str, ca: str = "") -> None:
+    """Load ``cert`` and ``key`` (and ``ca``) into a live context: new handshakes use
+    them, established connections are untouched. Checked on a scratch context first, so
+    a bad file leaves ``ctx`` as it was (InvalidInput)."""
+    server_context(cert, key, ca=ca)  # raises on anything unreadable or mismatched
+    ctx.load_cert_chain(cert, key)
+    if ca:
+        ctx.load_verify_locations(cafile=ca)

@@ -217,3 +217,67 @@ def test_the_security_pages_sdk_example_runs(
     code = code.replace("https://registry.lan:8500", server.url)
     code = code.replace("tls/", f"{pki}/").replace("agent-1", "agent1")
     exec(compile(code, "security.md", "exec"), {"__name__": "docs_example"})
+
+
+def peer_serial(server: ServerProcess, ca: str) -> int:
+    from cryptography import x509
+
+    host = "127.0.0.1"
+    ctx = ssl.create_default_context(cafile=ca)
+    with (
+        socket.create_connection((host, server.port), timeout=5) as raw,
+        ctx.wrap_socket(raw, server_hostname=host) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return int(x509.load_der_x509_certificate(der).serial_number)
+
+
+def test_sighup_reloads_the_certificate_without_dropping_connections(
+    start_server: Callable[..., ServerProcess], pki: Path, tmp_path: Path
+) -> None:
+    import os
+    import shutil
+    import signal
+
+    from tests.conftest import wait_until
+
+    live_cert, live_key = tmp_path / "live.pem", tmp_path / "live-key.pem"
+    shutil.copy(pki / "server1.pem", live_cert)
+    shutil.copy(pki / "server1-key.pem", live_key)
+    server = start_server("--tls-cert", str(live_cert), "--tls-key", str(live_key))
+    ca = str(pki / "ca.pem")
+    first = peer_serial(server, ca)
+    done = waypost("tls", "cert", "create", "--dir", str(pki), "--server", "--name", "server2")
+    assert done.returncode == 0, done.stderr
+    assert server.proc is not None
+    with httpx.Client(base_url=server.url, verify=ssl.create_default_context(cafile=ca)) as http:
+        assert http.get("/health").status_code == 200  # a kept-alive connection
+        shutil.copy(pki / "server2.pem", live_cert)
+        shutil.copy(pki / "server2-key.pem", live_key)
+        os.kill(server.proc.pid, signal.SIGHUP)
+        wait_until(lambda: peer_serial(server, ca) != first, 10, "the new certificate")
+        assert http.get("/health").status_code == 200  # the open connection goes on
+        second = peer_serial(server, ca)
+        # A key that cannot be read: the old certificate stays, the server says so.
+        live_key.write_text("not a key")
+        os.kill(server.proc.pid, signal.SIGHUP)
+        wait_until(lambda: "not reloaded" in server.log.read_text(), 10, "the log line")
+        assert peer_serial(server, ca) == second
+        assert server.proc.poll() is None
+        assert http.get("/health").status_code == 200
+
+
+def test_sighup_without_tls_does_not_stop_the_server(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    import os
+    import signal
+
+    from tests.conftest import wait_until
+
+    server = start_server()
+    assert server.proc is not None
+    os.kill(server.proc.pid, signal.SIGHUP)
+    wait_until(lambda: "no TLS files to reload" in server.log.read_text(), 10, "the log line")
+    assert httpx.get(f"{server.url}/health", timeout=5).status_code == 200
