@@ -31,8 +31,11 @@ async def cancel_all(tasks: Iterable[asyncio.Task[None]]) -> None:
             await task
 
 
-async def until_signalled(on_hup: Callable[[], None] | None = None) -> None:
-    """Return at SIGINT or SIGTERM; ``on_hup`` is called at each SIGHUP meanwhile."""
+async def until_signalled(
+    on_hup: Callable[[], None] | None = None, ready: Callable[[], None] | None = None
+) -> None:
+    """Return at SIGINT or SIGTERM; ``on_hup`` is called at each SIGHUP meanwhile;
+    ``ready`` once the handlers are in place (announce readiness there)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -41,6 +44,8 @@ async def until_signalled(on_hup: Callable[[], None] | None = None) -> None:
     if on_hup is not None:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(signal.SIGHUP, on_hup)
+    if ready is not None:
+        ready()
     await stop.wait()
 
 

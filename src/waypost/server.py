@@ -306,17 +306,23 @@ async def serve(settings: Settings) -> None:
     server = WaypostServer(settings, http_worker=http_worker)
     await server.start()  # (which freezes what it loaded out of the collector's sight)
     dns = f", dns {','.join(server.dns.addresses())}" if server.dns is not None else ""
-    print(
-        f"waypost: serving {server.url} (store {server.store.kind}, node {settings.node}{dns})",
-        flush=True,
-    )
-    if not http_worker:
-        print(f"waypost: dashboard {server.url}/ui/", flush=True)
+
+    def announce() -> None:
+        print(
+            f"waypost: serving {server.url} (store {server.store.kind}, node {settings.node}{dns})",
+            flush=True,
+        )
+        if not http_worker:
+            print(f"waypost: dashboard {server.url}/ui/", flush=True)
+
     try:
         if http_worker:
+            announce()
             await _until_signalled_or_orphaned()
         else:
-            await until_signalled(on_hup=server.reload_tls)
+            # Announced once the signal handlers are in place: a SIGHUP (or SIGTERM) sent
+            # right after the announcement is handled, never the default action.
+            await until_signalled(on_hup=server.reload_tls, ready=announce)
     finally:
         log.info("shutting down")
         await server.stop()
