@@ -98,8 +98,16 @@ def _friendly(fn: Callable[P, R]) -> Callable[P, R]:
 
 
 def _client(server: list[str] | None, token: str | None) -> Client:
+    """The client of the commands that talk to a server; for ``https://`` servers it
+    trusts ``WAYPOST_TLS_CA`` and presents ``WAYPOST_TLS_CERT``/``WAYPOST_TLS_KEY``."""
     urls = [u for s in (server or ["http://127.0.0.1:8500"]) for u in s.split(",") if u]
-    return Client(urls, token=token)
+    ca, cert, key = (os.environ.get(f"WAYPOST_TLS_{n}", "") for n in ("CA", "CERT", "KEY"))
+    tls = None
+    if ca or cert or key:
+        from waypost.tls import client_context
+
+        tls = client_context(ca, cert, key)
+    return Client(urls, token=token, tls=tls)
 
 
 def _print_json(data: Any) -> None:

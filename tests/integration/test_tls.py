@@ -281,3 +281,39 @@ def test_sighup_without_tls_does_not_stop_the_server(
     os.kill(server.proc.pid, signal.SIGHUP)
     wait_until(lambda: "no TLS files to reload" in server.log.read_text(), 10, "the log line")
     assert httpx.get(f"{server.url}/health", timeout=5).status_code == 200
+
+
+def test_cli_commands_talk_to_a_mutual_tls_server_with_the_tls_environment(
+    start_server: Callable[..., ServerProcess], pki: Path, tmp_path: Path
+) -> None:
+    import os
+
+    server = tls_server(start_server, pki, "--tls-ca", str(pki / "ca.pem"), "--tls-verify-clients")
+    env = {
+        **os.environ,
+        "WAYPOST_TLS_CA": str(pki / "ca.pem"),
+        "WAYPOST_TLS_CERT": str(pki / "agent1.pem"),
+        "WAYPOST_TLS_KEY": str(pki / "agent1-key.pem"),
+    }
+    base = [sys.executable, "-m", "waypost"]
+    defs = tmp_path / "cli.yaml"
+    defs.write_text("instances:\n  - {id: cli-1, service: cli, address: 10.0.0.1, port: 80}\n")
+    reg = subprocess.run(
+        [*base, "register", "--server", server.url, "--file", str(defs)],
+        capture_output=True, text=True, env=env, timeout=30,
+    )  # fmt: skip
+    assert reg.returncode == 0, reg.stderr
+    listed = subprocess.run(
+        [*base, "services", "--server", server.url], capture_output=True, text=True, env=env,
+        timeout=30,
+    )  # fmt: skip
+    assert listed.returncode == 0, listed.stderr
+    assert "cli" in listed.stdout
+    # Without the client certificate: a one-line error, non-zero exit.
+    bare = {k: v for k, v in env.items() if k not in ("WAYPOST_TLS_CERT", "WAYPOST_TLS_KEY")}
+    refused = subprocess.run(
+        [*base, "services", "--server", server.url], capture_output=True, text=True, env=bare,
+        timeout=30,
+    )  # fmt: skip
+    assert refused.returncode != 0
+    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
