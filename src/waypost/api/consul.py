@@ -212,6 +212,10 @@ class ConsulApi:
         meta = node.meta if node is not None else {}
         return cm.consul_node(name, address, meta)
 
+    def _known(self, name: str, nodes: dict[str, Node]) -> bool:
+        """Whether Consul's view has node ``name``: a known node, or this server's own."""
+        return name in nodes or name == self.node
+
     def _node_status(self, name: str, nodes: dict[str, Node]) -> NodeStatus:
         node = nodes.get(name)
         return node.status if node is not None else NodeStatus.ALIVE
@@ -522,7 +526,7 @@ class ConsulApi:
         index = await self._block(request, None)
         name = request.match_info["node"]
         nodes = self._nodes()
-        if name not in nodes and name != self.node:
+        if not self._known(name, nodes):
             return web.Response(body=b"null", headers=self._headers(index))
         services = {cm.consul_id(i): cm.agent_service(i) for i in self._on_node(name)}
         return self._json({"Node": self._node_json(name, nodes), "Services": services}, index)
@@ -589,7 +593,7 @@ class ConsulApi:
         index = await self._block(request, None)
         name = request.match_info["node"]
         nodes = self._nodes()
-        if name not in nodes and name != self.node:
+        if not self._known(name, nodes):
             return self._json([], index)
         out = self._node_checks(name, nodes)
         for inst in self._on_node(name):
