@@ -25,6 +25,7 @@ LAYERS = {
     "prometheus": 2,
     "consul": 2,
     "catalog": 3,
+    "acl": 3,
     "store": 3,
     "traffic": 3,
     "health": 3,
@@ -58,6 +59,7 @@ FORBIDDEN = {
 # Pure layers: no I/O libraries (design.md: the catalog knows no HTTP, traffic/ no sockets).
 PURE = (
     "catalog",
+    "acl",
     "compact",
     "prometheus",
     "consul",

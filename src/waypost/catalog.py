@@ -42,7 +42,7 @@ DEFAULT_RECENT_EVENTS = 4096
 # Services that had instances and have none now keep their last revision this long (in
 # count), so a blocking query on a just-emptied service does not wake for nothing.
 MAX_EMPTY_SERVICES = 10_000
-KINDS = ("instance", "node", "service_config", "route", "kv")
+KINDS = ("instance", "node", "service_config", "route", "kv", "acl_policy", "acl_token")
 
 
 # An index past any event of a revision: the whole revision is applied.

@@ -24,7 +24,7 @@ from waypost._version import __version__
 from waypost.client import Client
 from waypost.durations import parse_duration
 from waypost.errors import Conflict, InvalidInput, NotFound, Unavailable, WaypostError
-from waypost.model import Instance, convert_instance
+from waypost.model import AclPolicy, AclTokenView, Instance, convert_instance
 
 app = typer.Typer(
     name="waypost",
@@ -107,7 +107,24 @@ def _client(server: list[str] | None, token: str | None) -> Client:
         from waypost.tls import client_context
 
         tls = client_context(ca, cert, key)
+    if token is None:
+        token = token_from_file(os.environ.get("WAYPOST_TOKEN_FILE", ""))
     return Client(urls, token=token, tls=tls)
+
+
+def token_from_file(path: str) -> str | None:
+    """The token kept in a file (``WAYPOST_TOKEN_FILE``, ``--token-file``), if one is named."""
+    if not path:
+        return None
+    try:
+        text = Path(path).read_text().strip()
+    except OSError as exc:
+        raise InvalidInput(
+            f"token file: cannot read {path}: {exc.strerror}", field="token"
+        ) from None
+    if not text:
+        raise InvalidInput(f"token file: {path} is empty", field="token")
+    return text
 
 
 def _print_json(data: Any) -> None:
@@ -216,6 +233,26 @@ def server(
             "--tls-verify-clients", help="Mutual TLS: refuse clients without a certificate."
         ),
     ] = False,
+    acl_default_policy: Annotated[
+        str | None,
+        typer.Option(
+            help="ACLs: allow (default) or deny what no token rule covers "
+            "(env WAYPOST_ACL_DEFAULT_POLICY)."
+        ),
+    ] = None,
+    dns_acl: Annotated[
+        str | None,
+        typer.Option(
+            help="DNS answers what the anonymous token may read (anonymous, default) or all."
+        ),
+    ] = None,
+    token_write_rate: Annotated[
+        float | None, typer.Option(help="Writes a second per token; over it: 429 (0: no limit).")
+    ] = None,
+    token_max_watches: Annotated[
+        int | None,
+        typer.Option(help="Open blocking queries and event streams per token (0: no limit)."),
+    ] = None,
     config: Annotated[
         Path | None, typer.Option(help="YAML/JSON settings file (flags and env win).")
     ] = None,
@@ -246,6 +283,10 @@ def server(
         "tls_key": tls_key,
         "tls_ca": tls_ca,
         "tls_verify_clients": True if tls_verify_clients else None,
+        "acl_default_policy": acl_default_policy,
+        "dns_acl": dns_acl,
+        "token_write_rate": token_write_rate,
+        "token_max_watches": token_max_watches,
     }
     _serve(flags, config)
 
@@ -833,6 +874,10 @@ def network(
     ] = None,
     heartbeat_interval: Annotated[str, typer.Option(help="Registry heartbeats.")] = "15s",
     data_dir: Annotated[str, typer.Option(help="Data directory (discovery mode).")] = ".waypost",
+    token: Annotated[
+        str | None,
+        typer.Option(envvar="WAYPOST_TOKEN", help="The registry's ACL token (worker mode)."),
+    ] = None,
 ) -> None:
     """Run an actor network worker, or a discovery registry for networks."""
     if mode == "discovery":
@@ -857,6 +902,7 @@ def network(
             bind=f"{bind}:{port}",
             discovery=discovery or ["http://127.0.0.1:8500"],
             auth_token=auth_token,
+            registry_token=token or token_from_file(os.environ.get("WAYPOST_TOKEN_FILE", "")),
             capabilities=[c for c in capabilities.split(",") if c],
             tags=[t for t in tags.split(",") if t],
             heartbeat_interval=heartbeat_interval,
@@ -913,6 +959,249 @@ def tls_cert_create(
     out.print(f"wrote {cert} and {key}")
 
 
+acl_app = typer.Typer(help="ACL policies and tokens (docs/security.md).", no_args_is_help=True)
+app.add_typer(acl_app, name="acl")
+acl_policy_app = typer.Typer(help="Policies: named sets of rules.", no_args_is_help=True)
+acl_token_app = typer.Typer(help="Tokens: secrets that hold policies.", no_args_is_help=True)
+acl_app.add_typer(acl_policy_app, name="policy")
+acl_app.add_typer(acl_token_app, name="token")
+RuleOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--rule",
+        help="RESOURCE:NAME:ACCESS, e.g. service_prefix:web-:write or operator::read (repeat).",
+    ),
+]
+RulesFileOpt = Annotated[
+    Path | None, typer.Option("--rules-file", help="YAML/JSON list of {resource, name, access}.")
+]
+
+
+def _rules(rule: list[str] | None, rules_file: Path | None) -> list[dict[str, str]]:
+    """Rules from ``--rule`` (RESOURCE:NAME:ACCESS) and a rules file."""
+    out: list[dict[str, str]] = []
+    if rules_file is not None:
+        try:
+            data = yaml.safe_load(rules_file.read_text())
+        except OSError as exc:
+            raise InvalidInput(
+                f"--rules-file: cannot read {rules_file}: {exc.strerror}", field="rules"
+            ) from None
+        except yaml.YAMLError as exc:
+            raise InvalidInput(f"--rules-file: not YAML or JSON: {exc}", field="rules") from None
+        if isinstance(data, dict) and "rules" in data:
+            data = data["rules"]
+        if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+            raise InvalidInput("--rules-file: expected a list of rules", field="rules")
+        out += [{str(k): str(v) for k, v in r.items()} for r in data]
+    for text in rule or []:
+        resource, sep, rest = text.partition(":")
+        name, sep2, access = rest.rpartition(":")
+        if not sep or not sep2:
+            raise InvalidInput(
+                f"--rule: {text!r} is not RESOURCE:NAME:ACCESS (e.g. service:web:read)",
+                field="rule",
+            )
+        out.append({"resource": resource, "name": name, "access": access})
+    return out
+
+
+def _show_token(view: AclTokenView, as_json: bool) -> None:
+    if as_json:
+        _print_json(view)
+        return
+    out.print(f"accessor:    {view.accessor}")
+    if view.secret:
+        out.print(f"secret:      {view.secret}")
+    out.print(f"description: {view.description}")
+    out.print(f"policies:    {', '.join(view.policies) or '-'}")
+    if view.identity:
+        out.print(f"identity:    {view.identity}")
+    if view.expires_at:
+        out.print(
+            f"expires:     {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(view.expires_at))}"
+        )
+
+
+def _show_policy(policy: AclPolicy, as_json: bool) -> None:
+    if as_json:
+        _print_json(policy)
+        return
+    out.print(f"{policy.name}: {policy.description}")
+    for r in policy.rules:
+        out.print(
+            f"  {r.resource} {r.name!r} {r.access}" if r.name else f"  {r.resource} {r.access}"
+        )
+
+
+@acl_app.command("bootstrap")
+@_friendly
+def acl_bootstrap(server: ServerOpt = None, as_json: JsonOpt = False) -> None:
+    """Create the first management token (once per registry) and print its secret."""
+    with _client(server, None) as c:
+        _show_token(c.acl_bootstrap(), as_json)
+
+
+@acl_policy_app.command("create")
+@_friendly
+def acl_policy_create(
+    name: Annotated[str, typer.Option(help="The policy's name.")],
+    rule: RuleOpt = None,
+    rules_file: RulesFileOpt = None,
+    description: Annotated[str, typer.Option(help="What it is for.")] = "",
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a policy from --rule flags and/or a rules file."""
+    with _client(server, token) as c:
+        _show_policy(c.acl_create_policy(name, _rules(rule, rules_file), description), as_json)
+
+
+@acl_policy_app.command("update")
+@_friendly
+def acl_policy_update(
+    name: Annotated[str, typer.Argument(help="The policy's name.")],
+    rule: RuleOpt = None,
+    rules_file: RulesFileOpt = None,
+    description: Annotated[str, typer.Option(help="What it is for.")] = "",
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Replace a policy's rules (tokens holding it follow at once)."""
+    with _client(server, token) as c:
+        _show_policy(c.acl_update_policy(name, _rules(rule, rules_file), description), as_json)
+
+
+@acl_policy_app.command("list")
+@_friendly
+def acl_policy_list(
+    server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOpt = False
+) -> None:
+    """Every policy."""
+    with _client(server, token) as c:
+        policies = c.acl_policies()
+    if as_json:
+        _print_json(policies)
+        return
+    for p in policies:
+        out.print(f"{p.name}\t{len(p.rules)} rules\t{p.description}")
+
+
+@acl_policy_app.command("read")
+@_friendly
+def acl_policy_read(
+    name: Annotated[str, typer.Argument(help="The policy's name.")],
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """One policy and its rules."""
+    with _client(server, token) as c:
+        _show_policy(c.acl_policy(name), as_json)
+
+
+@acl_policy_app.command("delete")
+@_friendly
+def acl_policy_delete(
+    name: Annotated[str, typer.Argument(help="The policy's name.")],
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Delete a policy (tokens holding it lose its rules)."""
+    with _client(server, token) as c:
+        c.acl_delete_policy(name)
+    out.print(f"deleted policy {name}")
+
+
+PolicyOpt = Annotated[list[str] | None, typer.Option("--policy", help="A policy (repeat).")]
+
+
+@acl_token_app.command("create")
+@_friendly
+def acl_token_create(
+    policy: PolicyOpt = None,
+    description: Annotated[str, typer.Option(help="Who or what holds it.")] = "",
+    expires_in: Annotated[
+        str | None, typer.Option(help="Lifetime, e.g. 24h (default: until deleted).")
+    ] = None,
+    identity: Annotated[
+        str, typer.Option(help="A client certificate CN or SAN URI that stands for it (mTLS).")
+    ] = "",
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a token; its secret is printed this once."""
+    with _client(server, token) as c:
+        view = c.acl_create_token(
+            policy or [], description=description, expires_in=expires_in, identity=identity
+        )
+    _show_token(view, as_json)
+
+
+@acl_token_app.command("update")
+@_friendly
+def acl_token_update(
+    accessor: Annotated[str, typer.Argument(help="The token's accessor (or anonymous).")],
+    policy: PolicyOpt = None,
+    description: Annotated[str, typer.Option(help="Who or what holds it.")] = "",
+    identity: Annotated[str, typer.Option(help="A client certificate CN or SAN URI.")] = "",
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Set a token's policies (the secret stays); 'anonymous' sets what requests
+    without a token may do."""
+    with _client(server, token) as c:
+        view = c.acl_update_token(
+            accessor, policy or [], description=description, identity=identity
+        )
+    _show_token(view, as_json)
+
+
+@acl_token_app.command("list")
+@_friendly
+def acl_token_list(
+    server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOpt = False
+) -> None:
+    """Every token: accessors and policies, never secrets."""
+    with _client(server, token) as c:
+        tokens = c.acl_tokens()
+    if as_json:
+        _print_json(tokens)
+        return
+    for t in tokens:
+        out.print(f"{t.accessor}\t{','.join(t.policies) or '-'}\t{t.description}")
+
+
+@acl_token_app.command("read")
+@_friendly
+def acl_token_read(
+    accessor: Annotated[str, typer.Argument(help="The token's accessor.")],
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """One token (never its secret)."""
+    with _client(server, token) as c:
+        _show_token(c.acl_token(accessor), as_json)
+
+
+@acl_token_app.command("delete")
+@_friendly
+def acl_token_delete(
+    accessor: Annotated[str, typer.Argument(help="The token's accessor.")],
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Revoke a token: refused from the next request on, its event streams closed."""
+    with _client(server, token) as c:
+        c.acl_delete_token(accessor)
+    out.print(f"deleted token {accessor}")
+
+
 agent_app = typer.Typer(
     help="Run the node agent (or: waypost agent status).",
     invoke_without_command=True,
@@ -945,6 +1234,10 @@ def agent(
     ] = "127.0.0.1:0",
     meta: Annotated[list[str] | None, typer.Option(help="Node meta KEY=VALUE (repeat).")] = None,
     token: TokenOpt = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(envvar="WAYPOST_TOKEN_FILE", help="Read the token from this file."),
+    ] = None,
     join: JoinOpt = None,
     trust_key: TrustOpt = None,
     refresh_interval: Annotated[
@@ -1006,7 +1299,7 @@ def agent(
         drain=drain,
         address=address,
         http=http,
-        token=token or "",
+        token=token or token_from_file(str(token_file or "")) or "",
         meta=_parse_meta(meta),
         join=list(join or []),
         trust_keys=_trust(trust_key),

@@ -40,7 +40,8 @@ class InvalidInput(WaypostError):
 
 
 class Unauthorized(WaypostError):
-    """A write came without the server's bearer token, or with a wrong one."""
+    """A write came without the server's bearer token, or a request with a token that
+    names no ACL token (unknown, malformed, revoked or expired)."""
 
     code = "unauthorized"
     http_status = 401
@@ -48,7 +49,8 @@ class Unauthorized(WaypostError):
 
 
 class Forbidden(WaypostError):
-    """What this server is configured not to do (command checks through the API)."""
+    """What this server is configured not to do (command checks through the API), or what
+    the caller's ACL token may not do (the message names the rule that refused)."""
 
     code = "forbidden"
     http_status = 403
@@ -87,6 +89,19 @@ class PayloadTooLarge(WaypostError):
     exit_code = 3
 
 
+class TooManyRequests(WaypostError):
+    """A token went over its write rate or its number of open watches; ``retry_after_s``
+    says when to try again (``Retry-After``)."""
+
+    code = "too_many_requests"
+    http_status = 429
+    exit_code = 8
+
+    def __init__(self, message: str, *, field: str | None = None, retry_after_s: float = 1.0):
+        super().__init__(message, field=field)
+        self.retry_after_s = retry_after_s
+
+
 class Unavailable(WaypostError):
     """The server or its store cannot serve right now (unreachable, closed, failing)."""
 
@@ -112,6 +127,7 @@ BY_CODE: dict[str, type[WaypostError]] = {
         Conflict,
         Gone,
         PayloadTooLarge,
+        TooManyRequests,
         Unavailable,
         StoreError,
     )

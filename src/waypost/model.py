@@ -655,12 +655,125 @@ class KVPair(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, gc=F
     updated_at: float = 0.0
 
 
-Entry = Instance | Node | ServiceConfig | Route | KVPair
+# --- ACLs: policies of rules, tokens holding policies (``acl/`` evaluates them) ----------
+
+ACL_RESOURCES = (
+    "service",
+    "service_prefix",
+    "node",
+    "node_prefix",
+    "key",
+    "key_prefix",
+    "network",
+    "network_prefix",
+    "agent",
+    "operator",
+    "acl",
+)
+AclResource = Literal[
+    "service",
+    "service_prefix",
+    "node",
+    "node_prefix",
+    "key",
+    "key_prefix",
+    "network",
+    "network_prefix",
+    "agent",
+    "operator",
+    "acl",
+]
+AclAccess = Literal["read", "write", "deny"]
+ACL_NAME_PATTERN = r"\A[A-Za-z0-9_-]{1,128}\Z"
+AclName = Annotated[str, Meta(pattern=ACL_NAME_PATTERN, description="A policy name.")]
+# Accessors are UUIDs; "anonymous" is the token of requests that present none.
+ACCESSOR_PATTERN = r"\A(?:anonymous|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\Z"
+Accessor = Annotated[str, Meta(pattern=ACCESSOR_PATTERN)]
+MAX_ACL_RULES = 256
+MAX_TOKEN_POLICIES = 64
+ANONYMOUS = "anonymous"
+MANAGEMENT_POLICY = "global-management"
+
+
+class AclRule(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One rule of a policy: ``access`` to the ``resource`` called ``name`` (a prefix for
+    the ``*_prefix`` resources; unused for ``agent``, ``operator`` and ``acl``)."""
+
+    resource: AclResource
+    name: Annotated[str, Meta(max_length=512, pattern=r"\A[^\x00-\x1f\x7f]*\Z")] = ""
+    access: AclAccess
+
+
+class AclPolicy(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A named set of rules (``/api/v1/acl/policies``)."""
+
+    KIND: ClassVar[str] = "acl_policy"
+
+    name: AclName
+    description: Annotated[str, Meta(max_length=1024)] = ""
+    rules: Annotated[list[AclRule], Meta(max_length=MAX_ACL_RULES)] = field(default_factory=list)
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+    @property
+    def key(self) -> str:
+        """The policy's key within its kind: its name."""
+        return self.name
+
+
+class AclToken(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A token as stored: the secret only as its SHA-256 (``secret_hash``); ``identity``
+    is a client certificate's CN or SAN URI that stands for this token (mutual TLS)."""
+
+    KIND: ClassVar[str] = "acl_token"
+
+    accessor: Accessor
+    secret_hash: Annotated[str, Meta(pattern=r"\A(?:[0-9a-f]{64})?\Z")] = ""
+    description: Annotated[str, Meta(max_length=1024)] = ""
+    policies: Annotated[list[AclName], Meta(max_length=MAX_TOKEN_POLICIES)] = field(
+        default_factory=list
+    )
+    identity: Annotated[str, Meta(max_length=512)] = ""
+    expires_at: float | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+    @property
+    def key(self) -> str:
+        """The token's key within its kind: its accessor."""
+        return self.accessor
+
+
+class AclTokenRequest(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The body of ``POST /api/v1/acl/tokens`` (and ``PUT .../{accessor}``, which keeps
+    the secret and the expiry)."""
+
+    description: Annotated[str, Meta(max_length=1024)] = ""
+    policies: Annotated[list[AclName], Meta(max_length=MAX_TOKEN_POLICIES)] = field(
+        default_factory=list
+    )
+    expires_in: Duration | None = None
+    identity: Annotated[str, Meta(max_length=512)] = ""
+
+
+class AclTokenView(Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A token as the API shows it: never its secret, but at creation (and bootstrap)."""
+
+    accessor: str
+    description: str = ""
+    policies: list[str] = field(default_factory=list)
+    identity: str = ""
+    expires_at: float | None = None
+    created_at: float = 0.0
+    secret: str | None = None
+
+
+Entry = Instance | Node | ServiceConfig | Route | KVPair | AclPolicy | AclToken
 """Whatever a store holds: one of the entry kinds."""
 ENTRY_TYPES: dict[str, type[Entry]] = {
-    t.KIND: t for t in (Instance, Node, ServiceConfig, Route, KVPair)
+    t.KIND: t for t in (Instance, Node, ServiceConfig, Route, KVPair, AclPolicy, AclToken)
 }
-EntryKind = Literal["instance", "node", "service_config", "route", "kv"]
+EntryKind = Literal["instance", "node", "service_config", "route", "kv", "acl_policy", "acl_token"]
 
 
 class Event(Struct, frozen=True, kw_only=True, gc=False):

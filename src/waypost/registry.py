@@ -41,6 +41,8 @@ from waypost.model import (
     MAX_LEASE_ID,
     MAX_OUTPUT_LEN,
     NODE_CHECK,
+    AclPolicy,
+    AclToken,
     Check,
     CheckState,
     Entry,
@@ -741,6 +743,21 @@ class Registry:
     async def delete_kv(self, keys: Sequence[str], if_revision: int | None = None) -> int:
         """Delete keys in one revision (NotFound if one is gone meanwhile)."""
         return await self._commit([Delete(id=k, kind="kv", if_revision=if_revision) for k in keys])
+
+    # --- ACLs ----------------------------------------------------------------------------
+
+    async def put_acl(
+        self, entry: AclPolicy | AclToken, *, if_revision: int | None = None, ttl_s: float = 0
+    ) -> int:
+        """Write an ACL policy or token; a token with ``ttl_s`` rides a lease of that TTL
+        (it is deleted when it expires, as leases do)."""
+        lease = await self.grant(ttl_s) if ttl_s > 0 else None
+        return await self._commit([Put(entry=entry, if_revision=if_revision, lease=lease)])
+
+    async def acl_bootstrap(self, policy: AclPolicy, token: AclToken) -> int:
+        """The management policy and the first token, in one revision and only once
+        (Conflict when the policy exists: bootstrap was done)."""
+        return await self._commit([Put(entry=policy, if_revision=0), Put(entry=token)])
 
     async def delete_entry(self, kind: str, key: str) -> int:
         """Remove a service config or a route; NotFound when there is none."""

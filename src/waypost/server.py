@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING
 import msgspec
 from aiohttp import web
 
+from waypost.acl import AclState
 from waypost.aio import until_signalled
+from waypost.api.acl import Limits
 from waypost.api.app import API, NODE_ENTRY, build_app
 from waypost.api.hot import HotPath
 from waypost.catalog import Catalog
@@ -69,6 +71,9 @@ class WaypostServer:
         )
         # Checks of instances registered through the API (agents check their own).
         self.checks = CheckHost(self.registry, members=self.members)
+        self.acl = AclState(
+            self.catalog, default_policy=settings.acl_default_policy, legacy_token=settings.token
+        )
         listeners = settings.dns_listeners()
         self.dns: DnsServer | None = None
         if listeners:
@@ -80,6 +85,7 @@ class WaypostServer:
                 allow_warning=settings.dns_allow_warning,
                 recursors=settings.recursor_list(),
                 reuse_port=settings.dns_workers > 1,
+                acl=self.acl if settings.dns_acl == "anonymous" else None,
             )
         self.dns_workers: DnsWorkers | None = None
         self.http_workers: Workers | None = None
@@ -113,6 +119,8 @@ class WaypostServer:
                 checks=self.checks,
                 dns_status=self._dns_status,
                 dns_counts=lambda: None if self.dns is None else self.dns.query_counts(),
+                acl=self.acl,
+                limits=Limits(self.settings.token_write_rate, self.settings.token_max_watches),
             )
             # handler_cancellation: a client that hangs up frees its parked blocking
             # query or event stream at once, not when its wait runs out.

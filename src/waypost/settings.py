@@ -68,6 +68,13 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     tls_key: str = ""
     tls_ca: str = ""
     tls_verify_clients: bool = False
+    # ACLs: what requests without a token (and tokens' uncovered cases) may do; whether
+    # DNS answers only what the anonymous token may read ("anonymous") or everything
+    # ("all"); per token, writes a second (0: no limit) and open watches (0: no limit).
+    acl_default_policy: str = "allow"
+    dns_acl: str = "anonymous"
+    token_write_rate: float = 0.0
+    token_max_watches: int = 0
 
     def dns_listeners(self) -> list[tuple[str, int]]:
         """``dns`` as (host, port) pairs; InvalidInput when one is not HOST:PORT."""
@@ -161,6 +168,19 @@ def load_settings(
         raise InvalidInput(
             "tls_verify_clients: needs --tls-cert, --tls-key and --tls-ca", field="tls_ca"
         )
+    if settings.acl_default_policy not in ("allow", "deny"):
+        raise InvalidInput(
+            f"acl_default_policy: {settings.acl_default_policy!r} is not allow or deny",
+            field="acl_default_policy",
+        )
+    if settings.dns_acl not in ("anonymous", "all"):
+        raise InvalidInput(
+            f"dns_acl: {settings.dns_acl!r} is not anonymous or all", field="dns_acl"
+        )
+    if not 0 <= settings.token_write_rate <= 1_000_000:
+        raise InvalidInput("token_write_rate: between 0 and 1000000", field="token_write_rate")
+    if not 0 <= settings.token_max_watches <= 1_000_000:
+        raise InvalidInput("token_max_watches: between 0 and 1000000", field="token_max_watches")
     settings.event_window_s()
     settings.max_wait_s()
     settings.dns_listeners()

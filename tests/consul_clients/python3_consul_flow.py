@@ -10,7 +10,11 @@ import time
 import consul
 
 host, port = sys.argv[1], int(sys.argv[2])
-c = consul.Consul(host=host, port=port)
+token = sys.argv[3] if len(sys.argv) > 3 else None
+c = consul.Consul(host=host, port=port, token=token)
+if token:
+    # Its GET-style calls (deregister, TTL updates) carry no token: send it on every call.
+    c.http.session.headers["X-Consul-Token"] = token
 seen = {"version": consul.__version__, "node": c.agent.self()["Config"]["NodeName"]}
 seen["registered"] = c.agent.service.register(
     "old",

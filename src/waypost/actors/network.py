@@ -381,6 +381,7 @@ class Network:
         bind: str = "127.0.0.1:0",
         discovery: Sequence[str] = ("http://127.0.0.1:8500",),
         auth_token: str | None = None,
+        registry_token: str | None = None,
         capabilities: Iterable[str] = (),
         tags: Iterable[str] = (),
         metadata: Mapping[str, Any] | None = None,
@@ -410,7 +411,9 @@ class Network:
         self.config = discovery_config or DiscoveryConfig()
         self._health_task: asyncio.Task[None] | None = None
         self.version = version
-        self.client = AsyncClient(self.discovery)
+        # The registry's ACL token (registering this network and its actors needs a
+        # ``network`` write rule under a default-deny registry); ``auth_token`` guards links.
+        self.client = AsyncClient(self.discovery, token=registry_token)
         self._actors: dict[str, tuple[Actor, dict[str, Any]]] = {}
         self._nodes: dict[str, str] = {}  # workflow node -> "local" actor name or alias
         self._remote: dict[str, RemoteActor] = {}

@@ -8,7 +8,6 @@ translated once, in ``error_middleware``, into ``{"error", "message", "field"}``
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -18,7 +17,9 @@ from aiohttp import web
 
 from waypost import sse as sse_frames
 from waypost._version import __version__
+from waypost.acl import READ, WRITE, AclState, Authorizer
 from waypost.aio import LoopMonitor
+from waypost.api.acl import AclGate, Limits, retry_after
 from waypost.api.blocking import Answer, AnswerCache, BlockingQueries, Key
 from waypost.api.consul import ConsulApi, add_consul_routes, agent_address
 from waypost.api.metrics import DnsCounts, WaypostCollector, exposition, metrics_registry
@@ -32,6 +33,7 @@ from waypost.errors import (
     InvalidInput,
     NotFound,
     PayloadTooLarge,
+    TooManyRequests,
     Unauthorized,
     WaypostError,
 )
@@ -42,11 +44,13 @@ from waypost.model import (
     BatchOutcome,
     BatchResult,
     DnsStatus,
+    Entry,
     EntryRef,
     Event,
     HealthReport,
     Instance,
     ItemResult,
+    KVPair,
     Lease,
     LeaseGrant,
     LoopStatus,
@@ -64,6 +68,7 @@ from waypost.model import (
     parse_status,
     validate_instance,
 )
+from waypost.prometheus import target_groups
 from waypost.query import MAX_WAIT_S, parse_index, parse_query
 from waypost.registry import Registry
 from waypost.store.base import LeaseState, gone, missing
@@ -98,7 +103,8 @@ def _json(body: bytes, status: int = 200, headers: dict[str, str] | None = None)
 
 
 def _error_response(err: WaypostError) -> web.Response:
-    return _json(_encode(err.to_dict()), status=err.http_status)
+    headers = retry_after(err) if isinstance(err, TooManyRequests) else None
+    return _json(_encode(err.to_dict()), status=err.http_status, headers=headers)
 
 
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -143,7 +149,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         # Consul's routes (/v1/) check tokens as Consul's clients send them, themselves.
         if request.method not in READ_METHODS and not request.raw_path.startswith("/v1/"):
-            check_token(request, request.app[TOKEN])
+            request.app[API].gate.check_write(request)
         response = await handler(request)
     except web.HTTPException as exc:
         if exc.status < 400:
@@ -158,17 +164,6 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     took = time.perf_counter() - start if timed else None
     TELEMETRY.route(route, request.method).record(response.status, took)
     return response
-
-
-def check_token(request: web.BaseRequest, token: str) -> None:
-    """With a token configured, every write must carry ``Authorization: Bearer TOKEN``."""
-    if token:
-        given = request.headers.get("Authorization", "")
-        scheme, _, value = given.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip(), token):
-            raise Unauthorized(
-                "this server takes writes only with its token (Authorization: Bearer TOKEN)"
-            )
 
 
 async def _body(request: web.BaseRequest) -> bytes:
@@ -220,6 +215,10 @@ def _registry(request: web.Request) -> Registry:
     return request.app[REGISTRY]
 
 
+def _gate(request: web.Request) -> AclGate:
+    return request.app[API].gate
+
+
 def _write(entry_id: str, index: int) -> web.Response:
     return _json(_encode(WriteResult(id=entry_id, index=index)))
 
@@ -229,6 +228,7 @@ def _write(entry_id: str, index: int) -> web.Response:
 
 async def put_maintenance(request: web.Request) -> web.Response:
     iid = _path_label(request, "id")
+    _gate(request).may_change_instance(request, iid)
     upd = decode(await _body(request), MaintenanceUpdate)
     return _write(iid, await _registry(request).set_maintenance(iid, upd.enable, upd.reason))
 
@@ -243,6 +243,7 @@ def _checks(request: web.Request) -> CheckHost:
 async def run_instance_checks(request: web.Request) -> web.Response:
     iid = _path_label(request, "id")
     _no_params(request)
+    _gate(request).may_change_instance(request, iid)
     inst = await _checks(request).run_now(iid)
     return _json(
         _encode(inst), headers={"X-Waypost-Index": str(_registry(request).catalog.revision)}
@@ -269,6 +270,10 @@ def _service_node_params(request: web.Request) -> tuple[str | None, str | None]:
 
 async def run_checks(request: web.Request) -> web.Response:
     service, node = _service_node_params(request)
+    if service is not None:
+        _gate(request).require(request, WRITE, "service", service)
+    else:
+        _gate(request).require(request, WRITE, "operator")
     done = await _checks(request).run_matching(service, node)
     return _json(
         _encode(done), headers={"X-Waypost-Index": str(_registry(request).catalog.revision)}
@@ -278,6 +283,9 @@ async def run_checks(request: web.Request) -> web.Response:
 async def list_checks(request: web.Request) -> web.Response:
     service, node = _service_node_params(request)
     rows = _checks(request).rows(service, node)
+    authz = _gate(request).authz(request)
+    if not authz.reads_all["service"]:
+        rows = [r for r in rows if authz.can(READ, "service", r.service)]
     return _json(
         _encode(rows), headers={"X-Waypost-Index": str(_registry(request).catalog.revision)}
     )
@@ -288,6 +296,7 @@ async def list_checks(request: web.Request) -> web.Response:
 
 async def put_node(request: web.Request) -> web.Response:
     node_id = _path_label(request, "id")
+    _gate(request).require(request, WRITE, "node", node_id)
     node = decode(await _body(request), Node)
     _keyed(node.id, node_id, "id")
     node = msgspec.structs.replace(node, id=node_id)
@@ -297,7 +306,7 @@ async def put_node(request: web.Request) -> web.Response:
 async def get_node(request: web.Request) -> web.Response:
     node_id = _path_label(request, "id")
     node = _registry(request).catalog.node(node_id)
-    if node is None:
+    if node is None or not _gate(request).authz(request).can(READ, "node", node_id):
         raise missing("node", node_id)
     rev = _registry(request).catalog.mod_revision(node_id, "node")
     return _json(_encode(node), headers={"X-Waypost-Index": str(rev)})
@@ -305,6 +314,10 @@ async def get_node(request: web.Request) -> web.Response:
 
 async def delete_node(request: web.Request) -> web.Response:
     node_id = _path_label(request, "id")
+    gate = _gate(request)
+    if not gate.authz(request).can(READ, "node", node_id):
+        raise missing("node", node_id)
+    gate.require(request, WRITE, "node", node_id)
     return _write(node_id, await _registry(request).deregister_node(node_id))
 
 
@@ -322,6 +335,7 @@ def _keyed_handlers(kind: str) -> tuple[Handler, Handler, Handler]:
 
     async def put(request: web.Request) -> web.Response:
         key = _path_label(request, "name", field)
+        _may_write_keyed(request, kind, key)
         entry = decode(await _body(request), type_)
         _keyed(entry.key, key, field)
         entry = msgspec.structs.replace(entry, **{field: key})
@@ -332,15 +346,34 @@ def _keyed_handlers(kind: str) -> tuple[Handler, Handler, Handler]:
 
     async def delete(request: web.Request) -> web.Response:
         key = _path_label(request, "name", field)
+        if _entry_hidden(request, kind, key):
+            raise missing(kind, key)
+        _may_write_keyed(request, kind, key)
         return _write(key, await _registry(request).delete_entry(kind, key))
 
     return put, get, delete
 
 
+def _may_write_keyed(request: web.Request, kind: str, key: str) -> None:
+    """A service's config: its service's writers, or operators; a route: operators."""
+    gate = _gate(request)
+    if kind == "service_config" and gate.authz(request).can(WRITE, "service", key):
+        return
+    gate.require(request, WRITE, "operator")
+
+
+def _entry_hidden(request: web.Request, kind: str, key: str) -> bool:
+    """Whether the token may not read this config or route (its service)."""
+    entry = _registry(request).catalog.entry(kind, key)
+    if not isinstance(entry, ServiceConfig | Route):
+        return False
+    return not _gate(request).authz(request).can(READ, "service", entry.service)
+
+
 def _entry_answer(request: web.Request, kind: str, key: str) -> web.Response:
     cat = _registry(request).catalog
     entry = cat.entry(kind, key)
-    if entry is None:
+    if entry is None or _entry_hidden(request, kind, key):
         raise missing(kind, key)
     return _json(_encode(entry), headers={"X-Waypost-Index": str(cat.mod_revision(key, kind))})
 
@@ -366,7 +399,15 @@ def _lease_id(text: str) -> int:
     return lease_id
 
 
+def _may_hold_leases(gate: AclGate, request: web.BaseRequest) -> None:
+    """Granting and keeping leases alive: any token that may write something."""
+    authz = gate.authz(request)
+    if not authz.may_write_something:
+        gate.require(request, WRITE, "operator")
+
+
 async def post_lease(request: web.Request) -> web.Response:
+    _may_hold_leases(_gate(request), request)
     grant = decode(await _body(request), LeaseGrant)
     ttl_s = parse_duration(grant.ttl, field="ttl")
     if ttl_s <= 0:
@@ -377,17 +418,33 @@ async def post_lease(request: web.Request) -> web.Response:
 
 
 async def get_lease(request: web.Request) -> web.Response:
+    _gate(request).require(request, READ, "operator")
     return _json(_lease_body(await _registry(request).lease(_lease_id(request.match_info["id"]))))
 
 
 async def list_leases(request: web.Request) -> web.Response:
     _no_params(request)
+    _gate(request).require(request, READ, "operator")
     states = await _registry(request).store.leases()
     return _json(b"[" + b",".join(_lease_body(s) for s in states) + b"]")
 
 
 async def delete_lease(request: web.Request) -> web.Response:
     lease_id = _lease_id(request.match_info["id"])
+    gate = _gate(request)
+    authz = gate.authz(request)
+    if not authz.can(WRITE, "operator"):
+        # Revoking deletes what the lease holds: the token must write all of it.
+        state = await _registry(request).lease(lease_id)
+        cat = _registry(request).catalog
+        for kind, key in state.entries:
+            entry = cat.entry(kind, key)
+            if isinstance(entry, Instance):
+                gate.require_instance(request, WRITE, entry)
+            elif isinstance(entry, Node):
+                gate.require(request, WRITE, "node", key)
+            else:
+                gate.require(request, WRITE, "operator")
     index = await _registry(request).revoke(lease_id)
     return _write(str(lease_id), index)
 
@@ -397,12 +454,12 @@ async def delete_lease(request: web.Request) -> web.Response:
 
 async def list_configs(request: web.Request) -> web.Response:
     index, wait_s = _blocking_params(request)
-    return await request.app[API].answer(("configs", None), index, wait_s)
+    return await request.app[API].answer(("configs", None), index, wait_s, request)
 
 
 async def list_routes(request: web.Request) -> web.Response:
     index, wait_s = _blocking_params(request)
-    return await request.app[API].answer(("routes", None), index, wait_s)
+    return await request.app[API].answer(("routes", None), index, wait_s, request)
 
 
 def _no_params(request: web.BaseRequest) -> None:
@@ -466,8 +523,12 @@ class Api:
         config: dict[str, str],
         dns_status: DnsStatusFn,
         dns_counts: Callable[[], DnsCounts | None] = lambda: None,
+        gate: AclGate | None = None,
     ) -> None:
         self.registry = registry
+        self.gate = gate or AclGate(
+            registry, AclState(registry.catalog, legacy_token=token), Limits()
+        )
         self.catalog = registry.catalog
         self.cache = AnswerCache(registry.catalog)
         self.blocking = BlockingQueries(registry.catalog, self.cache)
@@ -482,41 +543,89 @@ class Api:
         )
         self._plain: dict[str, Key] = {}
 
-    async def answer(self, key: Key, index: int | None, wait_s: float) -> web.Response:
-        """A read from the answer cache, or a blocking query parked until ``index`` passes."""
+    async def answer(
+        self, key: Key, index: int | None, wait_s: float, request: web.BaseRequest
+    ) -> web.Response:
+        """A read from the answer cache, or a blocking query parked until ``index`` passes;
+        what the request's token may not read is left out."""
+        authz = self.gate.authz(request)
         if index is None:
             ans: Answer = self.cache.get(key)
         else:
-            ans = await self.blocking.wait(key, index, min(wait_s, self.max_wait_s))
-        return web.Response(body=ans.body, headers=ans.headers())
+            limits = self.gate.limits
+            limits.open_watch(authz.accessor)
+            try:
+                ans = await self.blocking.wait(key, index, min(wait_s, self.max_wait_s))
+            finally:
+                limits.close_watch(authz.accessor)
+        if authz.sees_everything:
+            return web.Response(body=ans.body, headers=ans.headers())
+        return web.Response(body=self._visible(key, authz, ans), headers=ans.headers())
+
+    def _visible(self, key: Key, authz: Authorizer, ans: Answer) -> bytes:
+        """The answer for ``key`` with what ``authz`` may not read left out."""
+        kind, query = key
+        cat = self.catalog
+        if kind in ("instances", "prometheus"):
+            if authz.reads_instances():
+                return ans.body
+            assert query is not None
+            insts = [i for i in cat.query(query) if authz.can_read_instance(i)]
+            return _encode(target_groups(insts) if kind == "prometheus" else insts)
+        if kind == "services":
+            if authz.reads_instances():
+                return ans.body
+            return _encode([s for s in cat.services() if authz.can_read_service_name(s.name)])
+        if kind == "nodes":
+            if authz.reads_all["node"]:
+                return ans.body
+            return _encode([n for n in cat.nodes() if authz.can(READ, "node", n.id)])
+        if authz.reads_all["service"]:
+            return ans.body
+        entries = cat.entries("route" if kind == "routes" else "service_config")
+        return _encode(
+            [e for e in entries if isinstance(e, ServiceConfig | Route)
+             and authz.can(READ, "service", e.service)]
+        )  # fmt: skip
 
     # instances
 
     async def put_instance(self, request: web.BaseRequest, iid: str) -> web.Response:
         _label(iid)
         inst = _instance_from(await _body(request), iid)
+        gate = self.gate
+        if not gate.authz(request).writes_instances():
+            gate.require_instance(request, WRITE, inst)
+            gate.may_change_instance(request, iid)  # a takeover of another's id
         return _write(iid, await self.registry.register(inst))
 
     async def delete_instance(self, request: web.BaseRequest, iid: str) -> web.Response:
-        return _write(iid, await self.registry.deregister(_label(iid)))
+        self.gate.may_change_instance(request, _label(iid))
+        return _write(iid, await self.registry.deregister(iid))
 
     async def heartbeat(self, request: web.BaseRequest, iid: str) -> web.Response:
-        return _write(iid, await self.registry.heartbeat(_label(iid)))
+        self.gate.may_change_instance(request, _label(iid))
+        return _write(iid, await self.registry.heartbeat(iid))
 
     async def put_status(self, request: web.BaseRequest, iid: str) -> web.Response:
         _label(iid)
+        self.gate.may_change_instance(request, iid)
         upd = decode(await _body(request), StatusUpdate)
         index = await self.registry.set_status(iid, parse_status(upd.status), upd.output)
         return _write(iid, index)
 
     async def put_health(self, request: web.BaseRequest, iid: str) -> web.Response:
         _label(iid)
+        self.gate.may_change_instance(request, iid)
         report = decode(await _body(request), HealthReport)
         return _write(iid, await self.registry.report_health(iid, report.health, agent=True))
 
     async def get_instance(self, request: web.BaseRequest, iid: str) -> web.Response:
         inst = self.catalog.get(_label(iid))
-        if inst is None:
+        if inst is None or not (
+            self.gate.authz(request).sees_everything
+            or self.gate.authz(request).can_read_instance(inst)
+        ):
             raise missing("instance", iid)
         return _json(
             _encode(inst), headers={"X-Waypost-Index": str(self.catalog.mod_revision(iid))}
@@ -526,7 +635,7 @@ class Api:
 
     async def list_instances(self, request: web.BaseRequest, _: str = "") -> web.Response:
         query, index, wait_s = parse_query(_params(request))
-        return await self.answer(("instances", query), index, wait_s)
+        return await self.answer(("instances", query), index, wait_s, request)
 
     async def service_instances(self, request: web.BaseRequest, name: str) -> web.Response:
         _label(name, "service")
@@ -536,10 +645,9 @@ class Api:
                 if len(self._plain) >= MAX_PLAIN_KEYS:
                     self._plain.clear()
                 key = self._plain[name] = ("instances", Query(service=name))
-            ans = self.cache.get(key)
-            return web.Response(body=ans.body, headers=ans.headers())
+            return await self.answer(key, None, 0.0, request)
         query, index, wait_s = parse_query(request.query.items(), service=name)
-        return await self.answer(("instances", query), index, wait_s)
+        return await self.answer(("instances", query), index, wait_s, request)
 
     async def prometheus_targets(self, request: web.BaseRequest, _: str = "") -> web.Response:
         """Prometheus ``http_sd_configs``: the matching instances as target groups; the
@@ -547,20 +655,21 @@ class Api:
         query, index, wait_s = parse_query(_params(request))
         if not query.status:
             query = msgspec.structs.replace(query, status=(Status.PASSING,))
-        return await self.answer(("prometheus", query), index, wait_s)
+        return await self.answer(("prometheus", query), index, wait_s, request)
 
     async def list_services(self, request: web.BaseRequest, _: str = "") -> web.Response:
         index, wait_s = _blocking_params(request)
-        return await self.answer(("services", None), index, wait_s)
+        return await self.answer(("services", None), index, wait_s, request)
 
     async def list_nodes(self, request: web.BaseRequest, _: str = "") -> web.Response:
         index, wait_s = _blocking_params(request)
-        return await self.answer(("nodes", None), index, wait_s)
+        return await self.answer(("nodes", None), index, wait_s, request)
 
     # leases
 
     async def keepalive_lease(self, request: web.BaseRequest, text: str) -> web.Response:
         lease_id = _lease_id(text)
+        _may_hold_leases(self.gate, request)
         ttl_s = await self.registry.keepalive(lease_id)
         return _json(_lease_body(LeaseState(id=lease_id, ttl_s=ttl_s, remaining_s=ttl_s)))
 
@@ -569,7 +678,7 @@ class Api:
     async def post_batch(self, request: web.BaseRequest, _: str = "") -> web.Response:
         batch = decode(await _body(request), Batch)
         if not batch.atomic:
-            return await self._loose_batch(batch)
+            return await self._loose_batch(batch, request)
         if batch.heartbeat:
             raise InvalidInput(
                 "heartbeat: only in a batch with atomic false (heartbeats are not all-or-nothing)",
@@ -582,6 +691,12 @@ class Api:
             except WaypostError as exc:
                 field = f"register[{i}].{exc.field}" if exc.field else f"register[{i}]"
                 raise type(exc)(f"register[{i}].{exc.message}", field=field) from None
+        if not self.gate.authz(request).writes_instances():
+            for inst in register:
+                self.gate.require_instance(request, WRITE, inst)
+                self.gate.may_change_instance(request, inst.id)
+            for iid in batch.deregister:
+                self.gate.may_change_instance(request, iid)
         index = await self.registry.batch(register, batch.deregister)
         result = BatchResult(
             index=index,
@@ -590,14 +705,24 @@ class Api:
         )
         return _json(_encode(result))
 
-    async def _loose_batch(self, batch: Batch) -> web.Response:
+    async def _loose_batch(self, batch: Batch, request: web.BaseRequest) -> web.Response:
         """Each item as its own call, all at once: the store's group commit still writes
         the registrations that come together in one transaction."""
+        gate = self.gate
+        check: Callable[[Instance | str], None] | None = None
+        if not gate.authz(request).writes_instances():
+
+            def check(item: Instance | str) -> None:
+                if isinstance(item, Instance):
+                    gate.require_instance(request, WRITE, item)
+                    item = item.id
+                gate.may_change_instance(request, item)
+
         registered, others = await asyncio.gather(
-            self._registers(batch.register),
+            self._registers(batch.register, check),
             asyncio.gather(
-                *(self._item("deregister", iid) for iid in batch.deregister),
-                *(self._item("heartbeat", iid) for iid in batch.heartbeat),
+                *(self._item("deregister", iid, check) for iid in batch.deregister),
+                *(self._item("heartbeat", iid, check) for iid in batch.heartbeat),
             ),
         )
         results = [*registered, *others]
@@ -612,13 +737,18 @@ class Api:
         )
         return _json(_encode(outcome))
 
-    async def _registers(self, insts: list[Instance]) -> list[ItemResult]:
+    async def _registers(
+        self, insts: list[Instance], check: Callable[[Instance | str], None] | None
+    ) -> list[ItemResult]:
         """The registrations of a non-atomic batch, each answered as its own call."""
         valid: list[Instance] = []
         refused: dict[int, ItemResult] = {}
         for n, inst in enumerate(insts):
             try:
-                valid.append(validate_instance(inst))
+                checked = validate_instance(inst)
+                if check is not None:
+                    check(checked)
+                valid.append(checked)
             except WaypostError as err:
                 refused[n] = _failed_item(inst.id, err)
         done = iter(await self.registry.register_each(valid))
@@ -639,10 +769,14 @@ class Api:
                 )
         return out
 
-    async def _item(self, kind: str, item: Instance | str) -> ItemResult:
+    async def _item(
+        self, kind: str, item: Instance | str, check: Callable[[Instance | str], None] | None
+    ) -> ItemResult:
         """One item of a non-atomic batch: the answer its own call would have had."""
         iid = item.id if isinstance(item, Instance) else item
         try:
+            if check is not None:
+                check(item)
             if isinstance(item, Instance):
                 index = await self.registry.register(validate_instance(item))
             elif kind == "deregister":
@@ -660,6 +794,7 @@ class Api:
 
     async def metrics(self, request: web.BaseRequest, _: str = "") -> web.Response:
         """Prometheus' text format (``api/metrics.py``; every metric in docs/metrics.md)."""
+        self.gate.require(request, READ, "agent")
         return web.Response(
             body=exposition(self.metrics_registry), headers={"Content-Type": METRICS_TYPE}
         )
@@ -772,15 +907,32 @@ class FrameCache:
 FRAMES = web.AppKey("frames", FrameCache)
 
 
-def _wanted(ev: Event, kinds: frozenset[str], service: str | None) -> bool:
+def _wanted(
+    ev: Event, kinds: frozenset[str], service: str | None, authz: Authorizer | None
+) -> bool:
     if ev.kind not in kinds:
+        return False
+    entry = ev.entry
+    if authz is not None and not _readable(entry, authz):
         return False
     if service is None:
         return True
-    entry = ev.entry
     if isinstance(entry, Instance | ServiceConfig | Route):
         return entry.service == service
     return False
+
+
+def _readable(entry: Entry, authz: Authorizer) -> bool:
+    """Whether ``authz`` may read an entry an event carries."""
+    if isinstance(entry, Instance):
+        return authz.can_read_instance(entry)
+    if isinstance(entry, Node):
+        return authz.can(READ, "node", entry.id)
+    if isinstance(entry, ServiceConfig | Route):
+        return authz.can(READ, "service", entry.service)
+    if isinstance(entry, KVPair):
+        return authz.can(READ, "key", entry.key)
+    return authz.can(READ, "acl")
 
 
 def _event_params(
@@ -794,6 +946,8 @@ def _event_params(
             service = value
         elif name == "index":
             start = (parse_index(value), sse_frames.WHOLE)
+        elif name == "token":
+            pass  # the token (api/acl.py), for EventSource that sends no headers
         elif name == "kind":
             asked = frozenset(value.split(","))
             unknown = asked - kinds
@@ -806,7 +960,7 @@ def _event_params(
             kinds = asked
         else:
             raise InvalidInput(
-                f"{name}: unknown query parameter (known: index, kind, service)", field=name
+                f"{name}: unknown query parameter (known: index, kind, service, token)", field=name
             )
     last_id = request.headers.get("Last-Event-ID")
     if last_id:
@@ -831,13 +985,14 @@ def _render(
     kinds: frozenset[str],
     service: str | None,
     frames: FrameCache,
+    authz: Authorizer | None = None,
 ) -> tuple[list[bytes], tuple[int, int]]:
     """The frames of ``backlog`` after position ``sent`` that the stream wants, and the
     position after them: past ``upto`` (an id-only frame moves the client there, so a
     resumed stream never replays what was filtered out or had no events)."""
     parts = []
     for n, ev in enumerate(backlog):
-        if not _after(ev, sent) or not _wanted(ev, kinds, service):
+        if not _after(ev, sent) or not _wanted(ev, kinds, service, authz):
             continue
         last = n + 1 == len(backlog) or backlog[n + 1].revision != ev.revision
         single = last and ev.index == 0
@@ -855,6 +1010,8 @@ def _render(
 async def events(request: web.Request) -> web.StreamResponse:
     reg = _registry(request)
     cat = reg.catalog
+    gate = _gate(request)
+    authz = gate.authz(request)
     kinds, service, start = _event_params(request)
     rev, idx = start if start is not None else (cat.revision, sse_frames.WHOLE)
     # Resuming inside revision R reads R again: everything after R - 1.
@@ -880,6 +1037,27 @@ async def events(request: web.Request) -> web.StreamResponse:
         return got, (got[-1].revision if got else now)
 
     backlog, upto = await fetch(after)  # Gone here becomes a 410 before the stream starts
+    accessor = authz.accessor
+    gate.limits.open_watch(accessor)
+    try:
+        return await _stream(request, backlog, upto, (rev, idx), fetch, kinds, service, authz)
+    finally:
+        gate.limits.close_watch(accessor)
+
+
+async def _stream(
+    request: web.Request,
+    backlog: list[Event],
+    upto: int,
+    sent: tuple[int, int],
+    fetch: Callable[[int], Awaitable[tuple[list[Event], int]]],
+    kinds: frozenset[str],
+    service: str | None,
+    authz: Authorizer,
+) -> web.StreamResponse:
+    """The event stream from position ``sent`` (the client's), ``backlog`` first."""
+    cat = _registry(request).catalog
+    gate = _gate(request)
     frames = request.app[FRAMES]
     resp = web.StreamResponse(
         headers={
@@ -894,11 +1072,17 @@ async def events(request: web.Request) -> web.StreamResponse:
     task = asyncio.current_task()
     assert task is not None
     request.app[STREAMS].add(task)
-    sent = (rev, idx)  # the position the client holds
     try:
         await resp.write(b"retry: 1000\n\n")
         while True:
-            parts, sent = _render(backlog, sent, upto, kinds, service, frames)
+            if not gate.state.alive(authz):  # revoked or expired: the stream ends
+                gate.refused(request, authz, Unauthorized("token revoked; event stream closed"))
+                body = _encode(Unauthorized("ACL token revoked or expired").to_dict())
+                await resp.write(sse_frames.frame(body, event="revoked"))
+                break
+            authz = gate.state.current(authz)
+            view = None if authz.sees_everything else authz
+            parts, sent = _render(backlog, sent, upto, kinds, service, frames, view)
             if parts:
                 await resp.write(b"".join(parts))
             if sent[0] < cat.revision:
@@ -942,6 +1126,9 @@ def build_app(
     checks: CheckHost | None = None,
     dns_status: Callable[[], DnsStatus | None] | None = None,
     dns_counts: Callable[[], DnsCounts | None] | None = None,
+    acl_default_policy: str = "allow",
+    acl: AclState | None = None,
+    limits: Limits | None = None,
 ) -> web.Application:
     """The aiohttp application serving one registry; ``config`` is shown by /status
     (already redacted); blocking queries wait at most ``max_wait_s``."""
@@ -953,6 +1140,12 @@ def build_app(
         config=dict(config or {}),
         dns_status=dns_status or (lambda: None),
         dns_counts=dns_counts or (lambda: None),
+        gate=AclGate(
+            registry,
+            acl
+            or AclState(registry.catalog, default_policy=acl_default_policy, legacy_token=token),
+            limits or Limits(),
+        ),
     )
     app[API] = api
     app[REGISTRY] = registry
@@ -1005,6 +1198,7 @@ def build_app(
     r.add_put("/api/v1/leases/{id}/keepalive", _routed(api.keepalive_lease, "id"))
     r.add_delete("/api/v1/leases/{id}", delete_lease)
     r.add_get("/api/v1/events", events)
+    api.gate.add_routes(r)
     r.add_get("/health", _routed(api.health))
     r.add_get("/status", _routed(api.status))
     r.add_get("/metrics", _routed(api.metrics))
@@ -1015,7 +1209,7 @@ def build_app(
         api.blocking,
         node=(config or {}).get("node") or "waypost",
         address=agent_address((config or {}).get("http", "")),
-        token=token,
+        gate=api.gate,
         max_wait_s=max_wait_s,
     )
     add_consul_routes(r, consul)

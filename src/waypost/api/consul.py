@@ -13,26 +13,27 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hmac
 import random
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import msgspec
 from aiohttp import web
 
 from waypost._version import __version__
+from waypost.acl import READ, WRITE, Authorizer
+from waypost.api.acl import AclGate
 from waypost.api.blocking import BlockingQueries, Key
 from waypost.catalog import Catalog
 from waypost.consul import mapping as cm
 from waypost.consul.filter import FilterError, compile_filter
 from waypost.errors import (
     Conflict,
-    Forbidden,
     InvalidInput,
     NotFound,
     PayloadTooLarge,
+    Unauthorized,
     WaypostError,
 )
 from waypost.model import (
@@ -81,7 +82,7 @@ class ConsulApi:
         *,
         node: str,
         address: str,
-        token: str,
+        gate: AclGate,
         max_wait_s: float,
     ) -> None:
         self.registry = registry
@@ -89,7 +90,7 @@ class ConsulApi:
         self.blocking = blocking
         self.node = node
         self.address = address
-        self.token = token
+        self.gate = gate
         self.max_wait_s = min(max_wait_s, MAX_WAIT_S)
 
     # --- plumbing ------------------------------------------------------------------------
@@ -111,16 +112,31 @@ class ConsulApi:
             body=_encode(data), headers=self._headers(self._index() if index is None else index)
         )
 
-    def _authorize(self, request: web.Request) -> None:
-        """Writes need the server's token, given as Consul clients give it."""
-        if not self.token:
+    def _authorize(self, request: web.Request) -> Authorizer:
+        """Before a write: the token (as Consul clients give it) resolves and is within
+        its rate (each write then checks its own resource)."""
+        return self.gate.check_write(request)
+
+    def _az(self, request: web.Request) -> Authorizer:
+        return self.gate.authz(request)
+
+    def _readable(self, request: web.Request, insts: Iterable[Instance]) -> list[Instance]:
+        authz = self._az(request)
+        if authz.reads_instances():
+            return list(insts)
+        return [i for i in insts if authz.can_read_instance(i)]
+
+    def _writable(self, request: web.Request, inst: Instance, missing: WaypostError) -> None:
+        """A write to ``inst``: as missing when the token may not read it, else its rule."""
+        authz = self._az(request)
+        if authz.writes_instances():
             return
-        given = request.headers.get("X-Consul-Token") or request.query.get("token", "")
-        auth = request.headers.get("Authorization", "")
-        if not given and auth.lower().startswith("bearer "):
-            given = auth[7:].strip()
-        if not hmac.compare_digest(given.encode(), self.token.encode()):
-            raise Forbidden("Permission denied: token with write access required")
+        if not authz.can_read_instance(inst):
+            raise missing
+        self.gate.require_instance(request, WRITE, inst)
+
+    def _node_readable(self, request: web.Request, name: str) -> bool:
+        return self._az(request).can(READ, "node", name)
 
     def _wait_s(self, request: web.Request) -> float:
         text = request.query.get("wait", "")
@@ -223,16 +239,21 @@ class ConsulApi:
     def _services(self) -> list[Instance]:
         return [i for i in self.catalog.instances() if cm.is_consul_service(i)]
 
+    @staticmethod
+    def _unknown(consul_id: str) -> NotFound:
+        return NotFound(f'Unknown service ID "{consul_id}". Ensure that the service ID is '
+                        "passed, not the service name.")  # fmt: skip
+
     def _find(self, consul_id: str) -> Instance:
         inst = self.catalog.get(cm.local_label(consul_id))
         if inst is None or cm.consul_id(inst) != consul_id:
-            raise NotFound(f'Unknown service ID "{consul_id}". Ensure that the service ID is '
-                           "passed, not the service name.")  # fmt: skip
+            raise self._unknown(consul_id)
         return inst
 
     # --- agent ---------------------------------------------------------------------------
 
     async def agent_self(self, request: web.Request) -> web.StreamResponse:
+        self.gate.require(request, READ, "agent")
         nodes = self._nodes()
         me = self._node_json(self.node, nodes)
         return self._json(
@@ -272,18 +293,23 @@ class ConsulApi:
         return self._on_node(self.node)
 
     async def agent_services(self, request: web.Request) -> web.StreamResponse:
-        rows = self._selected(request, [cm.agent_service(i) for i in self._local()])
+        local = self._readable(request, self._local())
+        rows = self._selected(request, [cm.agent_service(i) for i in local])
         return self._json({row["ID"]: row for row in rows})
 
     async def agent_service(self, request: web.Request) -> web.StreamResponse:
         inst = self._find(request.match_info["id"])
+        if not self._readable(request, [inst]):
+            raise self._unknown(request.match_info["id"])
         return self._json(cm.agent_service(inst))
 
     async def agent_checks(self, request: web.Request) -> web.StreamResponse:
-        rows = [
-            c for c in self._node_checks(self.node, self._nodes()) if c["CheckID"] != cm.SERF_CHECK
-        ]
-        rows += [c for inst in self._local() for c in cm.service_checks(inst, self.node)]
+        rows = []
+        if self._node_readable(request, self.node):
+            rows = [c for c in self._node_checks(self.node, self._nodes())
+                    if c["CheckID"] != cm.SERF_CHECK]  # fmt: skip
+        local = self._readable(request, self._local())
+        rows += [c for inst in local for c in cm.service_checks(inst, self.node)]
         out = {c["CheckID"]: c for c in self._selected(request, rows)}
         return self._json(dict(sorted(out.items())))
 
@@ -293,7 +319,10 @@ class ConsulApi:
         nodes = self._nodes()
         address = self._node_json(self.node, nodes)["Address"]
         inst = cm.registration(body, node=self.node, node_address=address)
+        self.gate.require_instance(request, WRITE, inst)
         old = self.catalog.get(inst.id)
+        if old is not None:
+            self._writable(request, old, Conflict(f"service ID {cm.consul_id(inst)!r} is taken"))
         if old is not None and cm.consul_id(old) != cm.consul_id(inst):
             raise Conflict(f"service ID {cm.consul_id(inst)!r} collides with {old.id!r}")
         replace = request.query.get("replace-existing-checks", "").lower() in ("1", "true")
@@ -327,6 +356,7 @@ class ConsulApi:
         self._authorize(request)
         service_id, raw_check, status, extra = cm.check_registration(await request.read())
         inst = self._find(service_id)
+        self._writable(request, inst, self._unknown(service_id))
         try:
             check = msgspec.convert(raw_check, Check)
         except msgspec.ValidationError as exc:
@@ -344,8 +374,9 @@ class ConsulApi:
     async def check_deregister(self, request: web.Request) -> web.StreamResponse:
         self._authorize(request)
         check_id = request.match_info["id"]
-        for inst in self._local():
+        for inst in self._readable(request, self._local()):
             if any(c.name == check_id for c in inst.checks):
+                self._writable(request, inst, NotFound(check_id))
                 checks = tuple(c for c in inst.checks if c.name != check_id)
                 meta = dict(inst.meta)
                 meta.pop(cm.check_meta_key(check_id), None)
@@ -357,6 +388,7 @@ class ConsulApi:
     async def deregister(self, request: web.Request) -> web.StreamResponse:
         self._authorize(request)
         inst = self._find(request.match_info["id"])
+        self._writable(request, inst, self._unknown(request.match_info["id"]))
         await self.registry.deregister(inst.id)
         return web.Response(text="", content_type="text/plain")
 
@@ -382,6 +414,7 @@ class ConsulApi:
             self._authorize(request)
             check_id = request.match_info["id"]
             inst = self._check_target(check_id)
+            self._writable(request, inst, NotFound(f'Unknown check ID "{check_id}"'))
             if not inst.ttl:
                 raise cm.ConsulInputError(f'Check "{check_id}" is not a TTL check')
             note = request.query.get("note", "")
@@ -407,6 +440,7 @@ class ConsulApi:
     async def maintenance(self, request: web.Request) -> web.StreamResponse:
         self._authorize(request)
         inst = self._find(request.match_info["id"])
+        self._writable(request, inst, self._unknown(request.match_info["id"]))
         enable = request.query.get("enable", "")
         if enable not in ("true", "false"):
             raise cm.ConsulInputError("Missing value for enable")
@@ -442,6 +476,7 @@ class ConsulApi:
         check, and each of its services goes into maintenance (so the native API and DNS
         leave them out too); ending it takes out only the services it put in."""
         self._authorize(request)
+        self.gate.require(request, WRITE, "node", self.node)
         enable = request.query.get("enable", "")
         if enable not in ("true", "false"):
             raise cm.ConsulInputError("Missing value for enable")
@@ -471,8 +506,11 @@ class ConsulApi:
         index = await self._block(request, ("services", None))
         # From the kept per-service summaries: O(services), not O(instances).
         out: dict[str, list[str]] = {}
+        authz = self._az(request)
         for summary in self.catalog.services():
             if Kind.SERVICE not in summary.kinds:
+                continue
+            if not authz.can(READ, "service", summary.name):
                 continue
             name = summary.name
             first = self.catalog.service_instances(name)
@@ -497,7 +535,7 @@ class ConsulApi:
             if all(t in lowered for t in tags):
                 out.append(inst)
         out.sort(key=cm.consul_id)
-        return out
+        return self._readable(request, out)
 
     def _indexed(self, inst: Instance, data: dict[str, Any]) -> dict[str, Any]:
         """``data`` with the instance's Create/ModifyIndex (its revision in the registry)."""
@@ -519,16 +557,17 @@ class ConsulApi:
         index = await self._block(request, ("nodes", None))
         nodes = self._nodes()
         names = set(nodes) | {self.node}
-        rows = [self._node_json(n, nodes) for n in sorted(names)]
+        rows = [self._node_json(n, nodes) for n in sorted(names) if self._node_readable(request, n)]
         return self._json(self._selected(request, rows), index)
 
     async def catalog_node(self, request: web.Request) -> web.StreamResponse:
         index = await self._block(request, None)
         name = request.match_info["node"]
         nodes = self._nodes()
-        if not self._known(name, nodes):
+        if not self._known(name, nodes) or not self._node_readable(request, name):
             return web.Response(body=b"null", headers=self._headers(index))
-        services = {cm.consul_id(i): cm.agent_service(i) for i in self._on_node(name)}
+        on_node = self._readable(request, self._on_node(name))
+        services = {cm.consul_id(i): cm.agent_service(i) for i in on_node}
         return self._json({"Node": self._node_json(name, nodes), "Services": services}, index)
 
     async def datacenters(self, request: web.Request) -> web.StreamResponse:
@@ -582,8 +621,10 @@ class ConsulApi:
         nodes = self._nodes()
         out = []
         for name in sorted(set(nodes) | {self.node}):
-            out.extend(self._node_checks(name, nodes))
-        for inst in sorted(self._services(), key=lambda i: (i.service, cm.consul_id(i))):
+            if self._node_readable(request, name):
+                out.extend(self._node_checks(name, nodes))
+        services = self._readable(request, self._services())
+        for inst in sorted(services, key=lambda i: (i.service, cm.consul_id(i))):
             out.extend(cm.service_checks(inst, self._node_of(inst)))
         if state != "any":
             out = [c for c in out if c["Status"] == state]
@@ -593,10 +634,10 @@ class ConsulApi:
         index = await self._block(request, None)
         name = request.match_info["node"]
         nodes = self._nodes()
-        if not self._known(name, nodes):
+        if not self._known(name, nodes) or not self._node_readable(request, name):
             return self._json([], index)
         out = self._node_checks(name, nodes)
-        for inst in self._on_node(name):
+        for inst in self._readable(request, self._on_node(name)):
             out.extend(cm.service_checks(inst, name))
         return self._json(self._selected(request, out), index)
 
@@ -631,7 +672,7 @@ class ConsulApi:
 
     def _pairs(self, keys: list[str]) -> list[KVPair]:
         out = []
-        for key in keys:
+        for key in keys:  # already filtered by what the token may read
             pair = self.catalog.entry("kv", key)
             if isinstance(pair, KVPair):
                 out.append(pair)
@@ -641,10 +682,17 @@ class ConsulApi:
         key = request.match_info["key"]
         q = request.query
         index = await self._kv_block(request)
+        authz = self._az(request)
+
+        def readable(keys: list[str]) -> list[str]:
+            if authz.reads_all["key"]:
+                return keys
+            return [k for k in keys if authz.can(READ, "key", k)]
+
         if "keys" in q:
             separator = q.get("separator", "")
             found: list[str] = []
-            for k in self.catalog.keys_with_prefix("kv", key):
+            for k in readable(self.catalog.keys_with_prefix("kv", key)):
                 if separator:
                     cut = k.find(separator, len(key))
                     if cut >= 0:
@@ -655,9 +703,9 @@ class ConsulApi:
                 return web.Response(status=404, headers=self._headers(index))
             return self._json(found, index)
         if "recurse" in q:
-            pairs = self._pairs(self.catalog.keys_with_prefix("kv", key))
+            pairs = self._pairs(readable(self.catalog.keys_with_prefix("kv", key)))
         else:
-            pairs = self._pairs([key]) if key else []
+            pairs = self._pairs(readable([key])) if key else []
         if not pairs:
             return web.Response(status=404, headers=self._headers(index))
         if "raw" in q:
@@ -682,6 +730,7 @@ class ConsulApi:
     async def kv_put(self, request: web.Request) -> web.StreamResponse:
         self._authorize(request)
         key = self._kv_key(request)
+        self.gate.require(request, WRITE, "key", key)
         if "acquire" in request.query or "release" in request.query:
             raise NotSupported("acquire and release need sessions, which Waypost does not have")
         flags_text = request.query.get("flags", "0")
@@ -711,6 +760,14 @@ class ConsulApi:
         key = request.match_info["key"]
         cas = self._cas(request)
         if "recurse" in request.query:
+            authz = self._az(request)
+            if not authz.writes_all["key"]:
+                self.gate.require(request, WRITE, "key", key)
+                for k in self.catalog.keys_with_prefix("kv", key):
+                    if authz.can(READ, "key", k):
+                        self.gate.require(request, WRITE, "key", k)
+                    else:
+                        self.gate.require(request, WRITE, "key", key + "\x00")
             for _ in range(3):
                 keys = self.catalog.keys_with_prefix("kv", key)
                 if not keys:
@@ -722,6 +779,7 @@ class ConsulApi:
                     continue  # one went meanwhile: list again
             return self._json(False)
         key = self._kv_key(request)
+        self.gate.require(request, WRITE, "key", key)
         if self.catalog.entry("kv", key) is None:
             return self._json(cas is None)  # deleting nothing is done (a CAS fails)
         if cas is not None and self.catalog.mod_revision(key, "kv") != cas:
@@ -770,6 +828,9 @@ def _plain_errors(api: ConsulApi, handler: Handler) -> Handler:
     async def wrapped(request: web.Request) -> web.StreamResponse:
         try:
             return await handler(request)
+        except Unauthorized as exc:  # Consul answers an unknown token 403 "ACL not found"
+            text = "ACL not found" if "not found" in exc.message else f"Permission denied: {exc}"
+            return web.Response(status=403, text=text, content_type="text/plain")
         except WaypostError as exc:
             headers = {"X-Consul-Index": str(api._index())} if request.method == "GET" else {}
             return web.Response(

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from waypost.api.app import READ_METHODS, Api, Routed, check_token, failure_response
+from waypost.api.app import READ_METHODS, Api, Routed, failure_response
 from waypost.model import LABEL_RE
 from waypost.telemetry import SAMPLE_EVERY, TELEMETRY, RouteStats
 
@@ -36,7 +36,7 @@ class HotPath:
     def __init__(self, api: Api, fallback: Fallback) -> None:
         self._api = api
         self._fallback = fallback
-        self._token = api.token
+        self._gate = api.gate
         self._memo: dict[tuple[str, str], tuple[Routed, str, RouteStats] | None] = {}
         # Whole paths: (method, path) -> handler (its route is the path).
         self._static: dict[tuple[str, str], Routed] = {
@@ -121,7 +121,7 @@ class HotPath:
         response: web.StreamResponse
         try:
             if write:
-                check_token(request, self._token)
+                self._gate.check_write(request)
             response = await handler(request, ident)
         except web.HTTPException as exc:
             if exc.status < 400:

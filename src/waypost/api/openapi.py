@@ -15,9 +15,14 @@ import msgspec
 
 from waypost.durations import DURATION_PATTERN
 from waypost.model import (
+    ACCESSOR_PATTERN,
+    ACL_NAME_PATTERN,
     CHECK_KINDS,
     LABEL_PATTERN,
     MAX_LEASE_ID,
+    AclPolicy,
+    AclTokenRequest,
+    AclTokenView,
     Batch,
     BatchOutcome,
     BatchResult,
@@ -75,12 +80,15 @@ def _json_content(schema: dict[str, Any]) -> dict[str, Any]:
 def _errors(*codes: int) -> dict[str, Any]:
     text = {
         400: "Invalid input; `field` names the offending field",
-        401: "A write without the server's bearer token",
-        403: "Something this server is configured not to do (command checks through the API)",
+        401: "A write without the server's token, or a token that names no ACL token "
+        "(unknown, malformed, revoked, expired)",
+        403: "What the token's ACL rules refuse (the message names the rule), or what this "
+        "server is configured not to do (command checks through the API)",
         404: "Unknown entry (or a lease that has ended)",
         409: "The entry changed meanwhile, or the request contradicts itself or its path",
         410: "An index older than the kept event log (re-list), or ahead of the registry",
         413: "Body over 1 MiB",
+        429: "The token is over its write rate or its open watches (see Retry-After)",
         503: "The store is failing",
     }
     return {
@@ -89,8 +97,9 @@ def _errors(*codes: int) -> dict[str, Any]:
     }
 
 
-_READ_ERRORS = (400, 503)
-_WRITE_ERRORS = (400, 401, 403, 404, 409, 413, 503)
+_READ_ERRORS = (400, 401, 503)
+_WRITE_ERRORS = (400, 401, 403, 404, 409, 413, 429, 503)
+_ACL_READ_ERRORS = (400, 401, 403, 404, 503)
 
 _LABEL = {"type": "string", "pattern": ecma_pattern(LABEL_PATTERN), "maxLength": 63}
 _DURATION = {"type": "string", "pattern": ecma_pattern(DURATION_PATTERN), "maxLength": 32}
@@ -156,6 +165,11 @@ _CHECK_PARAMS: list[dict[str, Any]] = [
     {"name": "service", "in": "query", "schema": _LABEL, "description": "Of this service"},
     {"name": "node", "in": "query", "schema": _LABEL, "description": "On this node"},
 ]
+
+
+_ACL_NAME = {"type": "string", "pattern": ecma_pattern(ACL_NAME_PATTERN)}
+_ACCESSOR = {"type": "string", "pattern": ecma_pattern(ACCESSOR_PATTERN)}
+_DELETED = {"type": "object", "properties": {"index": {"type": "integer"}}}
 
 
 def _path(name: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -224,6 +238,9 @@ def _components() -> dict[str, Any]:
             HealthReport,
             CheckRow,
             NodeEntry,
+            AclPolicy,
+            AclTokenRequest,
+            AclTokenView,
         ],
         ref_template=_REF,
     )
@@ -495,6 +512,56 @@ def openapi_spec(version: str) -> dict[str, Any]:
                 },
                 errors=(),
             )
+        },
+        "/api/v1/acl/bootstrap": {
+            "post": _op(
+                "Create the first management token (once; later calls 403)",
+                {"200": _ok(_ref("AclTokenView"))},
+                errors=(403, 503),
+            )
+        },
+        "/api/v1/acl/policies": {
+            "post": _op("Create a policy", {"200": _ok(_ref("AclPolicy"))}, body="AclPolicy"),
+            "get": _op(
+                "Every policy",
+                {"200": _ok({"type": "array", "items": _ref("AclPolicy")})},
+                errors=_ACL_READ_ERRORS,
+            ),
+        },
+        "/api/v1/acl/policies/{name}": {
+            "parameters": [_path("name", _ACL_NAME)],
+            "get": _op("One policy", {"200": _ok(_ref("AclPolicy"))}, errors=_ACL_READ_ERRORS),
+            "put": _op("Change a policy", {"200": _ok(_ref("AclPolicy"))}, body="AclPolicy"),
+            "delete": _op("Delete a policy", {"200": _ok(_DELETED)}),
+        },
+        "/api/v1/acl/tokens": {
+            "post": _op(
+                "Create a token: its secret is shown this once",
+                {"200": _ok(_ref("AclTokenView"))},
+                body="AclTokenRequest",
+            ),
+            "get": _op(
+                "Every token (accessors, never secrets)",
+                {"200": _ok({"type": "array", "items": _ref("AclTokenView")})},
+                errors=_ACL_READ_ERRORS,
+            ),
+        },
+        "/api/v1/acl/token/self": {
+            "get": _op(
+                "The token this request presents",
+                {"200": _ok(_ref("AclTokenView"))},
+                errors=_ACL_READ_ERRORS,
+            )
+        },
+        "/api/v1/acl/tokens/{accessor}": {
+            "parameters": [_path("accessor", _ACCESSOR)],
+            "get": _op("One token", {"200": _ok(_ref("AclTokenView"))}, errors=_ACL_READ_ERRORS),
+            "put": _op(
+                "Change a token's description, policies or identity",
+                {"200": _ok(_ref("AclTokenView"))},
+                body="AclTokenRequest",
+            ),
+            "delete": _op("Revoke a token", {"200": _ok(_DELETED)}),
         },
         "/api/v1/node-registry": {
             "get": _op(

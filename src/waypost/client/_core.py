@@ -19,6 +19,9 @@ from waypost.durations import format_duration, parse_duration
 from waypost.errors import Gone, InvalidInput, Unavailable, WaypostError, from_dict
 from waypost.model import (
     ENTRY_TYPES,
+    AclPolicy,
+    AclRule,
+    AclTokenRequest,
     Batch,
     CheckState,
     Event,
@@ -467,3 +470,44 @@ def discovery_for(
     if discovery is not None:
         discovery.on_change = listed.replace
     return listed, discovery
+
+
+# --- ACLs --------------------------------------------------------------------------------
+
+
+def acl_policy_of(
+    name: str, rules: Sequence[AclRule | Mapping[str, Any]], description: str
+) -> AclPolicy:
+    """A policy to send, validated here, early."""
+    try:
+        return msgspec.convert(
+            {
+                "name": name,
+                "description": description,
+                "rules": [msgspec.structs.asdict(r) if isinstance(r, AclRule) else dict(r)
+                          for r in rules],
+            },
+            AclPolicy,
+        )  # fmt: skip
+    except msgspec.ValidationError as exc:
+        raise InvalidInput(f"policy: {exc}", field="rules") from None
+
+
+def acl_token_body(
+    policies: Sequence[str], description: str, expires_in: str | None, identity: str
+) -> bytes:
+    try:
+        req = msgspec.convert(
+            {"policies": list(policies), "description": description,
+             "expires_in": expires_in, "identity": identity},
+            AclTokenRequest,
+        )  # fmt: skip
+    except msgspec.ValidationError as exc:
+        raise InvalidInput(f"token: {exc}", field="policies") from None
+    return _encode(req)
+
+
+def acl_path(kind: str, key: str = "") -> str:
+    """``/api/v1/acl/policies[/NAME]`` or ``/api/v1/acl/tokens[/ACCESSOR]``."""
+    base = f"/api/v1/acl/{kind}"
+    return f"{base}/{quote(key, safe='')}" if key else base

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import httpx
+import msgspec
 
 from waypost.client import _core
 from waypost.client._coalesce import ThreadCoalescer, encode_id
@@ -21,6 +22,9 @@ from waypost.client._core import QueryResult, Request, WatchState
 from waypost.durations import parse_duration
 from waypost.errors import NotFound, Unavailable, WaypostError
 from waypost.model import (
+    AclPolicy,
+    AclRule,
+    AclTokenView,
     BatchResult,
     CheckRow,
     CheckState,
@@ -469,6 +473,76 @@ class Client:
         return _core.decode_as(
             self._call(_core.simple_get("/api/v1/configs")).content, list[ServiceConfig]
         )
+
+    # --- ACLs (docs/security.md) ----------------------------------------------------------
+
+    def acl_bootstrap(self) -> AclTokenView:
+        """The first management token (its secret shown this once); Forbidden after."""
+        resp = self._call(_core.Request("POST", "/api/v1/acl/bootstrap", []))
+        return _core.decode_as(resp.content, AclTokenView)
+
+    def acl_policies(self) -> list[AclPolicy]:
+        resp = self._call(_core.simple_get(_core.acl_path("policies")))
+        return _core.decode_as(resp.content, list[AclPolicy])
+
+    def acl_policy(self, name: str) -> AclPolicy:
+        resp = self._call(_core.simple_get(_core.acl_path("policies", name)))
+        return _core.decode_as(resp.content, AclPolicy)
+
+    def acl_create_policy(
+        self, name: str, rules: Sequence[AclRule | Mapping[str, Any]], description: str = ""
+    ) -> AclPolicy:
+        """A new policy of ``rules`` (``{"resource", "name", "access"}`` each)."""
+        body = msgspec.json.encode(_core.acl_policy_of(name, rules, description))
+        resp = self._call(_core.Request("POST", _core.acl_path("policies"), [], body))
+        return _core.decode_as(resp.content, AclPolicy)
+
+    def acl_update_policy(
+        self, name: str, rules: Sequence[AclRule | Mapping[str, Any]], description: str = ""
+    ) -> AclPolicy:
+        body = msgspec.json.encode(_core.acl_policy_of(name, rules, description))
+        resp = self._call(_core.Request("PUT", _core.acl_path("policies", name), [], body))
+        return _core.decode_as(resp.content, AclPolicy)
+
+    def acl_delete_policy(self, name: str) -> None:
+        self._call(_core.Request("DELETE", _core.acl_path("policies", name), []))
+
+    def acl_create_token(
+        self,
+        policies: Sequence[str] = (),
+        *,
+        description: str = "",
+        expires_in: str | None = None,
+        identity: str = "",
+    ) -> AclTokenView:
+        """A new token holding ``policies``; its ``secret`` is shown this once."""
+        body = _core.acl_token_body(policies, description, expires_in, identity)
+        resp = self._call(_core.Request("POST", _core.acl_path("tokens"), [], body))
+        return _core.decode_as(resp.content, AclTokenView)
+
+    def acl_tokens(self) -> list[AclTokenView]:
+        resp = self._call(_core.simple_get(_core.acl_path("tokens")))
+        return _core.decode_as(resp.content, list[AclTokenView])
+
+    def acl_token(self, accessor: str) -> AclTokenView:
+        resp = self._call(_core.simple_get(_core.acl_path("tokens", accessor)))
+        return _core.decode_as(resp.content, AclTokenView)
+
+    def acl_update_token(
+        self,
+        accessor: str,
+        policies: Sequence[str] = (),
+        *,
+        description: str = "",
+        identity: str = "",
+    ) -> AclTokenView:
+        body = _core.acl_token_body(policies, description, None, identity)
+        resp = self._call(_core.Request("PUT", _core.acl_path("tokens", accessor), [], body))
+        return _core.decode_as(resp.content, AclTokenView)
+
+    def acl_delete_token(self, accessor: str) -> None:
+        """Revoke a token: refused from the next request on, its event streams closed."""
+        self._call(_core.Request("DELETE", _core.acl_path("tokens", accessor), []))
 
     def nodes(self) -> list[Node]:
         """The nodes hosting instances."""

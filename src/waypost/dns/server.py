@@ -38,10 +38,11 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
+from waypost.acl import AclState
 from waypost.catalog import Catalog
 from waypost.dns import wire
 from waypost.dns.zone import SHUFFLES, Reply, Zone, stratified_orders
-from waypost.model import DnsStatus, Event, Instance, Node, ServiceConfig
+from waypost.model import AclPolicy, AclToken, DnsStatus, Event, Instance, Node, ServiceConfig
 from waypost.telemetry import SAMPLE_EVERY, Histogram
 
 log = logging.getLogger("waypost.dns")
@@ -194,6 +195,7 @@ class DnsServer:
         reuse_port: bool = False,
         join: bool = False,
         tcp_idle_s: float = TCP_IDLE_S,
+        acl: AclState | None = None,
     ) -> None:
         self.registry = registry
         self.tcp_idle_s = tcp_idle_s
@@ -209,6 +211,7 @@ class DnsServer:
             ttl_s=ttl_s,
             allow_warning=allow_warning,
             ns_addresses=hosts or ["127.0.0.1"],
+            acl=acl,
         )
         self.recursors = list(recursors)
         self.stats = DnsStats()
@@ -346,6 +349,9 @@ class DnsServer:
                 scopes.add(f"node:{entry.id}")
             elif isinstance(entry, ServiceConfig):
                 scopes.add(f"service:{entry.service}")
+            elif isinstance(entry, AclPolicy | AclToken):
+                self._forget_all()  # what the anonymous token may read changed
+                return
         for scope in scopes:
             for key in self._scopes.pop(scope, ()):
                 self._drop(key)

@@ -42,6 +42,7 @@ import dns.rdtypes.IN.SRV
 import dns.reversename
 import dns.rrset
 
+from waypost.acl import READ, AclState, Authorizer
 from waypost.catalog import Catalog, domain_key
 from waypost.durations import parse_duration
 from waypost.model import Instance, ServiceConfig, Status
@@ -126,8 +127,11 @@ class Zone:
         ttl_s: float = 5.0,
         allow_warning: bool = False,
         ns_addresses: Iterable[str] = ("127.0.0.1",),
+        acl: AclState | None = None,
     ) -> None:
         self.catalog = catalog
+        # With ACLs: answer only what the anonymous token may read (None: everything).
+        self.acl = acl
         self.origin = dns.name.from_text(domain.strip(".") + ".").canonicalize()
         self.ttl = max(int(ttl_s), 0)
         self.allow_warning = allow_warning
@@ -153,6 +157,19 @@ class Zone:
         return scopes
 
     # --- helpers -------------------------------------------------------------------------
+
+    def _viewer(self) -> Authorizer | None:
+        """The anonymous token's authorizer when it may not read everything, else None."""
+        if self.acl is None:
+            return None
+        authz = self.acl.anonymous()
+        return None if authz.sees_everything else authz
+
+    def _visible(self, insts: list[Instance]) -> list[Instance]:
+        authz = self._viewer()
+        if authz is None:
+            return insts
+        return [i for i in insts if authz.can_read_instance(i)]
 
     def healthy(self, inst: Instance) -> bool:
         if inst.maintenance:
@@ -325,6 +342,7 @@ class Zone:
             members = self._service_any_case(service)
         if tag is not None:
             members = [i for i in members if any(t.lower() == tag for t in i.tags)]
+        members = self._visible(members)
         if not members:
             return self._negative(reply, dns.rcode.NXDOMAIN)
         healthy = [i for i in members if self.healthy(i)]
@@ -353,7 +371,8 @@ class Zone:
                 if candidate.id.lower() == node_id:
                     node = candidate
                     break
-        if node is None:
+        viewer = self._viewer()
+        if node is None or (viewer is not None and not viewer.can(READ, "node", node.id)):
             return self._negative(reply, dns.rcode.NXDOMAIN)
         if node.address and rdtype in (A, AAAA, CNAME, ANY):
             fake = Instance(id="n", service="n", address=node.address, port=1)
@@ -368,7 +387,7 @@ class Zone:
         # Names are not case-sensitive: an id with capitals is found by its lower case
         # (an index, not a scan: a flood of made-up names costs a lookup each).
         inst = self.catalog.folded(iid)
-        if inst is None:
+        if inst is None or not self._visible([inst]):
             return self._negative(reply, dns.rcode.NXDOMAIN)
         reply.scopes.add(f"service:{inst.service}")
         ttl = self.service_ttl(inst.service)
@@ -397,6 +416,9 @@ class Zone:
             return None
         address = ipaddress.ip_address(address).compressed
         ids = self.catalog.at_address(address)
+        viewer = self._viewer()
+        if ids and viewer is not None:
+            ids = {i for i in ids if (x := self.catalog.get(i)) and viewer.can_read_instance(x)}
         if not ids:
             return None
         reply = Reply(scopes={f"address:{address}"})
@@ -412,6 +434,7 @@ class Zone:
     def _custom(self, name: dns.name.Name, ids: set[str], rdtype: int) -> Reply:
         reply = Reply(scopes={f"domain:{domain_key(name.to_text())}"})
         insts = [i for i in (self.catalog.get(x) for x in sorted(ids)) if i is not None]
+        insts = self._visible(insts)
         for inst in insts:
             reply.scopes.add(f"service:{inst.service}")
         healthy = [i for i in insts if self.healthy(i)]

@@ -5,8 +5,8 @@
 const Consul = require("consul");
 
 async function main() {
-  const [host, port] = [process.argv[2], Number(process.argv[3])];
-  const consul = new Consul({ host, port });
+  const [host, port, token] = [process.argv[2], Number(process.argv[3]), process.argv[4]];
+  const consul = new Consul({ host, port, defaults: token ? { token } : {} });
   const seen = {};
   seen.node = (await consul.agent.self()).Config.NodeName;
   await consul.agent.service.register({

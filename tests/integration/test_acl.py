@@ -1,0 +1,430 @@
+"""ACLs against real ``waypost server`` processes started with ``--acl-default-policy
+deny``: tokens scoped by policies write and read only what their rules allow, through the
+native API, the event stream, the Consul API (with Consul's own clients) and DNS; a
+revoked token is refused at once and its open event stream ends; 1,000 random tokens and
+malformed headers get nowhere; an agent's client certificate stands for a token."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import statistics
+import string
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import consul
+import dns.message
+import dns.query
+import dns.rcode
+import httpx
+import pytest
+
+from tests.conftest import ServerProcess, instance, wait_until
+from waypost import Client
+
+HERE = Path(__file__).resolve().parents[1] / "consul_clients"
+
+
+def waypost(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    import os
+
+    return subprocess.run(
+        [sys.executable, "-m", "waypost", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def bootstrap(server: ServerProcess) -> str:
+    """The management secret, from ``waypost acl bootstrap --json``."""
+    done = waypost("acl", "bootstrap", "--server", server.url, "--json")
+    assert done.returncode == 0, done.stderr
+    view = json.loads(done.stdout)
+    assert view["policies"] == ["global-management"]
+    secret: str = view["secret"]
+    return secret
+
+
+def token_with(admin: Client, name: str, rules: list[dict[str, str]]) -> str:
+    admin.acl_create_policy(name, rules)
+    secret = admin.acl_create_token([name], description=name).secret
+    assert secret
+    return secret
+
+
+def as_token(server: ServerProcess, secret: str | None) -> httpx.Client:
+    headers = {"Authorization": f"Bearer {secret}"} if secret else {}
+    return httpx.Client(base_url=server.url, headers=headers, timeout=10)
+
+
+def dns_rcode_and_ips(server: ServerProcess, name: str) -> tuple[int, list[str]]:
+    assert server.dns is not None
+    host, port = server.dns
+    reply = dns.query.udp(dns.message.make_query(name, "A"), host, port=port, timeout=5)
+    ips = [rr.address for rrset in reply.answer for rr in rrset]
+    return reply.rcode(), ips
+
+
+@pytest.fixture
+def deny_server(start_server: Callable[..., ServerProcess]) -> ServerProcess:
+    return start_server("--acl-default-policy", "deny")
+
+
+def test_default_deny_scopes_writes_and_reads_to_the_tokens_rules(
+    deny_server: ServerProcess,
+) -> None:
+    server = deny_server
+    admin_secret = bootstrap(server)
+    with Client(server.url, token=admin_secret) as admin:
+        writer = token_with(admin, "web-writer", [
+            {"resource": "service_prefix", "name": "web-", "access": "write"}])
+        reader = token_with(admin, "web-reader", [
+            {"resource": "service_prefix", "name": "web-", "access": "read"},
+            {"resource": "node_prefix", "name": "", "access": "read"}])  # fmt: skip
+        admin.register(instance("db-1", "db", address="10.0.0.9"))
+        admin.register(instance("web-x-1", "web-x", address="10.0.0.8"))
+
+    with as_token(server, writer) as w:
+        ok = w.put("/api/v1/instances/web-api-1", json=instance("web-api-1", "web-api"))
+        assert ok.status_code == 200, ok.text
+        refused = w.put("/api/v1/instances/db-2", json=instance("db-2", "db"))
+        assert refused.status_code == 403
+        message = refused.json()["message"]
+        assert 'write service "db"' in message and "default policy deny" in message
+        # Its own prefix rule is named when that is what refuses (a read-only one here).
+    with as_token(server, reader) as r:
+        refused = r.put("/api/v1/instances/web-api-2", json=instance("web-api-2", "web-api"))
+        assert refused.status_code == 403
+        assert 'service_prefix "web-" read in policy "web-reader"' in refused.json()["message"]
+
+        # Queries: only web-*, and a hidden service looks exactly like a missing one.
+        ids = sorted(i["id"] for i in r.get("/api/v1/instances").json())
+        assert ids == ["web-api-1", "web-x-1"]
+        assert sorted(s["name"] for s in r.get("/api/v1/services").json()) == ["web-api", "web-x"]
+        assert r.get("/api/v1/services/db").json() == r.get("/api/v1/services/nope").json() == []
+        hidden, missing = r.get("/api/v1/instances/db-1"), r.get("/api/v1/instances/no-1")
+        assert hidden.status_code == missing.status_code == 404
+        assert hidden.json()["error"] == missing.json()["error"]
+        # Deleting what it cannot see: as missing, not "forbidden" (which would tell).
+        assert r.delete("/api/v1/instances/db-1").status_code == 404
+
+    # The anonymous token sees nothing.
+    with as_token(server, None) as anon:
+        assert anon.get("/api/v1/instances").json() == []
+        assert anon.get("/api/v1/services").json() == []
+        assert anon.get("/v1/catalog/services").json() == {}
+        assert anon.put("/api/v1/instances/x-1", json=instance("x-1", "x")).status_code == 403
+
+    # The Consul API, with the token as Consul clients send it.
+    host, _, port = server.url.removeprefix("http://").rpartition(":")
+    c = consul.Consul(host=host, port=int(port), token=reader)
+    assert sorted(c.catalog.services()[1]) == ["web-api", "web-x"]
+    assert c.health.service("db")[1] == []
+    assert [e["Service"]["ID"] for e in c.health.service("web-api")[1]] == ["web-api-1"]
+    with pytest.raises(consul.ACLPermissionDenied):
+        c.agent.service.register("db", service_id="db-9", port=1)
+
+    # DNS answers what the anonymous token may read: nothing, then what it is given.
+    assert dns_rcode_and_ips(server, "web-api.service.waypost.")[0] == dns.rcode.NXDOMAIN
+    with Client(server.url, token=admin_secret) as admin:
+        admin.acl_create_policy("dns", [{"resource": "service", "name": "web-api",
+                                         "access": "read"}])  # fmt: skip
+        admin.acl_update_token("anonymous", ["dns"])
+    rcode, ips = dns_rcode_and_ips(server, "web-api.service.waypost.")
+    assert (rcode, ips) == (dns.rcode.NOERROR, ["10.0.0.1"])
+    assert dns_rcode_and_ips(server, "db.service.waypost.")[0] == dns.rcode.NXDOMAIN
+
+
+def test_a_read_only_token_gets_only_its_events_and_revoking_it_ends_its_stream(
+    deny_server: ServerProcess,
+) -> None:
+    server = deny_server
+    admin_secret = bootstrap(server)
+    with Client(server.url, token=admin_secret) as admin:
+        reader = token_with(admin, "web-reader", [
+            {"resource": "service_prefix", "name": "web-", "access": "read"}])  # fmt: skip
+        accessor = next(t.accessor for t in admin.acl_tokens() if t.description == "web-reader")
+    lines: list[str] = []
+    ended = threading.Event()
+
+    def follow() -> None:
+        with (
+            as_token(server, reader) as r,
+            r.stream("GET", "/api/v1/events", timeout=httpx.Timeout(10, read=60)) as resp,
+        ):
+            assert resp.status_code == 200
+            for line in resp.iter_lines():
+                lines.append(line)
+        ended.set()
+
+    thread = threading.Thread(target=follow, daemon=True)
+    thread.start()
+    wait_until(lambda: any(line.startswith("retry:") for line in lines), 10, "the stream")
+    with Client(server.url, token=admin_secret) as admin:
+        admin.register(instance("db-1", "db"))
+        admin.register(instance("web-api-1", "web-api"))
+        wait_until(lambda: any("web-api-1" in line for line in lines), 10, "web-api's event")
+        assert not any("db-1" in line for line in lines)
+        # Revoked: the open stream ends at once (a last "revoked" event), the next call 401s.
+        admin.acl_delete_token(accessor)
+    assert ended.wait(10), "the revoked token's stream stayed open"
+    assert "event: revoked" in lines
+    with as_token(server, reader) as r:
+        assert r.get("/api/v1/instances").status_code == 401
+
+
+def _random_token(rng: random.Random, accessors: list[str]) -> dict[str, str | bytes]:
+    """One of many wrong ways to present a token."""
+    pick = rng.randrange(9)
+    if pick == 0:
+        return {"Authorization": f"Bearer {uuid.uuid4()}"}
+    if pick == 1:
+        return {"Authorization": f"Bearer {rng.choice(accessors)}"}  # an accessor, not a secret
+    if pick == 2:
+        text = "".join(rng.choice(string.printable.strip()) for _ in range(rng.randrange(1, 300)))
+        return {"X-Waypost-Token": text}
+    if pick == 3:
+        return {"Authorization": rng.choice(["Bearer", "Basic abc", "bearer", "Token x", "BEARER"])}
+    if pick == 4:
+        return {"X-Consul-Token": "x" * rng.randrange(257, 5000)}
+    if pick == 5:
+        raw = "Bearer " + "".join(chr(rng.randrange(0xA0, 0x100)) for _ in range(20))
+        return {"Authorization": raw.encode("latin-1")}  # bytes past ASCII
+    if pick == 6:
+        return {"Authorization": f"Bearer {uuid.uuid4()} {uuid.uuid4()}"}
+    if pick == 7:
+        return {"X-Waypost-Token": str(uuid.uuid4()).upper()}
+    return {"Authorization": "Bearer " + "\t" + str(uuid.uuid4())}
+
+
+def test_a_thousand_random_tokens_get_no_access_and_no_server_error(
+    deny_server: ServerProcess,
+) -> None:
+    server = deny_server
+    admin_secret = bootstrap(server)
+    with Client(server.url, token=admin_secret) as admin:
+        for n in range(3):
+            token_with(admin, f"p{n}", [{"resource": "service_prefix", "name": "", "access": "write"}])
+        admin.register(instance("web-1", "web"))
+        accessors = [t.accessor for t in admin.acl_tokens()]
+    rng = random.Random(1234)
+    statuses: dict[int, int] = {}
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        for n in range(1000):
+            headers = _random_token(rng, accessors)
+            if n % 3 == 0:
+                resp = http.put(f"/api/v1/instances/evil-{n}", json=instance(f"evil-{n}"),
+                                headers=headers)  # fmt: skip
+            elif n % 3 == 1:
+                resp = http.get("/api/v1/acl/tokens", headers=headers)
+            else:
+                resp = http.get("/api/v1/instances", headers=headers)
+            statuses[resp.status_code] = statuses.get(resp.status_code, 0) + 1
+            assert resp.status_code in (401, 403), (headers, resp.status_code, resp.text)
+        # Wrong accessor or wrong secret: the same work, the same time (medians).
+        secret_like = [uuid.uuid4() for _ in range(300)]
+        wrong_accessor, wrong_secret = [], []
+        for n in range(300):
+            for kind in (0, 1) if n % 2 else (1, 0):
+                value = rng.choice(accessors) if kind == 0 else str(secret_like[n])
+                start = time.perf_counter()
+                resp = http.get("/api/v1/acl/tokens", headers={"X-Waypost-Token": value})
+                took = time.perf_counter() - start
+                assert resp.status_code == 401
+                (wrong_accessor if kind == 0 else wrong_secret).append(took)
+    ratio = statistics.median(wrong_accessor) / statistics.median(wrong_secret)
+    assert 0.67 < ratio < 1.5, ratio
+    with Client(server.url, token=admin_secret) as admin:
+        assert [i.id for i in admin.instances().instances] == ["web-1"]
+    assert set(statuses) <= {401, 403}
+
+
+def test_write_rates_and_open_watches_are_limited_per_token(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    server = start_server("--token-write-rate", "5", "--token-max-watches", "2")
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        codes = [
+            http.put(f"/api/v1/instances/w-{n}", json=instance(f"w-{n}")) for n in range(30)
+        ]
+        limited = [r for r in codes if r.status_code == 429]
+        assert limited, [r.status_code for r in codes]
+        assert int(limited[0].headers["Retry-After"]) >= 1
+        assert limited[0].json()["error"] == "too_many_requests"
+        assert 5 <= sum(r.status_code == 200 for r in codes) < 30
+        index = http.get("/api/v1/services/web").headers["X-Waypost-Index"]
+    results: list[int] = []
+
+    def block() -> None:
+        with httpx.Client(base_url=server.url, timeout=30) as h:
+            results.append(h.get(f"/api/v1/services/web?index={index}&wait=20s").status_code)
+
+    threads = [threading.Thread(target=block, daemon=True) for _ in range(2)]
+    for t in threads:
+        t.start()
+    wait_until(lambda: httpx.get(f"{server.url}/status").json()["blocking_waiters"] == 2, 10,
+               "two parked queries")  # fmt: skip
+    third = httpx.get(f"{server.url}/api/v1/services/web?index={index}&wait=20s", timeout=30)
+    assert third.status_code == 429
+    wait_until(lambda: httpx.put(f"{server.url}/api/v1/instances/w-done",
+                                 json=instance("w-done")).status_code == 200, 10, "a write")  # fmt: skip
+    for t in threads:
+        t.join(10)
+    assert results == [200, 200]
+
+
+def test_consul_clients_work_with_a_token_against_a_default_deny_server(
+    deny_server: ServerProcess,
+) -> None:
+    server = deny_server
+    admin_secret = bootstrap(server)
+    with Client(server.url, token=admin_secret) as admin:
+        app = token_with(admin, "apps", [
+            {"resource": "service", "name": "old", "access": "write"},
+            {"resource": "service", "name": "node-web", "access": "write"},
+            {"resource": "service", "name": "py-web", "access": "write"},
+            {"resource": "node_prefix", "name": "", "access": "read"},
+            {"resource": "agent", "access": "read"}])  # fmt: skip
+    host, _, port = server.url.removeprefix("http://").rpartition(":")
+
+    # py-consul
+    c = consul.Consul(host=host, port=int(port), token=app)
+    assert c.agent.service.register("py-web", service_id="py-web-1", port=80) is True
+    assert c.catalog.services()[1] == {"py-web": []}
+    assert c.agent.service.deregister("py-web-1") is True
+    with pytest.raises(consul.ACLPermissionDenied):
+        consul.Consul(host=host, port=int(port)).agent.service.register("py-web", port=80)
+
+    # Debian's python3-consul
+    if Path("/usr/bin/python3").exists():
+        done = subprocess.run(
+            ["/usr/bin/python3", str(HERE / "python3_consul_flow.py"), host, port, app],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+        seen = json.loads(done.stdout.strip().splitlines()[-1])
+        assert seen["registered"] is True and seen["passed"] is True
+        assert seen["catalog"] == {"old": ["v1"]}
+        assert seen["deregistered"] is True and seen["after"] == []
+        without = subprocess.run(
+            ["/usr/bin/python3", str(HERE / "python3_consul_flow.py"), host, port],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert without.returncode != 0 and "ACL" in without.stderr
+
+    # npm consul
+    node = shutil.which("node")
+    assert node, "node: `make test` installs it"
+    done = subprocess.run([node, str(HERE / "npm" / "flow.js"), host, port, app],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["passing"] == [["node-web-1", "10.3.0.1", 3000]]
+    assert seen["catalog"] == {"node-web": ["js"]}
+    assert seen["statuses"] == ["passing", "critical"]
+
+
+def test_an_agents_client_certificate_stands_for_its_token(
+    start_server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    from tests.integration.agents import AgentProcess
+
+    pki = tmp_path / "pki"
+    for args in (
+        ["tls", "ca", "create", "--dir", str(pki)],
+        ["tls", "cert", "create", "--dir", str(pki), "--server", "--name", "server1"],
+        ["tls", "cert", "create", "--dir", str(pki), "--client", "--name", "agent1"],
+    ):
+        done = waypost(*args)
+        assert done.returncode == 0, done.stderr
+    server = start_server(
+        "--acl-default-policy", "deny", "--tls-cert", str(pki / "server1.pem"),
+        "--tls-key", str(pki / "server1-key.pem"), "--tls-ca", str(pki / "ca.pem"),
+        "--tls-verify-clients",
+    )  # fmt: skip
+    env = {"WAYPOST_TLS_CA": str(pki / "ca.pem"), "WAYPOST_TLS_CERT": str(pki / "agent1.pem"),
+           "WAYPOST_TLS_KEY": str(pki / "agent1-key.pem")}  # fmt: skip
+    done = waypost("acl", "bootstrap", "--server", server.url, "--json", env=env)
+    assert done.returncode == 0, done.stderr
+    admin = json.loads(done.stdout)["secret"]
+    for args in (
+        ["acl", "policy", "create", "--name", "agent1", "--rule", "service:db:write",
+         "--rule", "node:n1:write", "--rule", "node_prefix::read"],
+        ["acl", "token", "create", "--policy", "agent1", "--identity", "agent1",
+         "--description", "agent on n1"],
+    ):  # fmt: skip
+        done = waypost(*args, "--server", server.url, "--token", admin, env=env)
+        assert done.returncode == 0, done.stderr
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "db.json").write_text('[{"id": "db-a", "service": "db", "port": 5432}]')
+    agent = AgentProcess(
+        server.url, "n1", conf, tmp_path / "agent", "--tls-ca", str(pki / "ca.pem"),
+        "--tls-cert", str(pki / "agent1.pem"), "--tls-key", str(pki / "agent1-key.pem"),
+    ).start()  # fmt: skip
+    try:
+        with Client(server.url, token=admin, tls=_ctx(pki)) as c:
+            wait_until(lambda: [i.id for i in c.instances(service="db").instances] == ["db-a"], 15,
+                       "the agent's registration by certificate")  # fmt: skip
+    finally:
+        agent.stop()
+
+
+def _ctx(pki: Path) -> Any:
+    import ssl
+
+    ctx = ssl.create_default_context(cafile=str(pki / "ca.pem"))
+    ctx.load_cert_chain(pki / "agent1.pem", pki / "agent1-key.pem")
+    return ctx
+
+
+def test_bootstrap_is_once_and_the_cli_manages_policies_and_tokens(
+    deny_server: ServerProcess,
+) -> None:
+    server = deny_server
+    admin = bootstrap(server)
+    again = waypost("acl", "bootstrap", "--server", server.url)
+    assert again.returncode != 0 and "no longer allowed" in again.stderr
+    base = ["--server", server.url, "--token", admin]
+    done = waypost("acl", "policy", "create", "--name", "ops", "--rule", "operator::write",
+                   "--rule", "service_prefix:web-:read", *base)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    bad = waypost("acl", "policy", "create", "--name", "bad", "--rule", "service:web", *base)
+    assert bad.returncode != 0 and "RESOURCE:NAME:ACCESS" in bad.stderr
+    bad = waypost("acl", "policy", "create", "--name", "bad", "--rule", "planet:x:write", *base)
+    assert bad.returncode != 0 and "resource" in bad.stderr
+    done = waypost("acl", "token", "create", "--policy", "ops", "--expires-in", "1h",
+                   "--json", *base)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    made = json.loads(done.stdout)
+    assert made["secret"] and made["expires_at"] > time.time()
+    listed = json.loads(waypost("acl", "token", "list", "--json", *base).stdout)
+    assert made["accessor"] in [t["accessor"] for t in listed]
+    assert all("secret" not in t and "secret_hash" not in t for t in listed)
+    read = waypost("acl", "policy", "read", "ops", *base)
+    assert "operator" in read.stdout and "web-" in read.stdout
+    # Without a token, ACLs cannot be read or changed.
+    refused = waypost("acl", "token", "list", "--server", server.url)
+    assert refused.returncode != 0 and "Permission denied" in refused.stderr
+    assert waypost("acl", "token", "delete", made["accessor"], *base).returncode == 0
+    with as_token(server, made["secret"]) as h:
+        assert h.get("/api/v1/leases").status_code == 401
+    assert waypost("acl", "policy", "delete", "global-management", *base).returncode != 0
+
+
+def test_nothing_changes_for_servers_that_set_nothing(server: ServerProcess) -> None:
+    """Default allow, no bootstrap: tokens are not looked at, every call works."""
+    with httpx.Client(base_url=server.url, timeout=10,
+                      headers={"Authorization": "Bearer whatever"}) as h:  # fmt: skip
+        assert h.put("/api/v1/instances/web-1", json=instance("web-1")).status_code == 200
+        assert [i["id"] for i in h.get("/api/v1/instances").json()] == ["web-1"]
