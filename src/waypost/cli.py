@@ -684,6 +684,22 @@ def proxy(
     join: JoinOpt = None,
     trust_key: TrustOpt = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
+    tls_cert: Annotated[
+        str | None,
+        typer.Option(help="TLS certificate (PEM) of the listener (also shown to upstreams)."),
+    ] = None,
+    tls_key: Annotated[str | None, typer.Option(help="Its private key (PEM).")] = None,
+    tls_ca: Annotated[
+        str | None,
+        typer.Option(help="CA that signs client certificates and the registry's certificate."),
+    ] = None,
+    tls_verify_clients: Annotated[
+        bool, typer.Option("--tls-verify-clients", help="Mutual TLS on the listener.")
+    ] = False,
+    upstream_tls_ca: Annotated[
+        str | None,
+        typer.Option(help="CA of upstreams dialed over TLS (their meta scheme: https)."),
+    ] = None,
 ) -> None:
     """Reverse-proxy HTTP to services by Host or route, with their traffic policies."""
 
@@ -713,6 +729,11 @@ def proxy(
         admin=admin or "",
         join=list(join or []),
         trust_keys=_trust(trust_key),
+        tls_cert=tls_cert or "",
+        tls_key=tls_key or "",
+        tls_ca=tls_ca or "",
+        tls_verify_clients=tls_verify_clients,
+        upstream_tls_ca=upstream_tls_ca or "",
     )
     _run_loop(run_proxy(settings), log_level)
 
@@ -878,6 +899,13 @@ def network(
         str | None,
         typer.Option(envvar="WAYPOST_TOKEN", help="The registry's ACL token (worker mode)."),
     ] = None,
+    tls_cert: Annotated[
+        str, typer.Option(help="Serve links as wss:// with this certificate (worker).")
+    ] = "",
+    tls_key: Annotated[str, typer.Option(help="Its private key.")] = "",
+    tls_ca: Annotated[
+        str, typer.Option(help="CA of peers and the registry; peers must show a certificate.")
+    ] = "",
 ) -> None:
     """Run an actor network worker, or a discovery registry for networks."""
     if mode == "discovery":
@@ -903,6 +931,7 @@ def network(
             discovery=discovery or ["http://127.0.0.1:8500"],
             auth_token=auth_token,
             registry_token=token or token_from_file(os.environ.get("WAYPOST_TOKEN_FILE", "")),
+            tls=(tls_cert, tls_key, tls_ca),
             capabilities=[c for c in capabilities.split(",") if c],
             tags=[t for t in tags.split(",") if t],
             heartbeat_interval=heartbeat_interval,

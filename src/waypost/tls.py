@@ -115,7 +115,8 @@ def create_cert(
     """Write ``folder/NAME.pem`` and ``folder/NAME-key.pem``, signed by the CA in
     ``folder``. A server certificate names NAME, ``localhost`` and ``127.0.0.1`` (and
     ``::1``); a client certificate carries NAME as its subject (and a
-    ``waypost://client/NAME`` URI) for mutual TLS."""
+    ``waypost://client/NAME`` URI) for mutual TLS, and may serve on loopback too (it
+    names ``localhost``, ``127.0.0.1`` and ``::1``, for both usages)."""
     if not name or "/" in name or name.startswith(".") or len(name) > 64:
         raise InvalidInput(f"name: {name!r} must be a file-name-safe name of 1-64 characters")
     ca_cert, ca_key = _load_ca(folder)
@@ -134,7 +135,11 @@ def create_cert(
         sans += [x509.IPAddress(ipaddress.ip_address(a)) for a in ("127.0.0.1", "::1")]
         usage = ExtendedKeyUsageOID.SERVER_AUTH
     else:
+        # As Consul's client certificates: usable to serve on loopback too (an agent's
+        # status port, a proxy, an actor network's links), so both usages and localhost.
         sans.append(x509.UniformResourceIdentifier(f"waypost://client/{name}"))
+        sans.append(x509.DNSName("localhost"))
+        sans += [x509.IPAddress(ipaddress.ip_address(a)) for a in ("127.0.0.1", "::1")]
         usage = ExtendedKeyUsageOID.CLIENT_AUTH
     cert = (
         x509.CertificateBuilder()
@@ -146,7 +151,10 @@ def create_cert(
         .not_valid_after(now + datetime.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(
+            x509.ExtendedKeyUsage([usage] if server else [usage, ExtendedKeyUsageOID.SERVER_AUTH]),
+            critical=False,
+        )
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
         )

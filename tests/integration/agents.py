@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-STATUS = re.compile(r"status (http://\S+)")
+STATUS = re.compile(r"status (https?://\S+)")
 
 
 class AgentProcess:

@@ -194,3 +194,27 @@ def test_security_tls_example_runs(tmp_path: Path) -> None:
     names = {p.name for p in (tmp_path / "tls").iterdir()}
     assert names == {"ca.pem", "ca-key.pem", "registry.lan.pem", "registry.lan-key.pem",
                      "agent-1.pem", "agent-1-key.pem"}  # fmt: skip
+
+
+def test_security_acl_walkthrough_runs(
+    start_server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    """docs/security.md's ACL walkthrough, as written, against a default-deny server."""
+    import subprocess
+    import sys
+
+    import httpx
+
+    server = start_server("--acl-default-policy", "deny")
+    script = SH_BLOCK.findall((DOCS / "security.md").read_text())[5]
+    assert "acl bootstrap" in script
+    bin_dir = Path(sys.executable).parent
+    done = subprocess.run(
+        ["bash", "-e", "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        env={"PATH": f"{bin_dir}:/usr/bin:/bin", "WAYPOST_SERVER": server.url},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert 'may not write service "db"' in done.stderr
+    # The anonymous token reads the web services, and nothing else.
+    services = httpx.get(f"{server.url}/api/v1/services").json()
+    assert [s["name"] for s in services] == ["web-api"]

@@ -212,7 +212,7 @@ def test_the_security_pages_sdk_example_runs(
     import re
 
     doc = (Path(__file__).resolve().parents[2] / "docs" / "security.md").read_text()
-    [code] = re.findall(r"```python\n(.*?)```", doc, re.S)
+    code = re.findall(r"```python\n(.*?)```", doc, re.S)[0]
     server = tls_server(start_server, pki, "--tls-ca", str(pki / "ca.pem"), "--tls-verify-clients")
     code = code.replace("https://registry.lan:8500", server.url)
     code = code.replace("tls/", f"{pki}/").replace("agent-1", "agent1")

@@ -27,6 +27,7 @@ import logging
 import os
 import random
 import re
+import ssl
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -382,6 +383,9 @@ class Network:
         discovery: Sequence[str] = ("http://127.0.0.1:8500",),
         auth_token: str | None = None,
         registry_token: str | None = None,
+        tls_cert: str = "",
+        tls_key: str = "",
+        tls_ca: str = "",
         capabilities: Iterable[str] = (),
         tags: Iterable[str] = (),
         metadata: Mapping[str, Any] | None = None,
@@ -413,7 +417,16 @@ class Network:
         self.version = version
         # The registry's ACL token (registering this network and its actors needs a
         # ``network`` write rule under a default-deny registry); ``auth_token`` guards links.
-        self.client = AsyncClient(self.discovery, token=registry_token)
+        # TLS: links served as wss:// with this certificate; with a CA, peers must show a
+        # certificate it signed (mutual TLS), and it is what this network trusts when it
+        # dials peers and the registry (also shown to them).
+        self.tls_cert, self.tls_key, self.tls_ca = tls_cert, tls_key, tls_ca
+        self._tls_client: ssl.SSLContext | None = None
+        if tls_cert or tls_ca:
+            from waypost.tls import client_context
+
+            self._tls_client = client_context(tls_ca, tls_cert, tls_key)
+        self.client = AsyncClient(self.discovery, token=registry_token, tls=self._tls_client)
         self._actors: dict[str, tuple[Actor, dict[str, Any]]] = {}
         self._nodes: dict[str, str] = {}  # workflow node -> "local" actor name or alias
         self._remote: dict[str, RemoteActor] = {}
@@ -480,14 +493,23 @@ class Network:
         app.router.add_get("/status", self._status)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
+        serving = None
+        if self.tls_cert:
+            from waypost.tls import server_context
+
+            serving = server_context(
+                self.tls_cert, self.tls_key, ca=self.tls_ca, verify_clients=bool(self.tls_ca)
+            )
+        site = web.TCPSite(self._runner, host, port, ssl_context=serving)
         await site.start()
         sockets = getattr(site._server, "sockets", None) or []
         bound = sockets[0].getsockname()[1] if sockets else port
         shown = f"[{host}]" if ":" in host else host
-        self.endpoint = f"ws://{shown}:{bound}/ws"
-        self._http = f"http://{shown}:{bound}"
-        self._session = aiohttp.ClientSession()
+        secure = "s" if serving is not None else ""
+        self.endpoint = f"ws{secure}://{shown}:{bound}/ws"
+        self._http = f"http{secure}://{shown}:{bound}"
+        connector = aiohttp.TCPConnector(ssl=self._tls_client if self._tls_client else True)
+        self._session = aiohttp.ClientSession(connector=connector)
         self.started_at = time.time()
         self._health_task = asyncio.create_task(self._watch_health(), name="network-health")
         if self.auto_register:

@@ -470,7 +470,7 @@ class Agent:
         from waypost._version import __version__
         from waypost.peers.entry import REGISTRY_FILE, registry_entry, write_registry
 
-        address = self.url.removeprefix("http://")
+        address = self.url.split("://", 1)[-1]
         entry = registry_entry(self.node, self.url, [address], role="agent", version=__version__)
         try:
             await asyncio.to_thread(write_registry, self.data_dir / REGISTRY_FILE, entry)
@@ -518,13 +518,23 @@ class Agent:
         host, _, port = self.settings.http.rpartition(":")
         if not port.isdigit():
             raise InvalidInput(f"http: {self.settings.http!r} is not HOST:PORT", field="http")
-        site = web.TCPSite(self._runner, host.strip("[]") or "127.0.0.1", int(port))
+        tls = None
+        if self.settings.tls_cert and self.settings.tls_key:
+            # The agent's certificate serves its status port too (waypost tls client
+            # certificates name localhost and 127.0.0.1, as Consul's do).
+            from waypost.tls import server_context
+
+            tls = server_context(self.settings.tls_cert, self.settings.tls_key)
+        site = web.TCPSite(
+            self._runner, host.strip("[]") or "127.0.0.1", int(port), ssl_context=tls
+        )
         await site.start()
         server = site._server
         sockets = getattr(server, "sockets", None) or []
         bound = sockets[0].getsockname()[1] if sockets else int(port)
         shown = host if ":" not in host.strip("[]") else f"[{host.strip('[]')}]"
-        self.url = f"http://{shown or '127.0.0.1'}:{bound}"
+        scheme = "https" if tls is not None else "http"
+        self.url = f"{scheme}://{shown or '127.0.0.1'}:{bound}"
 
 
 async def run_agent(settings: AgentSettings) -> int:

@@ -25,6 +25,7 @@ import asyncio
 import logging
 import os
 import re
+import ssl
 import time
 from typing import Any
 
@@ -37,6 +38,7 @@ from waypost.client.cache import AsyncServiceCache
 from waypost.durations import parse_duration
 from waypost.errors import Unavailable, WaypostError
 from waypost.model import is_label
+from waypost.tls import client_context, server_context
 from waypost.traffic.exchange import Attempt, Exchange, Policies, endpoint_stats, prune
 from waypost.traffic.outlier import Overloaded
 from waypost.traffic.routes import host_of, rewrite
@@ -84,6 +86,15 @@ class ProxySettings(msgspec.Struct, kw_only=True, frozen=True):
     admin: str = ""  # HOST:PORT of /status and /health ("" for none)
     join: list[str] = msgspec.field(default_factory=list)  # node discovery sources
     trust_keys: list[str] = msgspec.field(default_factory=list)
+    # TLS on the listener (and mutual TLS with tls_verify_clients); the same certificate
+    # is presented to upstreams and registry servers that ask for one. Upstreams whose
+    # meta says ``scheme: https`` are dialed over TLS, trusting upstream_tls_ca (or the
+    # system's store); registry servers over https:// trust tls_ca.
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""
+    tls_verify_clients: bool = False
+    upstream_tls_ca: str = ""
 
 
 def _problem(status: int, reason: str, message: str) -> web.Response:
@@ -139,12 +150,19 @@ class Proxy:
 
     # --- running ---------------------------------------------------------------------------
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
-        self._pool = UpstreamPool()
+    async def start(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        tls: ssl.SSLContext | None = None,
+        upstream_tls: ssl.SSLContext | None = None,
+    ) -> tuple[str, int]:
+        self._pool = UpstreamPool(tls=upstream_tls)
         server = web.Server(self.handle, access_log=None)
         self._runner = web.ServerRunner(server, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, reuse_address=True)
+        site = web.TCPSite(self._runner, host, port, reuse_address=True, ssl_context=tls)
         await site.start()
         sockets = getattr(site._server, "sockets", None) or []
         bound = sockets[0].getsockname()[:2] if sockets else (host, port)
@@ -356,8 +374,9 @@ class Proxy:
         limit = attempt.timeout_s if attempt.timeout_s is not None else self.upstream_timeout_s
         data = request.content.iter_any() if streamed else body
         return await self._pool.request(
-            e.address, e.port, request.method, target, headers, data, timeout_s=limit
-        )
+            e.address, e.port, request.method, target, headers, data, timeout_s=limit,
+            secure=e.meta.get("scheme") == "https",
+        )  # fmt: skip
 
     async def _relay(self, request: web.BaseRequest, resp: UpstreamResponse) -> web.StreamResponse:
         try:
@@ -406,11 +425,22 @@ async def run_proxy(settings: ProxySettings) -> int:
     from waypost.settings import host_port
 
     host, port = host_port(settings.listen, "listen")
+    listener_tls = upstream_tls = registry_tls = None
+    if settings.tls_cert:
+        listener_tls = server_context(
+            settings.tls_cert, settings.tls_key, ca=settings.tls_ca,
+            verify_clients=settings.tls_verify_clients,
+        )  # fmt: skip
+    if settings.tls_cert or settings.tls_ca:
+        registry_tls = client_context(settings.tls_ca, settings.tls_cert, settings.tls_key)
+    if settings.upstream_tls_ca or settings.tls_cert:
+        upstream_tls = client_context(settings.upstream_tls_ca, settings.tls_cert, settings.tls_key)
     client = AsyncClient(
         settings.servers or None,
         token=settings.token or None,
         join=settings.join or None,
         trust_keys=settings.trust_keys,
+        tls=registry_tls,
     )
     proxy = Proxy(
         client,
@@ -420,7 +450,7 @@ async def run_proxy(settings: ProxySettings) -> int:
     )
     admin = ""
     try:
-        bound = await proxy.start(host, port)
+        bound = await proxy.start(host, port, tls=listener_tls, upstream_tls=upstream_tls)
         if settings.admin:
             ahost, aport = host_port(settings.admin, "admin")
             abound = await proxy.start_admin(ahost, aport)
@@ -430,8 +460,9 @@ async def run_proxy(settings: ProxySettings) -> int:
         await client.aclose()
         raise Unavailable(f"cannot listen: {exc.strerror or exc}") from None
     h = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
-    print(f"waypost proxy serving http://{h}:{bound[1]}{admin}", flush=True)
-    log.info("proxying on http://%s:%s for %s", h, bound[1], ", ".join(settings.servers))
+    scheme = "https" if listener_tls is not None else "http"
+    print(f"waypost proxy serving {scheme}://{h}:{bound[1]}{admin}", flush=True)
+    log.info("proxying on %s://%s:%s for %s", scheme, h, bound[1], ", ".join(settings.servers))
     try:
         await until_signalled()
     finally:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import ssl
 from collections.abc import AsyncIterator
 from typing import cast
 
@@ -42,7 +43,7 @@ class UpstreamError(Exception):
 class _Connection(asyncio.Protocol):
     """One kept-alive connection to one endpoint."""
 
-    def __init__(self, pool: UpstreamPool, key: tuple[str, int]) -> None:
+    def __init__(self, pool: UpstreamPool, key: tuple[str, int, bool]) -> None:
         self.pool = pool
         self.key = key
         self.transport: asyncio.Transport | None = None
@@ -248,9 +249,14 @@ class UpstreamResponse:
 class UpstreamPool:
     """Connections to every endpoint, kept alive; ``request()`` sends one."""
 
-    def __init__(self, *, connect_timeout_s: float = 5.0) -> None:
+    def __init__(
+        self, *, connect_timeout_s: float = 5.0, tls: ssl.SSLContext | None = None
+    ) -> None:
         self.connect_timeout_s = connect_timeout_s
-        self._idle: dict[tuple[str, int], list[_Connection]] = {}
+        # Endpoints whose meta says ``scheme: https`` are dialed over TLS with this context
+        # (the system's trust store when None).
+        self.tls = tls
+        self._idle: dict[tuple[str, int, bool], list[_Connection]] = {}
         self._all: set[_Connection] = set()
         self._reaper: asyncio.TimerHandle | None = None
         self.opened = 0
@@ -288,9 +294,9 @@ class UpstreamPool:
         if self._idle:
             self._reaper = loop.call_later(IDLE_TIMEOUT_S, self._reap)
 
-    async def _connect(self, host: str, port: int) -> _Connection:
+    async def _connect(self, host: str, port: int, secure: bool = False) -> _Connection:
         loop = asyncio.get_running_loop()
-        key = (host, port)
+        key = (host, port, secure)
         idle = self._idle.get(key)
         while idle:
             conn = idle.pop()
@@ -300,10 +306,22 @@ class UpstreamPool:
                 return conn
         try:
             async with asyncio.timeout(self.connect_timeout_s):
-                _, proto = await loop.create_connection(lambda: _Connection(self, key), host, port)
+                if secure:
+                    ctx = self.tls or ssl.create_default_context()
+                    _, proto = await loop.create_connection(
+                        lambda: _Connection(self, key), host, port, ssl=ctx, server_hostname=host
+                    )
+                else:
+                    _, proto = await loop.create_connection(
+                        lambda: _Connection(self, key), host, port
+                    )
         except TimeoutError:
             raise UpstreamError(
                 "connect-failure", f"connecting to {host}:{port} timed out"
+            ) from None
+        except ssl.SSLError as exc:
+            raise UpstreamError(
+                "connect-failure", f"TLS with {host}:{port} failed: {exc.reason or exc}"
             ) from None
         except OSError as exc:
             raise UpstreamError(
@@ -323,11 +341,12 @@ class UpstreamPool:
         body: bytes | AsyncIterator[bytes] | None,
         *,
         timeout_s: float | None,
+        secure: bool = False,
     ) -> UpstreamResponse:
         """Send the request; the answer once its head has arrived (within
         ``timeout_s``, which also bounds each wait for its body)."""
         for again in (False, True):
-            conn = await self._connect(host, port)
+            conn = await self._connect(host, port, secure)
             try:
                 return await self._exchange(conn, method, target, headers, body, timeout_s)
             except UpstreamError as exc:

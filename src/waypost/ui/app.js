@@ -465,8 +465,12 @@ let lastId = "";
 let source = null;
 let retryMs = 500;
 function connect() {
-  const from = lastId ? `?index=${encodeURIComponent(lastId.split(".")[0])}` : "";
-  source = new EventSource(`/api/v1/events${from}`);
+  const params = new URLSearchParams();
+  if (lastId) params.set("index", lastId.split(".")[0]);
+  // EventSource sends no headers: the token goes in the query (the server accepts it there).
+  if (token()) params.set("token", token());
+  const query = params.toString();
+  source = new EventSource(`/api/v1/events${query ? `?${query}` : ""}`);
   source.onopen = () => {
     live.dataset.state = "live";
     live.textContent = "live";
@@ -497,7 +501,13 @@ function connect() {
 }
 
 document.getElementById("token-button").addEventListener("click", async () => {
-  if (await askToken()) say(token() ? "Token saved for this tab" : "Token cleared");
+  if (await askToken()) {
+    say(token() ? "Token saved for this tab" : "Token cleared");
+    // What the page may read follows the token: read again, on a stream that carries it.
+    if (source) source.close();
+    connect();
+    refresh();
+  }
 });
 window.addEventListener("hashchange", route);
 // Relative times ("3s ago") stay true without a change to wait for.
@@ -505,6 +515,7 @@ setInterval(() => { if (document.visibilityState === "visible" && !running) refr
 route();
 connect();
 api("/status").then((status) => {
-  tokenNeeded = Boolean(status.config && status.config.token);
+  const config = status.config || {};
+  tokenNeeded = Boolean(config.token) || config.acl_default_policy === "deny";
   document.getElementById("token-button").textContent = tokenNeeded ? "Token (needed for actions)" : "Token";
 }).catch(() => {});

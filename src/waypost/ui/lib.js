@@ -10,10 +10,20 @@ export class ApiError extends Error {
 }
 
 // A JSON call to the API; a non-2xx answer throws ApiError with the server's message.
-export async function api(path, { method = "GET", body, token = "" } = {}) {
+// The token kept for this tab (sessionStorage): sent with reads too, so that a server
+// with ACLs shows what the token may read.
+export function storedToken() {
+  try {
+    return sessionStorage.getItem("waypost-token") || "";
+  } catch {
+    return "";
+  }
+}
+
+export async function api(path, { method = "GET", body, token = storedToken() } = {}) {
   const headers = { Accept: "application/json" };
   if (body !== undefined) headers["Content-Type"] = "application/json";
-  if (token && method !== "GET") headers.Authorization = `Bearer ${token}`;
+  if (token) headers.Authorization = `Bearer ${token}`;
   const response = await fetch(path, {
     method, headers, body: body === undefined ? undefined : JSON.stringify(body), cache: "no-store",
   });
