@@ -77,7 +77,7 @@ def https_upstream(pki: Path) -> Iterator[int]:
     """A plain Python HTTPS server (the ``upstream`` server certificate) on loopback."""
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+        def do_GET(self) -> None:
             body = b'{"backend": "secure"}'
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
@@ -115,8 +115,10 @@ def test_the_proxy_serves_tls_and_dials_https_upstreams(
         assert proxy.url.startswith("https://")
         with httpx.Client(verify=ca_context(pki), timeout=10) as h:
             got = wait_until(
-                lambda: (r := h.get(f"{proxy.url}/x", headers={"Host": "secure"})).status_code
-                == 200 and r,
+                lambda: (
+                    (r := h.get(f"{proxy.url}/x", headers={"Host": "secure"})).status_code == 200
+                    and r
+                ),
                 10,
                 "the proxied https answer",
             )
@@ -176,7 +178,8 @@ def test_actor_networks_link_over_wss_with_mutual_tls_and_a_registry_token(
         sink = Sink()
         a.add_node("sink", sink)
         async with a, b:
-            assert a.endpoint.startswith("wss://") and b.endpoint.startswith("wss://")
+            assert a.endpoint.startswith("wss://")
+            assert b.endpoint.startswith("wss://")
             alias = await a.register_remote_actor("upper", "lab-b")
             a.add_connection((alias, "out"), ("sink", "in"))
             await a.send(alias, "in", "over tls")
