@@ -144,6 +144,10 @@ def test_default_deny_scopes_writes_and_reads_to_the_tokens_rules(
         admin.acl_update_token("anonymous", ["dns"])
     rcode, ips = dns_rcode_and_ips(server, "web-api.service.waypost.")
     assert (rcode, ips) == (dns.rcode.NOERROR, ["10.0.0.1"])
+    # The anonymous token's reads follow its new policy at once (no stale filtered answer).
+    with as_token(server, None) as anon:
+        assert [s["name"] for s in anon.get("/api/v1/services").json()] == ["web-api"]
+        assert [i["id"] for i in anon.get("/api/v1/services/web-api").json()] == ["web-api-1"]
     assert dns_rcode_and_ips(server, "db.service.waypost.")[0] == dns.rcode.NXDOMAIN
 
 

@@ -26,6 +26,7 @@ from waypost.model import ANONYMOUS, MANAGEMENT_POLICY, AclPolicy, AclRule, AclT
 MAX_SECRET_LEN = 256
 DEFAULT_POLICIES = ("allow", "deny")
 LEGACY_ACCESSOR = "server-token"
+MAX_KNOWN_SECRETS = 10_000
 
 
 def hash_secret(secret: str) -> str:
@@ -70,6 +71,10 @@ class AclState:
         self._by_hash: dict[str, AclToken] = {}
         self._by_identity: dict[str, AclToken] = {}
         self._authz: dict[str, Authorizer] = {}
+        # Secrets already resolved to a live token (cleared with every ACL change): a
+        # known secret skips the hash. Unknown ones never land here, so every wrong
+        # secret, whatever is wrong with it, takes the same path.
+        self._known: dict[str, AclToken] = {}
         self._management = Authorizer(
             LEGACY_ACCESSOR,
             [(r, MANAGEMENT_POLICY) for r in management_rules()],
@@ -93,6 +98,7 @@ class AclState:
         self._by_hash = {}
         self._by_identity = {}
         self._authz = {}
+        self._known = {}
         anonymous_policies: list[str] = []
         for entry in cat.entries("acl_token"):
             if not isinstance(entry, AclToken):
@@ -133,6 +139,9 @@ class AclState:
         """The authorizer of a presented secret; Unauthorized for one that names no live
         token (the message is the same whatever was wrong)."""
         self._refresh()
+        known = self._known.get(secret)
+        if known is not None and (known.expires_at is None or known.expires_at > self._clock()):
+            return self._authorizer(known)
         if not secret or len(secret) > MAX_SECRET_LEN or not secret.isprintable():
             raise Unauthorized("ACL token not found (unknown, malformed, revoked or expired)")
         digest = hash_secret(secret)
@@ -144,6 +153,9 @@ class AclState:
             raise Unauthorized("ACL token not found (unknown, malformed, revoked or expired)")
         if token.expires_at is not None and token.expires_at <= self._clock():
             raise Unauthorized("ACL token not found (unknown, malformed, revoked or expired)")
+        if len(self._known) >= MAX_KNOWN_SECRETS:
+            self._known.clear()
+        self._known[secret] = token
         return self._authorizer(token)
 
     def for_identity(self, identity: str) -> Authorizer | None:

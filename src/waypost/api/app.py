@@ -498,6 +498,8 @@ async def _problem(reg: Registry) -> str | None:
 Routed = Callable[[web.BaseRequest, str], Awaitable[web.StreamResponse]]
 # Plain service queries (no query string) by service name; cleared when full.
 MAX_PLAIN_KEYS = 10_000
+# Answers filtered for a token, by (authorizer, key); cleared when full.
+MAX_FILTERED = 10_000
 
 
 def _failed_item(iid: str, err: WaypostError) -> ItemResult:
@@ -542,6 +544,7 @@ class Api:
             WaypostCollector(registry, TELEMETRY, self.gauges, dns_status, dns_counts)
         )
         self._plain: dict[str, Key] = {}
+        self._filtered: dict[tuple[Authorizer, Key], tuple[bytes, bytes]] = {}
 
     async def answer(
         self, key: Key, index: int | None, wait_s: float, request: web.BaseRequest
@@ -563,7 +566,19 @@ class Api:
         return web.Response(body=self._visible(key, authz, ans), headers=ans.headers())
 
     def _visible(self, key: Key, authz: Authorizer, ans: Answer) -> bytes:
-        """The answer for ``key`` with what ``authz`` may not read left out."""
+        """The answer for ``key`` with what ``authz`` may not read left out: computed
+        once per answer and authorizer (both are new objects after any change)."""
+        memo_key = (authz, key)
+        got = self._filtered.get(memo_key)
+        if got is not None and got[0] is ans.body:
+            return got[1]
+        body = self._filter(key, authz, ans)
+        if len(self._filtered) >= MAX_FILTERED:
+            self._filtered.clear()
+        self._filtered[memo_key] = (ans.body, body)
+        return body
+
+    def _filter(self, key: Key, authz: Authorizer, ans: Answer) -> bytes:
         kind, query = key
         cat = self.catalog
         if kind in ("instances", "prometheus"):
