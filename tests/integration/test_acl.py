@@ -29,6 +29,7 @@ import pytest
 
 from tests.conftest import ServerProcess, instance, wait_until
 from waypost import Client
+from waypost.testing import EtcdCluster
 
 HERE = Path(__file__).resolve().parents[1] / "consul_clients"
 
@@ -448,3 +449,32 @@ def test_nothing_changes_for_servers_that_set_nothing(server: ServerProcess) -> 
                       headers={"Authorization": "Bearer whatever"}) as h:  # fmt: skip
         assert h.put("/api/v1/instances/web-1", json=instance("web-1")).status_code == 200
         assert [i["id"] for i in h.get("/api/v1/instances").json()] == ["web-1"]
+
+
+def test_acls_are_store_entries_shared_by_servers_on_one_etcd(
+    start_server: Callable[..., ServerProcess], etcd_cluster: EtcdCluster, tmp_path: Path
+) -> None:
+    """Bootstrapped on one server, a token works on the other; revoked on the other, the
+    first refuses it: policies and tokens replicate as every entry does."""
+    store = etcd_cluster.url(f"/acl/{tmp_path.name}/")
+    a = start_server("--store", store, "--no-dns", "--acl-default-policy", "deny", name="a")
+    b = start_server("--store", store, "--no-dns", "--acl-default-policy", "deny", name="b")
+    admin = bootstrap(a)
+    with Client(a.url, token=admin) as ca:
+        web = token_with(ca, "web", [{"resource": "service", "name": "web", "access": "write"}])
+        accessor = next(t.accessor for t in ca.acl_tokens() if t.description == "web")
+    with as_token(b, web) as hb:
+        got = wait_until(
+            lambda: (
+                (r := hb.put("/api/v1/instances/web-1", json=instance("web-1"))).status_code == 200
+                and r
+            ),
+            10,
+            "the token to reach server b",
+        )
+        assert got.json()["id"] == "web-1"
+    assert waypost("acl", "bootstrap", "--server", b.url).returncode != 0  # done, on a
+    with Client(b.url, token=admin) as cb:
+        cb.acl_delete_token(accessor)
+    with as_token(a, web) as ha:
+        wait_until(lambda: ha.get("/api/v1/instances").status_code == 401, 10, "revoked on a")

@@ -159,15 +159,25 @@ class ConsulApi:
         """Wait as a blocking query asks (``index``, ``wait``); the index to answer."""
         self._datacenter(request)
         index = self._blocking_index(request)
-        if key is not None:
-            if index is None:
-                return self.blocking.cache_index(key)
-            ans = await self.blocking.wait(key, index, self._wait_s(request))
-            return ans.index
-        if index is not None and index >= self.catalog.revision:
-            wait_s = self._wait_s(request)
-            await self.catalog.wait_for_revision(index + 1, wait_s + random.uniform(0, wait_s / 16))
-        return self._index()
+        if index is None and key is not None:
+            return self.blocking.cache_index(key)
+        if index is None:
+            return self._index()
+        accessor = self._az(request).accessor
+        limits = self.gate.limits
+        limits.open_watch(accessor)  # the token's cap on open watches
+        try:
+            if key is not None:
+                ans = await self.blocking.wait(key, index, self._wait_s(request))
+                return ans.index
+            if index >= self.catalog.revision:
+                wait_s = self._wait_s(request)
+                await self.catalog.wait_for_revision(
+                    index + 1, wait_s + random.uniform(0, wait_s / 16)
+                )
+            return self._index()
+        finally:
+            limits.close_watch(accessor)
 
     def _selected(self, request: web.Request, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """``rows`` that pass the request's ``filter`` and ``node-meta`` (``key:value``,
