@@ -15,6 +15,8 @@ case "${1:-test}" in
     need chromedriver chromium-driver
     need node nodejs
     need npm npm
+    need nft nftables
+    need ip iproute2
     # Debian's python3-consul (a module of Debian's python3, not a command).
     /usr/bin/python3 -c 'import consul' >/dev/null 2>&1 || want+=(python3-consul)
     ;;

@@ -116,6 +116,13 @@ class StoreError(Unavailable):
     code = "store_error"
 
 
+class StoreFull(StoreError):
+    """The store's disk (or its quota) is full: writes wait for space; reads go on."""
+
+    code = "insufficient_storage"
+    http_status = 507
+
+
 BY_CODE: dict[str, type[WaypostError]] = {
     cls.code: cls
     for cls in (
@@ -130,6 +137,7 @@ BY_CODE: dict[str, type[WaypostError]] = {
         TooManyRequests,
         Unavailable,
         StoreError,
+        StoreFull,
     )
 }
 
@@ -147,7 +155,7 @@ def from_dict(data: object, *, http_status: int = 500) -> WaypostError:
 
 def _by_status(status: int) -> type[WaypostError]:
     for cls in BY_CODE.values():
-        if cls.http_status == status and cls is not StoreError:
+        if cls.http_status == status and cls not in (StoreError,):
             return cls
     if 400 <= status < 500:
         return InvalidInput

@@ -12,14 +12,14 @@ from tests.conftest import ServerProcess, instance
 
 
 async def register_until_killed(
-    url: str, acked: list[str], stop_after: int, server: ServerProcess
+    url: str, acked: list[str], stop_after: int, server: ServerProcess, prefix: str = ""
 ) -> None:
     killed = asyncio.Event()
 
     async def writer(w: int, session: aiohttp.ClientSession) -> None:
         n = 0
         while not killed.is_set():
-            iid = f"w{w}-{n}"
+            iid = f"{prefix}w{w}-{n}"
             n += 1
             try:
                 async with session.put(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import queue
 import sqlite3
@@ -30,7 +31,7 @@ import msgspec
 
 from waypost.aio import settle
 from waypost.compact import decode_stored_rows
-from waypost.errors import StoreError, Unavailable, WaypostError
+from waypost.errors import StoreError, StoreFull, Unavailable, WaypostError
 from waypost.model import SCHEMA_VERSION, Entry, Event, Instance
 from waypost.store.base import (
     CHANGES_PAGE,
@@ -731,4 +732,10 @@ class SqliteStore(LocalLeases, StoreOps):
 
 
 def _store_error(exc: BaseException, path: Path) -> StoreError:
+    full = isinstance(exc, sqlite3.Error) and getattr(exc, "sqlite_errorcode", 0) == sqlite3.SQLITE_FULL
+    if full or (isinstance(exc, OSError) and exc.errno == errno.ENOSPC):
+        return StoreFull(
+            f"SQLite store {path}: the disk is full; writes are refused until space is "
+            "freed (reads go on)"
+        )
     return StoreError(f"SQLite store {path}: {exc}")

@@ -1,0 +1,139 @@
+"""The fault harness: network namespaces of our own with nftables rules inside them,
+small file systems that fill up, and process signals. Real processes only.
+
+A namespace is entered by the test's own thread (``setns(2)`` through ctypes): sockets
+opened and processes started while inside live in it, so a test drives servers and
+agents there with the usual clients, and rules made there touch nothing else. Every
+namespace and mount is removed at the end, whatever happened. Where the machine cannot
+create them (no root, no ``ip``/``nft``), the tests skip with the reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import itertools
+import os
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+CLONE_NEWNET = 0x40000000
+_names = itertools.count()
+
+
+def _run(*cmd: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=30)
+
+
+class Netns:
+    """One network namespace (its loopback up); ``inside()`` moves the calling thread in."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.path = Path("/run/netns") / name
+
+    @contextlib.contextmanager
+    def inside(self) -> Iterator[None]:
+        libc = ctypes.CDLL(None, use_errno=True)
+        with open("/proc/thread-self/ns/net") as home, open(self.path) as there:
+            if libc.setns(there.fileno(), CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), f"setns into {self.name}")
+            try:
+                yield
+            finally:
+                if libc.setns(home.fileno(), CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), "setns back home")
+
+    def nft(self, ruleset: str) -> None:
+        """Load nftables rules in this namespace (``nft -f -``)."""
+        done = _run("ip", "netns", "exec", self.name, "nft", "-f", "-", stdin=ruleset)
+        if done.returncode != 0:
+            raise RuntimeError(f"nft in {self.name}: {done.stderr.strip()}")
+
+    def flush(self) -> None:
+        """Remove every rule: the partition heals."""
+        self.nft("flush ruleset\n")
+
+    def add_address(self, address: str) -> None:
+        done = _run("ip", "netns", "exec", self.name, "ip", "addr", "add", address, "dev", "lo")
+        if done.returncode != 0:
+            raise RuntimeError(f"ip addr in {self.name}: {done.stderr.strip()}")
+
+
+def partition_rules(address: str, port: int) -> str:
+    """Drop every packet between ``address`` and ``port`` (both ways), nothing else."""
+    return f"""
+table inet fault {{
+    chain out {{
+        type filter hook output priority 0; policy accept;
+        ip daddr {address} tcp dport {port} drop
+        ip saddr {address} tcp sport {port} drop
+    }}
+}}
+"""
+
+
+def loss_rules(address: str, port: int, percent: int) -> str:
+    """Drop ``percent`` % of packets between ``address`` and ``port``, at random."""
+    return f"""
+table inet fault {{
+    chain out {{
+        type filter hook output priority 0; policy accept;
+        ip daddr {address} tcp dport {port} numgen random mod 100 < {percent} drop
+        ip saddr {address} tcp sport {port} numgen random mod 100 < {percent} drop
+    }}
+}}
+"""
+
+
+@pytest.fixture
+def netns() -> Iterator[Callable[[], Netns]]:
+    """Make namespaces (``netns()``); all are deleted at the end with their processes."""
+    if os.geteuid() != 0:
+        pytest.skip("network namespaces need root")
+    for tool in ("ip", "nft"):
+        if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
+            pytest.skip(f"{tool} is not installed (make test installs iproute2 and nftables)")
+    made: list[Netns] = []
+
+    def make() -> Netns:
+        name = f"wpf-{os.getpid()}-{next(_names)}"
+        done = _run("ip", "netns", "add", name)
+        if done.returncode != 0:
+            pytest.skip(f"cannot create a network namespace: {done.stderr.strip()}")
+        ns = Netns(name)
+        made.append(ns)
+        up = _run("ip", "netns", "exec", name, "ip", "link", "set", "lo", "up")
+        if up.returncode != 0:
+            raise RuntimeError(f"lo up in {name}: {up.stderr.strip()}")
+        return ns
+
+    try:
+        yield make
+    finally:
+        for ns in made:
+            pids = _run("ip", "netns", "pids", ns.name).stdout.split()
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(pid), 9)
+            _run("ip", "netns", "del", ns.name)
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs mounted for this test (unmounted at the end)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small file system needs root")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = _run("mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount))
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        _run("umount", "-l", str(mount))
