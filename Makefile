@@ -24,7 +24,7 @@ test: $(STAMP) system-deps
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -q -m "not slow"
+	bash scripts/run-tests.sh
 
 system-deps:
 	bash scripts/system-deps.sh test

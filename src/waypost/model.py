@@ -990,6 +990,17 @@ class LoopStatus(Struct, frozen=True, kw_only=True):
     recent_stalls: list[tuple[float, float]] = []
 
 
+class LeaseGuardStatus(Struct, frozen=True, kw_only=True):
+    """The mass-expiry guard: whether it holds lapsing leases now (more than half of all
+    lapsed within one TTL: this registry lost the network or was paused), how many, since
+    when (unix time), and how often it started holding."""
+
+    holding: bool = False
+    held: int = 0
+    since: float | None = None
+    times_triggered: int = 0
+
+
 class ServerStatus(Struct, frozen=True, kw_only=True):
     """Answer of ``GET /status``."""
 
@@ -1017,6 +1028,8 @@ class ServerStatus(Struct, frozen=True, kw_only=True):
     skipped_records: int = 0
     dns: DnsStatus | None = None
     event_loop: LoopStatus = LoopStatus()
+    # Stores that expire their own leases (SQLite, memory); None on etcd (etcd's own).
+    lease_guard: LeaseGuardStatus | None = None
     config: dict[str, str] = field(default_factory=dict)
 
 

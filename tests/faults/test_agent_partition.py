@@ -5,6 +5,7 @@ passing and registered again within one sync interval, with no duplicate."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ def web(h: httpx.Client) -> list[dict[str, Any]]:
 
 
 def test_a_partitioned_agent_goes_critical_and_comes_back_once_healed(
-    netns: Any, tmp_path: Path
+    netns: Any, tmp_path: Path, record_property: Callable[[str, object], None]
 ) -> None:
     ns: Netns = netns()
     conf = tmp_path / "conf"
@@ -59,6 +60,7 @@ def test_a_partitioned_agent_goes_critical_and_comes_back_once_healed(
                     "the service back, passing, once",
                 )
                 back_s = time.monotonic() - healed_at
+                record_property("recovery_s", round(back_s, 2))
                 nodes = [n["id"] for n in h.get("/api/v1/nodes").json()]
                 assert nodes.count("n1") == 1
                 assert back_s < SYNC_S * 6 + NODE_TTL_S

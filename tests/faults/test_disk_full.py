@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from waypost.testing import ServerProcess
 
 
 def test_a_full_disk_refuses_writes_clearly_keeps_reads_and_recovers(
-    small_fs: Path, start_server: Callable[..., ServerProcess]
+    small_fs: Path, record_property: Callable[[str, object], None]
 ) -> None:
     data = small_fs / "data"
     filler = small_fs / "filler"
@@ -45,8 +46,10 @@ def test_a_full_disk_refuses_writes_clearly_keeps_reads_and_recovers(
             assert h.get("/health").status_code in (200, 503)
             # Space returns: writes go through again.
             filler.unlink()
+            freed = time.monotonic()
             after = h.put("/api/v1/instances/after-1", json=instance("after-1", meta=pad))
             assert after.status_code == 200, after.text
+            record_property("recovery_s", round(time.monotonic() - freed, 3))
         server.stop()
         with sqlite3.connect(data / "waypost.db") as db:
             assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)

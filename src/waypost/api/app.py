@@ -53,6 +53,7 @@ from waypost.model import (
     KVPair,
     Lease,
     LeaseGrant,
+    LeaseGuardStatus,
     LoopStatus,
     MaintenanceUpdate,
     Node,
@@ -862,6 +863,7 @@ class Api:
             skipped_records=reg.store.skipped_records,
             config=self.config,
             dns=dns,
+            lease_guard=_guard_status(reg),
             event_loop=LoopStatus(
                 max_stall_ms=round(mon.max_stall_s * 1000, 3),
                 stalls_over_20ms=mon.stalls,
@@ -869,6 +871,16 @@ class Api:
             ),
         )
         return _json(_encode(body))
+
+
+def _guard_status(reg: Registry) -> LeaseGuardStatus | None:
+    guard = getattr(reg.store, "lease_guard", None)
+    if guard is None:
+        return None
+    return LeaseGuardStatus(
+        holding=guard.holding, held=guard.held, since=guard.since,
+        times_triggered=guard.times_triggered,
+    )  # fmt: skip
 
 
 API = web.AppKey("api", Api)

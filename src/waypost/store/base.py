@@ -19,6 +19,7 @@ Every backend passes the same conformance suite (``tests/unit/store/``).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import heapq
 import logging
@@ -52,6 +53,14 @@ MIN_LEASE_TTL_S = 0.001
 # failed revocation.
 LEASE_TICK_MAX_S = 1.0
 LEASE_RETRY_S = 0.5
+# The mass-expiry guard (Eureka's self-preservation, bounded): when more than this share
+# of all leases lapses within one TTL, among at least GUARD_MIN_LEASES, the registry is
+# the one that lost the network (or was paused): the lapsing leases are held one more
+# TTL for their keep-alives to come back. Each lease is held at most once in a row, so a
+# lease whose holder really died goes at its second deadline.
+GUARD_SHARE = 0.5
+GUARD_MIN_LEASES = 4
+MAX_RECENT_LAPSES = 100_000
 
 Clock = Callable[[], float]
 Stored = tuple[Entry, int]
@@ -442,22 +451,44 @@ class LeaseClock:
             heapq.heapify(self._heap)
 
 
+@dataclass(slots=True)
+class GuardState:
+    """What ``/status`` shows of the mass-expiry guard."""
+
+    holding: bool = False
+    held: int = 0
+    since: float | None = None  # wall-clock time the guard last started holding
+    times_triggered: int = 0
+
+
 class LeaseExpiry:
     """The background task of a store that expires its own leases: it revokes each lease
     at its deadline through the store's ``apply`` (so the deletions are ordinary events),
-    and survives any failure (logged, retried after a pause)."""
+    and survives any failure (logged, retried after a pause). It guards against mass
+    expiry (``GUARD_SHARE``)."""
 
     def __init__(
         self,
         leases: LeaseClock,
         revoke: Callable[[int], Awaitable[object]],
         clock: Clock,
+        *,
+        guard_share: float = GUARD_SHARE,
+        guard_min: int = GUARD_MIN_LEASES,
     ) -> None:
         self._leases = leases
         self._revoke = revoke
         self._clock = clock
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self.guard_share = guard_share
+        self.guard_min = guard_min
+        self.guard = GuardState()
+        # Leases held by the guard (id -> when), and those held once already.
+        self._held: dict[int, float] = {}
+        self._held_once: set[int] = set()
+        # When recent leases lapsed (monotonic), to see a wave across ticks.
+        self._lapsed: collections.deque[float] = collections.deque(maxlen=MAX_RECENT_LAPSES)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="waypost-lease-expiry")
@@ -473,11 +504,63 @@ class LeaseExpiry:
         """A lease was granted: its deadline may be the nearest."""
         self._wake.set()
 
+    def renewed(self, lease_id: int) -> None:
+        """A keep-alive came: a held lease is no longer lapsing."""
+        if self._held.pop(lease_id, None) is not None:
+            self._held_once.discard(lease_id)
+            self._update_guard()
+
+    def _update_guard(self) -> None:
+        self._held = {k: v for k, v in self._held.items() if k in self._leases}
+        self.guard.held = len(self._held)
+        live = max(len(self._leases), 1)
+        if self.guard.holding and len(self._held) / live <= self.guard_share:
+            self.guard.holding = False
+            log.warning(
+                "lease guard: keep-alives are back (%d of %d leases still held); expiry "
+                "resumes", len(self._held), len(self._leases),
+            )  # fmt: skip
+
+    def _hold(self, due: list[int], now: float) -> list[int]:
+        """Hold the lapsing leases that were not held already when the wave is too big;
+        the rest to revoke."""
+        ttls = {lid: st[0] for lid in due if (st := self._leases.state(lid, now)) is not None}
+        window = max(ttls.values(), default=0.0)
+        recent = sum(1 for t in self._lapsed if t > now - window)
+        total = len(self._leases) + recent
+        lapsing = len(ttls) + recent + len(self._held)
+        if total < self.guard_min or lapsing / total <= self.guard_share:
+            self._update_guard()
+            return due
+        revoke = []
+        for lid in due:
+            if lid in self._held_once or lid not in ttls:
+                revoke.append(lid)  # held once already: its holder is gone
+                continue
+            self._held[lid] = now
+            self._held_once.add(lid)
+            self._leases.postpone(lid, now + ttls[lid])
+        if self._held and not self.guard.holding:
+            self.guard.holding = True
+            self.guard.since = time.time()
+            self.guard.times_triggered += 1
+            log.warning(
+                "lease guard: %d of %d leases lapsed within %.1fs: holding them one more TTL "
+                "(this registry was likely cut off or paused, not its clients)",
+                lapsing, total, window,
+            )  # fmt: skip
+        self.guard.held = len(self._held)
+        return revoke
+
     async def expire_due(self) -> list[int]:
-        """Revoke every lease past its deadline now; return their ids."""
+        """Revoke every lease past its deadline now (unless the guard holds it); return
+        their ids."""
         now = self._clock()
         done = []
-        for lease_id in self._leases.due(now):
+        due = self._leases.due(now)
+        if due:
+            due = self._hold(due, now)
+        for lease_id in due:
             try:
                 await self._revoke(lease_id)
             except NotFound:
@@ -489,6 +572,11 @@ class LeaseExpiry:
                 self._leases.postpone(lease_id, now + LEASE_RETRY_S)
                 continue
             done.append(lease_id)
+            self._lapsed.append(now)
+            self._held.pop(lease_id, None)
+            self._held_once.discard(lease_id)
+        if done:
+            self._update_guard()
         return done
 
     async def _run(self) -> None:
@@ -537,7 +625,13 @@ class LocalLeases:
         ttl_s = self._leases.renew(lease_id, self._clock())
         if ttl_s is None:
             raise NotFound(f"lease {lease_id} does not exist", field="lease")
+        self._expiry.renewed(lease_id)
         return ttl_s
+
+    @property
+    def lease_guard(self) -> GuardState:
+        """The mass-expiry guard's state (``/status``)."""
+        return self._expiry.guard
 
     async def revoke(self, lease_id: int) -> int:
         return await self.apply([Revoke(lease=lease_id)])

@@ -732,7 +732,8 @@ class SqliteStore(LocalLeases, StoreOps):
 
 
 def _store_error(exc: BaseException, path: Path) -> StoreError:
-    full = isinstance(exc, sqlite3.Error) and getattr(exc, "sqlite_errorcode", 0) == sqlite3.SQLITE_FULL
+    code = getattr(exc, "sqlite_errorcode", 0) if isinstance(exc, sqlite3.Error) else 0
+    full = code == sqlite3.SQLITE_FULL
     if full or (isinstance(exc, OSError) and exc.errno == errno.ENOSPC):
         return StoreFull(
             f"SQLite store {path}: the disk is full; writes are refused until space is "
