@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
-# The test run of `make test`: the main suite, and beside it the fault suite
-# (tests/faults: partitions, packet loss, pauses, full disks). Fault scenarios spend
-# most of their time waiting on deadlines, so they run as a second pytest process
-# instead of adding minutes to the first; their output follows the main suite's.
+# The test run of `make test`: the main suite, and beside it a second lane: the fault
+# suite (tests/faults: partitions, packet loss, pauses, full disks) and the OpenAPI fuzz.
+# Fault scenarios spend most of their time waiting on deadlines, so the machine's second
+# core is free for them; the second lane's output follows the main suite's.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin
 log=$(mktemp -t waypost-faults.XXXXXX)
-"$BIN/python" -m pytest -q -m "not slow" -p no:cacheprovider tests/faults >"$log" 2>&1 &
+LANE2=(tests/faults tests/integration/test_openapi_fuzz.py)
+"$BIN/python" -m pytest -q -m "not slow" -p no:cacheprovider "${LANE2[@]}" >"$log" 2>&1 &
 faults=$!
-"$BIN/python" -m pytest -q -m "not slow" --ignore=tests/faults "$@"
+"$BIN/python" -m pytest -q -m "not slow" "${LANE2[@]/#/--ignore=}" "$@"
 main=$?
 wait "$faults"
 fault_status=$?
-echo "--- fault suite (tests/faults) ---"
+echo "--- second lane (tests/faults, the OpenAPI fuzz) ---"
 cat "$log"
 rm -f "$log"
 if [ "$main" -ne 0 ] || [ "$fault_status" -ne 0 ]; then

@@ -291,8 +291,19 @@ class EtcdCluster:
     ``stop()``. ``url`` is the ``--store`` that names it; ``prefix`` sets the key prefix
     in it (tests sharing one cluster each take their own)."""
 
-    def __init__(self, size: int = 3, data_dir: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        size: int = 3,
+        data_dir: str | Path | None = None,
+        *,
+        hosts: Sequence[str] | None = None,
+    ) -> None:
         exe = shutil.which("etcd") or "/usr/bin/etcd"
+        # Member i listens on hosts[i] (all 127.0.0.1 by default; distinct loopback
+        # addresses let a fault test cut one member off by address).
+        self.hosts = list(hosts or ["127.0.0.1"] * size)
+        if len(self.hosts) != size:
+            raise ValueError("hosts: one address per member")
         if not os.path.exists(exe):
             raise RuntimeError("etcd is not installed: run `make test` (installs etcd-server)")
         self.exe = exe
@@ -306,15 +317,15 @@ class EtcdCluster:
 
     @property
     def endpoints(self) -> list[str]:
-        return [f"127.0.0.1:{p}" for p in self.client_ports]
+        return [f"{h}:{p}" for h, p in zip(self.hosts, self.client_ports, strict=True)]
 
     def url(self, prefix: str = "/waypost/") -> str:
         return "etcd://" + ",".join(self.endpoints) + prefix
 
     def _args(self, i: int) -> list[str]:
-        peers = ",".join(f"m{n}=http://127.0.0.1:{p}" for n, p in enumerate(self.peer_ports))
-        client = f"http://127.0.0.1:{self.client_ports[i]}"
-        peer = f"http://127.0.0.1:{self.peer_ports[i]}"
+        peers = ",".join(f"m{n}=http://{self.hosts[n]}:{p}" for n, p in enumerate(self.peer_ports))
+        client = f"http://{self.hosts[i]}:{self.client_ports[i]}"
+        peer = f"http://{self.hosts[i]}:{self.peer_ports[i]}"
         return [
             self.exe,
             "--name", f"m{i}",
@@ -353,7 +364,7 @@ class EtcdCluster:
         import httpx
 
         try:
-            r = httpx.get(f"http://127.0.0.1:{self.client_ports[i]}/health", timeout=1)
+            r = httpx.get(f"http://{self.hosts[i]}:{self.client_ports[i]}/health", timeout=1)
             return bool(r.status_code == 200 and r.json().get("health") == "true")
         except (httpx.HTTPError, ValueError):
             return False
@@ -386,7 +397,7 @@ class EtcdCluster:
                 continue
             try:
                 body = httpx.post(
-                    f"http://127.0.0.1:{port}/v3/maintenance/status", json={}, timeout=2
+                    f"http://{self.hosts[i]}:{port}/v3/maintenance/status", json={}, timeout=2
                 ).json()
             except (httpx.HTTPError, ValueError):
                 continue

@@ -58,10 +58,53 @@ class Netns:
         """Remove every rule: the partition heals."""
         self.nft("flush ruleset\n")
 
+    def ip(self, *args: str) -> None:
+        done = _run("ip", "netns", "exec", self.name, "ip", *args)
+        if done.returncode != 0:
+            raise RuntimeError(f"ip {' '.join(args)} in {self.name}: {done.stderr.strip()}")
+
+    def forward(self) -> None:
+        """Route between its links (a hub)."""
+        done = _run("ip", "netns", "exec", self.name, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        if done.returncode != 0:
+            raise RuntimeError(f"ip_forward in {self.name}: {done.stderr.strip()}")
+
     def add_address(self, address: str) -> None:
         done = _run("ip", "netns", "exec", self.name, "ip", "addr", "add", address, "dev", "lo")
         if done.returncode != 0:
             raise RuntimeError(f"ip addr in {self.name}: {done.stderr.strip()}")
+
+
+_links = itertools.count()
+
+
+def link(a: Netns, b: Netns, address_a: str, address_b: str) -> None:
+    """A veth pair between two namespaces (made inside them: nothing touches the host's),
+    ``address_a``/24 on a's end and ``address_b``/24 on b's, both up."""
+    n = next(_links)
+    end_a, end_b = f"wpa{os.getpid() % 10000}{n}", f"wpb{os.getpid() % 10000}{n}"
+    a.ip("link", "add", end_a, "type", "veth", "peer", "name", end_b, "netns", b.name)
+    a.ip("addr", "add", f"{address_a}/24", "dev", end_a)
+    a.ip("link", "set", end_a, "up")
+    b.ip("addr", "add", f"{address_b}/24", "dev", end_b)
+    b.ip("link", "set", end_b, "up")
+
+
+def isolation_rules(others: list[str]) -> str:
+    """Drop every packet to or from ``others`` (loaded in the namespace being cut off)."""
+    peers = ", ".join(others)
+    return f"""
+table inet fault {{
+    chain in {{
+        type filter hook input priority 0; policy accept;
+        ip saddr {{ {peers} }} drop
+    }}
+    chain out {{
+        type filter hook output priority 0; policy accept;
+        ip daddr {{ {peers} }} drop
+    }}
+}}
+"""
 
 
 def partition_rules(address: str, port: int) -> str:

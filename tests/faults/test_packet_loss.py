@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.conftest import wait_until
 from tests.faults.conftest import Netns, loss_rules
@@ -38,6 +39,7 @@ def events_since(url: str, revision: int, upto: int) -> list[tuple[str, dict[str
     return out
 
 
+@pytest.mark.timeout(LOSS_S + 120)
 def test_one_percent_loss_makes_no_false_deregistration_and_no_flap(
     netns: Any, tmp_path: Path
 ) -> None:
