@@ -34,6 +34,11 @@ SCENARIOS = {
     "wave, live leases are renewed, only the dead one goes (at its second deadline)",
     "test_packet_loss.py": "1 % packet loss agents <-> registry: no false deregistration, "
     "no status flap with the default thresholds",
+    "test_etcd_partition.py": "etcd member cut off (leader, or a follower with its own "
+    "Waypost server): no acknowledged write lost, the cut-off side acknowledges none, "
+    "revisions never go backwards for a client",
+    "test_actor_partition.py": "actor network cut off from its peer mid-stream: every "
+    "acknowledged message handled once, none twice",
 }
 
 

@@ -154,6 +154,8 @@ class Catalog:
         # Revision waiters grouped by the revision they wait for, plus a heap of those
         # revisions (lowest wakes first). A waiter that times out leaves its group at once.
         self._waiters: dict[int, set[asyncio.Future[bool]]] = {}
+        # Waiters that ``poke`` may wake early (event streams, to send a notice).
+        self._wakeable: set[asyncio.Future[bool]] = set()
         self._targets: list[int] = []
         self._in_targets: set[int] = set()
 
@@ -545,8 +547,17 @@ class Catalog:
         for listener in tuple(self._listeners):
             listener(self.revision)
 
-    async def wait_for_revision(self, revision: int, timeout_s: float) -> bool:
-        """Wait until the catalog has applied ``revision``; False on timeout."""
+    def poke(self) -> None:
+        """Wake the waiters that asked to be wakeable (False, as a timeout), so that event
+        streams send what is not an entry change (a notice) at once."""
+        for fut in list(self._wakeable):
+            settle(fut, False)
+
+    async def wait_for_revision(
+        self, revision: int, timeout_s: float, *, wakeable: bool = False
+    ) -> bool:
+        """Wait until the catalog has applied ``revision``; False on timeout (or on
+        ``poke`` when ``wakeable``)."""
         if self.revision >= revision:
             return True
         loop = asyncio.get_running_loop()
@@ -558,6 +569,8 @@ class Catalog:
                 self._in_targets.add(revision)
                 heapq.heappush(self._targets, revision)
         group.add(fut)
+        if wakeable:
+            self._wakeable.add(fut)
         # A timer, not asyncio.wait_for: that costs a task per call on the write path.
         timer = loop.call_later(timeout_s, settle, fut, False)
         try:
@@ -565,6 +578,7 @@ class Catalog:
         finally:
             timer.cancel()
             group.discard(fut)
+            self._wakeable.discard(fut)
             if not group and self._waiters.get(revision) is group:
                 del self._waiters[revision]
                 self._compact_targets()

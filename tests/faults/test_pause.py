@@ -5,8 +5,10 @@ stopped goes."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 
@@ -14,6 +16,7 @@ import httpx
 
 from tests.conftest import ServerProcess, instance, wait_until
 from waypost import Client
+from waypost.sse import SseParser
 
 PAUSE_S = float(os.environ.get("WAYPOST_FAULT_PAUSE_S", "5"))
 TTL_S = 2.0
@@ -30,6 +33,24 @@ def test_a_paused_server_keeps_live_leases_and_drops_only_the_dead_one(
             c.register(instance(f"web-{n}", lease=lease.id))
         dead = kept.pop()  # its holder stops for good just before the pause
         dead.stop(revoke=False)
+        lines: list[str] = []
+        notices: list[dict[str, object]] = []
+
+        def follow() -> None:
+            parser = SseParser()
+            timeout = httpx.Timeout(10, read=PAUSE_S + 30)
+            with httpx.stream("GET", f"{server.url}/api/v1/events", timeout=timeout) as r:
+                for chunk in r.iter_bytes():
+                    lines.append(chunk.decode(errors="replace"))
+                    for msg in parser.feed(chunk):
+                        if msg.event == "lease_guard":
+                            notices.append(json.loads(msg.data))
+                    if len(notices) >= 2:
+                        return
+
+        reader = threading.Thread(target=follow, daemon=True)
+        reader.start()
+        wait_until(lambda: any("retry:" in x for x in lines), 10, "the event stream")
         try:
             server.proc.send_signal(signal.SIGSTOP)
             time.sleep(PAUSE_S)  # the fault itself: the server frozen this long
@@ -56,6 +77,9 @@ def test_a_paused_server_keeps_live_leases_and_drops_only_the_dead_one(
                     "the guard to let go",
                 )
                 assert ids() == live
+                # The event stream said so too: holding, then letting go.
+                wait_until(lambda: len(notices) >= 2, 5, "two lease_guard notices")
+                assert [n["holding"] for n in notices[:2]] == [True, False]
                 record_property("recovery_s", round(time.monotonic() - resumed, 2))
         finally:
             for lease in kept:

@@ -8,6 +8,7 @@ translated once, in ``error_middleware``, into ``{"error", "message", "field"}``
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -545,7 +546,25 @@ class Api:
             WaypostCollector(registry, TELEMETRY, self.gauges, dns_status, dns_counts)
         )
         self._plain: dict[str, Key] = {}
+        # Notices for event streams that are not entry changes (the lease guard holding
+        # or letting go): (number, SSE frame), the latest few.
+        self.notices: collections.deque[tuple[int, bytes]] = collections.deque(maxlen=16)
+        self.notice_seq = 0
+        add_listener = getattr(registry.store, "add_guard_listener", None)
+        if callable(add_listener):
+            add_listener(self._guard_changed)
         self._filtered: dict[tuple[Authorizer, Key], tuple[bytes, bytes]] = {}
+
+    def _guard_changed(self, guard: object) -> None:
+        """The lease guard started or stopped holding: an ``event: lease_guard`` on every
+        event stream, now."""
+        status = _guard_status(self.registry)
+        if status is None:
+            return
+        self.notice_seq += 1
+        frame = sse_frames.frame(_encode(status), event="lease_guard")
+        self.notices.append((self.notice_seq, frame))
+        self.catalog.poke()
 
     async def answer(
         self, key: Key, index: int | None, wait_s: float, request: web.BaseRequest
@@ -1103,9 +1122,14 @@ async def _stream(
     task = asyncio.current_task()
     assert task is not None
     request.app[STREAMS].add(task)
+    api = request.app[API]
+    noticed = api.notice_seq
     try:
         await resp.write(b"retry: 1000\n\n")
         while True:
+            if api.notice_seq > noticed:  # notices since the last look (not entries)
+                await resp.write(b"".join(f for n, f in api.notices if n > noticed))
+                noticed = api.notice_seq
             if not gate.state.alive(authz):  # revoked or expired: the stream ends
                 gate.refused(request, authz, Unauthorized("token revoked; event stream closed"))
                 body = _encode(Unauthorized("ACL token revoked or expired").to_dict())
@@ -1119,7 +1143,9 @@ async def _stream(
             if sent[0] < cat.revision:
                 backlog, upto = await fetch(sent[0])
                 continue
-            if not await cat.wait_for_revision(sent[0] + 1, SSE_KEEPALIVE_S):
+            if not await cat.wait_for_revision(sent[0] + 1, SSE_KEEPALIVE_S, wakeable=True):
+                if api.notice_seq > noticed:
+                    continue  # woken for a notice: sent at the top of the loop
                 await resp.write(sse_frames.comment("keepalive"))
                 backlog, upto = [], sent[0]
                 continue

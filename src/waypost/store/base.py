@@ -484,6 +484,8 @@ class LeaseExpiry:
         self.guard_share = guard_share
         self.guard_min = guard_min
         self.guard = GuardState()
+        # Told when the guard starts or stops holding (the API's event stream notice).
+        self.guard_listeners: list[Callable[[GuardState], None]] = []
         # Leases held by the guard (id -> when), and those held once already.
         self._held: dict[int, float] = {}
         self._held_once: set[int] = set()
@@ -516,6 +518,7 @@ class LeaseExpiry:
         live = max(len(self._leases), 1)
         if self.guard.holding and len(self._held) / live <= self.guard_share:
             self.guard.holding = False
+            self._tell()
             log.warning(
                 "lease guard: keep-alives are back (%d of %d leases still held); expiry "
                 "resumes", len(self._held), len(self._leases),
@@ -544,6 +547,8 @@ class LeaseExpiry:
             self.guard.holding = True
             self.guard.since = time.time()
             self.guard.times_triggered += 1
+            self.guard.held = len(self._held)
+            self._tell()
             log.warning(
                 "lease guard: %d of %d leases lapsed within %.1fs: holding them one more TTL "
                 "(this registry was likely cut off or paused, not its clients)",
@@ -551,6 +556,13 @@ class LeaseExpiry:
             )  # fmt: skip
         self.guard.held = len(self._held)
         return revoke
+
+    def _tell(self) -> None:
+        for listener in self.guard_listeners:
+            try:
+                listener(self.guard)
+            except Exception:  # a listener's bug must not stop expiry
+                log.exception("lease guard listener failed")
 
     async def expire_due(self) -> list[int]:
         """Revoke every lease past its deadline now (unless the guard holds it); return
@@ -632,6 +644,10 @@ class LocalLeases:
     def lease_guard(self) -> GuardState:
         """The mass-expiry guard's state (``/status``)."""
         return self._expiry.guard
+
+    def add_guard_listener(self, listener: Callable[[GuardState], None]) -> None:
+        """Call ``listener`` when the guard starts or stops holding."""
+        self._expiry.guard_listeners.append(listener)
 
     async def revoke(self, lease_id: int) -> int:
         return await self.apply([Revoke(lease=lease_id)])
