@@ -37,6 +37,8 @@ SCENARIOS = {
     "test_etcd_partition.py": "etcd member cut off (leader, or a follower with its own "
     "Waypost server): no acknowledged write lost, the cut-off side acknowledges none, "
     "revisions never go backwards for a client",
+    "test_clock_jump.py": "the server's wall clock jumps +2h and back: nothing expires "
+    "early or late (deadlines on the monotonic clock)",
     "test_actor_partition.py": "actor network cut off from its peer mid-stream: every "
     "acknowledged message handled once, none twice",
 }

@@ -17,6 +17,7 @@ case "${1:-test}" in
     need npm npm
     need nft nftables
     need ip iproute2
+    need faketime faketime
     # Debian's python3-consul (a module of Debian's python3, not a command).
     /usr/bin/python3 -c 'import consul' >/dev/null 2>&1 || want+=(python3-consul)
     ;;
