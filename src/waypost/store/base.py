@@ -55,11 +55,13 @@ LEASE_TICK_MAX_S = 1.0
 LEASE_RETRY_S = 0.5
 # The mass-expiry guard (Eureka's self-preservation, bounded): when more than this share
 # of all leases lapses within one TTL, among at least GUARD_MIN_LEASES, the registry is
-# the one that lost the network (or was paused): the lapsing leases are held one more
-# TTL for their keep-alives to come back. Each lease is held at most once in a row, so a
-# lease whose holder really died goes at its second deadline.
+# the one that lost the network (or was paused): the lapsing leases are held, a TTL at a
+# time, while the wave lasts, for their keep-alives to come back; at most
+# GUARD_MAX_HOLD_S. Once the wave is over (keep-alives are back for most), a lease still
+# lapsing is revoked at its next deadline: its holder really died.
 GUARD_SHARE = 0.5
 GUARD_MIN_LEASES = 4
+GUARD_MAX_HOLD_S = 600.0
 MAX_RECENT_LAPSES = 100_000
 
 Clock = Callable[[], float]
@@ -433,6 +435,12 @@ class LeaseClock:
                 out.append(lease_id)
         return out
 
+    def silent(self, now: float) -> int:
+        """Leases that missed their keep-alives: less than a third of their TTL left (a
+        holder renewing every third of it always has more). O(leases): for the guard,
+        when leases come due."""
+        return sum(1 for lease in self._leases.values() if lease.deadline - now < lease.ttl_s / 3)
+
     def next_deadline(self) -> float | None:
         heap = self._heap
         while heap:
@@ -483,12 +491,12 @@ class LeaseExpiry:
         self._task: asyncio.Task[None] | None = None
         self.guard_share = guard_share
         self.guard_min = guard_min
+        self.guard_max_hold_s = GUARD_MAX_HOLD_S
         self.guard = GuardState()
         # Told when the guard starts or stops holding (the API's event stream notice).
         self.guard_listeners: list[Callable[[GuardState], None]] = []
-        # Leases held by the guard (id -> when), and those held once already.
+        # Leases held by the guard: id -> when it was first held.
         self._held: dict[int, float] = {}
-        self._held_once: set[int] = set()
         # When recent leases lapsed (monotonic), to see a wave across ticks.
         self._lapsed: collections.deque[float] = collections.deque(maxlen=MAX_RECENT_LAPSES)
 
@@ -509,7 +517,6 @@ class LeaseExpiry:
     def renewed(self, lease_id: int) -> None:
         """A keep-alive came: a held lease is no longer lapsing."""
         if self._held.pop(lease_id, None) is not None:
-            self._held_once.discard(lease_id)
             self._update_guard()
 
     def _update_guard(self) -> None:
@@ -525,23 +532,24 @@ class LeaseExpiry:
             )  # fmt: skip
 
     def _hold(self, due: list[int], now: float) -> list[int]:
-        """Hold the lapsing leases that were not held already when the wave is too big;
-        the rest to revoke."""
+        """During a wave of lapses, hold the lapsing leases one more TTL (up to the
+        longest hold); the leases to revoke now."""
         ttls = {lid: st[0] for lid in due if (st := self._leases.state(lid, now)) is not None}
         window = max(ttls.values(), default=0.0)
         recent = sum(1 for t in self._lapsed if t > now - window)
         total = len(self._leases) + recent
-        lapsing = len(ttls) + recent + len(self._held)
+        # Lapsing: due now, about to (their keep-alives stopped too), held, or just gone.
+        lapsing = self._leases.silent(now) + len(self._held.keys() - ttls.keys()) + recent
         if total < self.guard_min or lapsing / total <= self.guard_share:
             self._update_guard()
             return due
         revoke = []
         for lid in due:
-            if lid in self._held_once or lid not in ttls:
-                revoke.append(lid)  # held once already: its holder is gone
+            first = self._held.get(lid, now)
+            if lid not in ttls or now - first >= self.guard_max_hold_s:
+                revoke.append(lid)  # held as long as the guard holds anything
                 continue
-            self._held[lid] = now
-            self._held_once.add(lid)
+            self._held[lid] = first
             self._leases.postpone(lid, now + ttls[lid])
         if self._held and not self.guard.holding:
             self.guard.holding = True
@@ -550,8 +558,8 @@ class LeaseExpiry:
             self.guard.held = len(self._held)
             self._tell()
             log.warning(
-                "lease guard: %d of %d leases lapsed within %.1fs: holding them one more TTL "
-                "(this registry was likely cut off or paused, not its clients)",
+                "lease guard: %d of %d leases lapsed within %.1fs: holding them while the "
+                "wave lasts (this registry was likely cut off or paused, not its clients)",
                 lapsing, total, window,
             )  # fmt: skip
         self.guard.held = len(self._held)
@@ -586,7 +594,6 @@ class LeaseExpiry:
             done.append(lease_id)
             self._lapsed.append(now)
             self._held.pop(lease_id, None)
-            self._held_once.discard(lease_id)
         if done:
             self._update_guard()
         return done

@@ -51,6 +51,22 @@ def test_a_wave_of_lapses_is_held_until_keepalives_return_and_the_dead_go_after(
     asyncio.run(go())
 
 
+def test_a_long_cut_is_held_ttl_after_ttl_until_the_longest_hold() -> None:
+    async def go() -> None:
+        store, clock, leases = await _store_with_leases(6, 10.0)
+        store._expiry.guard_max_hold_s = 25.0
+        clock.advance(11)  # the registry lost the network: nothing comes back for long
+        for _ in range(3):  # held at 11 s, again at 21 s and 31 s
+            assert await store.expire_due() == []
+            assert store.lease_guard.holding
+            clock.advance(10)
+        assert sorted(await store.expire_due()) == sorted(leases)  # at 41 s: held 30 s > 25 s
+        assert not store.lease_guard.holding
+        await store.close()
+
+    asyncio.run(go())
+
+
 def test_a_single_failed_node_is_removed_on_time() -> None:
     async def go() -> None:
         store, clock, leases = await _store_with_leases(10, 10.0)
