@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.agents import AgentProcess
+
 CLONE_NEWNET = 0x40000000
 _names = itertools.count()
 
@@ -131,6 +133,20 @@ table inet fault {{
     }}
 }}
 """
+
+
+def start_agents(
+    server: str, count: int, tmp_path: Path, definitions: Callable[[int], str], *args: str
+) -> list[AgentProcess]:
+    """``count`` agents (nodes n0, n1, ...) on ``server``, agent i running the services
+    of ``definitions(i)`` (a definition file's text, YAML or JSON)."""
+    agents = []
+    for a in range(count):
+        conf = tmp_path / f"conf{a}"
+        conf.mkdir()
+        (conf / "services.yaml").write_text(definitions(a))
+        agents.append(AgentProcess(server, f"n{a}", conf, tmp_path / f"agent{a}", *args).start())
+    return agents
 
 
 @pytest.fixture

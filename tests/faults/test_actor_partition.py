@@ -12,22 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from tests.faults.conftest import Netns, partition_rules
-from waypost.actors import Actor, Context, Network
+from tests.integration.test_actors import Sink
+from waypost.actors import Network
 from waypost.testing import ServerProcess
 
 CUT_S = 3.0
 SENDERS = 16
 PER_SENDER = 60
-
-
-class Sink(Actor):
-    outports = ()
-
-    def __init__(self) -> None:
-        self.got: list[object] = []
-
-    async def handle(self, port: str, payload: object, ctx: Context) -> None:
-        self.got.append(payload)
 
 
 def test_a_partition_mid_stream_loses_and_duplicates_no_acknowledged_message(

@@ -88,92 +88,90 @@ class Writer(threading.Thread):
                     pass
 
 
+@contextlib.contextmanager
+def two_sides(cluster: EtcdCluster, cut: int, data: Path) -> Iterator[list[Writer]]:
+    """A Waypost server on member ``cut`` alone and one on the others, each with a writer
+    (``[cut side, other side]``), writing from the start; stopped at the end."""
+    eps = cluster.endpoints
+    rest = ",".join(eps[i] for i in range(len(eps)) if i != cut)
+    servers: list[ServerProcess] = []
+    writers: list[Writer] = []
+    try:
+        for name, store in (("cut", eps[cut]), ("rest", rest)):
+            args = ["--no-dns", "--store", f"etcd://{store}/t/"]
+            servers.append(ServerProcess(args, data / name).start())
+            writers.append(Writer(servers[-1].url, name))
+            writers[-1].start()
+        wait_until(lambda: all(w.acked for w in writers), 10, "writes on both sides")
+        yield writers
+    finally:
+        for w in writers:
+            w.stop.set()
+        for server in servers:
+            server.stop()
+
+
+def settle_and_check(
+    writers: list[Writer], cut_at: float, healed_at: float, record: Callable[[str, object], Any]
+) -> None:
+    """After the heal: stop writing; every acknowledged write on both servers; no
+    revision backwards for a client; nothing acknowledged by the cut side while cut."""
+    for w in writers:
+        w.stop.set()
+    for w in writers:
+        w.join(15)
+    acked = {i for w in writers for i in w.acked}
+
+    def listed(url: str) -> set[str]:
+        return {i["id"] for i in httpx.get(f"{url}/api/v1/instances", timeout=10).json()}
+
+    wait_until(
+        lambda: all(acked <= listed(w.url) for w in writers),
+        20,
+        "every acknowledged write on both servers",
+    )
+    record("recovery_s", round(time.monotonic() - healed_at, 2))
+    for w in writers:
+        assert w.seen == sorted(w.seen), f"{w.name_}: a revision went backwards"
+    assert writers[1].acked, "the side with the majority never wrote"
+    # The cut-off side acknowledged nothing while cut off (past writes in flight).
+    during = [t for t in writers[0].ack_times if cut_at + GRACE_S < t < healed_at]
+    assert not during, f"the cut-off side acknowledged {len(during)} writes while cut off"
+
+
+def others(cut: int) -> list[str]:
+    return [h for i, h in enumerate(HOSTS) if i != cut]
+
+
 def test_the_leader_cut_off_during_writes_loses_nothing_acknowledged(
     netns: Callable[[], Netns], tmp_path: Path, record_property: Callable[[str, object], Any]
 ) -> None:
     with cluster_in_namespaces(netns, tmp_path / "etcd") as (_, members, cluster):
-        servers: list[ServerProcess] = []
-        try:
-            leader = cluster.leader()
-            rest = [i for i in range(3) if i != leader]
-            eps = cluster.endpoints
-            minority = ServerProcess(
-                ["--no-dns", "--store", f"etcd://{eps[leader]}/t/"], tmp_path / "a"
-            ).start()
-            servers.append(minority)
-            majority = ServerProcess(
-                ["--no-dns", "--store", "etcd://" + ",".join(eps[i] for i in rest) + "/t/"],
-                tmp_path / "b",
-            ).start()
-            servers.append(majority)
-            writers = [Writer(minority.url, "a"), Writer(majority.url, "b")]
-            for w in writers:
-                w.start()
-            wait_until(lambda: all(w.acked for w in writers), 10, "writes on both sides")
-            members[leader].nft(isolation_rules([HOSTS[i] for i in rest]))
+        leader = cluster.leader()
+        with two_sides(cluster, leader, tmp_path) as writers:
+            members[leader].nft(isolation_rules(others(leader)))
             cut_at = time.monotonic()
-            acked_before = len(writers[1].acked)
-            wait_until(
-                lambda: len(writers[1].acked) > acked_before + 5, 15, "the majority writing on"
-            )
+            before = len(writers[1].acked)
+            wait_until(lambda: len(writers[1].acked) > before + 5, 15, "the majority writing on")
             time.sleep(max(0.0, CUT_S - (time.monotonic() - cut_at)))  # the fault's length
             members[leader].flush()
             healed_at = time.monotonic()
             time.sleep(1.0)  # writes go on a moment after the heal, on both sides
-            for w in writers:
-                w.stop.set()
-            for w in writers:
-                w.join(15)
-            acked = {i for w in writers for i in w.acked}
-
-            def listed(url: str) -> set[str]:
-                return {i["id"] for i in httpx.get(f"{url}/api/v1/instances", timeout=10).json()}
-
-            wait_until(
-                lambda: acked <= listed(minority.url) and acked <= listed(majority.url),
-                20,
-                "every acknowledged write on both servers",
-            )
-            record_property("recovery_s", round(time.monotonic() - healed_at, 2))
-            for w in writers:
-                assert w.seen == sorted(w.seen), f"{w.name_}: a revision went backwards"
-            assert writers[1].acked, "the majority side never wrote"
-            # The cut-off side acknowledged nothing while cut off (past in-flight writes).
-            during = [t for t in writers[0].ack_times if cut_at + GRACE_S < t < healed_at]
-            assert not during, f"the minority acknowledged {len(during)} writes while cut off"
-        finally:
-            for server in servers:
-                server.stop()
+            settle_and_check(writers, cut_at, healed_at, record_property)
 
 
 def test_a_follower_cut_off_refuses_writes_says_so_and_catches_up(
     netns: Callable[[], Netns], tmp_path: Path, record_property: Callable[[str, object], Any]
 ) -> None:
     with cluster_in_namespaces(netns, tmp_path / "etcd") as (_, members, cluster):
-        servers: list[ServerProcess] = []
-        try:
-            leader = cluster.leader()
-            cut = next(i for i in range(3) if i != leader)
-            rest = [i for i in range(3) if i != cut]
-            eps = cluster.endpoints
-            lone = ServerProcess(
-                ["--no-dns", "--store", f"etcd://{eps[cut]}/t/"], tmp_path / "c"
-            ).start()
-            servers.append(lone)
-            main = ServerProcess(
-                ["--no-dns", "--store", "etcd://" + ",".join(eps[i] for i in rest) + "/t/"],
-                tmp_path / "b",
-            ).start()
-            servers.append(main)
-            writers = [Writer(lone.url, "c"), Writer(main.url, "b")]
-            for w in writers:
-                w.start()
-            wait_until(lambda: all(w.acked for w in writers), 10, "writes on both sides")
-            members[cut].nft(isolation_rules([HOSTS[i] for i in rest]))
+        cut = next(i for i in range(3) if i != cluster.leader())
+        with two_sides(cluster, cut, tmp_path) as writers:
+            lone = writers[0].url
+            members[cut].nft(isolation_rules(others(cut)))
             cut_at = time.monotonic()
             # The cut-off server knows it is not current: /health fails, with the reason.
             wait_until(
-                lambda: httpx.get(f"{lone.url}/health", timeout=5).status_code == 503,
+                lambda: httpx.get(f"{lone}/health", timeout=5).status_code == 503,
                 15,
                 "the cut-off server's /health to fail",
             )
@@ -181,29 +179,8 @@ def test_a_follower_cut_off_refuses_writes_says_so_and_catches_up(
             members[cut].flush()
             healed_at = time.monotonic()
             wait_until(
-                lambda: httpx.get(f"{lone.url}/health", timeout=5).status_code == 200,
+                lambda: httpx.get(f"{lone}/health", timeout=5).status_code == 200,
                 20,
                 "the cut-off server healthy again",
             )
-            for w in writers:
-                w.stop.set()
-            for w in writers:
-                w.join(15)
-            acked = {i for w in writers for i in w.acked}
-
-            def listed(url: str) -> set[str]:
-                return {i["id"] for i in httpx.get(f"{url}/api/v1/instances", timeout=10).json()}
-
-            wait_until(
-                lambda: acked <= listed(lone.url) and acked <= listed(main.url),
-                20,
-                "every acknowledged write on both servers",
-            )
-            record_property("recovery_s", round(time.monotonic() - healed_at, 2))
-            for w in writers:
-                assert w.seen == sorted(w.seen), f"{w.name_}: a revision went backwards"
-            during = [t for t in writers[0].ack_times if cut_at + GRACE_S < t < healed_at]
-            assert not during, f"the cut-off side acknowledged {len(during)} writes"
-        finally:
-            for server in servers:
-                server.stop()
+            settle_and_check(writers, cut_at, healed_at, record_property)

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 
 from tests.conftest import wait_until
-from tests.faults.conftest import Netns, partition_rules
+from tests.faults.conftest import Netns, partition_rules, start_agents
 from tests.faults.test_packet_loss import events_since
 from tests.integration.agents import AgentProcess
 from waypost.testing import ServerProcess, free_port
@@ -30,18 +30,13 @@ def test_a_registry_cut_off_from_every_agent_does_not_empty_itself(
         port = free_port()
         server = ServerProcess(["--no-dns"], tmp_path / "server").start(f"0.0.0.0:{port}")
         url = f"http://127.0.0.1:{port}"
-        agents = []
+        agents: list[AgentProcess] = []
         try:
-            for a in range(AGENTS):
-                conf = tmp_path / f"conf{a}"
-                conf.mkdir()
-                (conf / "web.json").write_text(
-                    f'[{{"id": "web-{a}", "service": "web", "port": {8000 + a}}}]'
-                )
-                agents.append(AgentProcess(
-                    f"http://127.0.0.2:{port}", f"n{a}", conf, tmp_path / f"agent{a}",
-                    "--node-ttl", f"{NODE_TTL_S:g}s", "--sync-interval", "1s",
-                ).start())  # fmt: skip
+            agents = start_agents(
+                f"http://127.0.0.2:{port}", AGENTS, tmp_path,
+                lambda a: f'[{{"id": "web-{a}", "service": "web", "port": {8000 + a}}}]',
+                "--node-ttl", f"{NODE_TTL_S:g}s", "--sync-interval", "1s",
+            )  # fmt: skip
             with httpx.Client(base_url=url, timeout=10) as h:
 
                 def web() -> list[str]:

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.conftest import wait_until
-from tests.faults.conftest import Netns, loss_rules
+from tests.faults.conftest import Netns, loss_rules, start_agents
 from tests.integration.agents import AgentProcess
 from waypost.sse import SseParser
 from waypost.testing import ServerProcess, free_port
@@ -48,20 +48,16 @@ def test_one_percent_loss_makes_no_false_deregistration_and_no_flap(
         port = free_port()
         server = ServerProcess(["--no-dns"], tmp_path / "server").start(f"0.0.0.0:{port}")
         url = f"http://127.0.0.1:{port}"
-        agents = []
+        agents: list[AgentProcess] = []
         try:
-            for a in range(AGENTS):
-                conf = tmp_path / f"conf{a}"
-                conf.mkdir()
-                (conf / "svc.yaml").write_text(
-                    "".join(
-                        f"- id: s{a}-{k}\n  service: svc{k}\n  port: {9000 + k}\n"
-                        f"  checks:\n    - http: {url}/health\n      interval: 5s\n"
-                        for k in range(2)
-                    )
-                )
-                agents.append(AgentProcess(f"http://127.0.0.2:{port}", f"n{a}", conf,
-                                           tmp_path / f"agent{a}").start())  # fmt: skip
+            agents = start_agents(
+                f"http://127.0.0.2:{port}", AGENTS, tmp_path,
+                lambda a: "".join(
+                    f"- id: s{a}-{k}\n  service: svc{k}\n  port: {9000 + k}\n"
+                    f"  checks:\n    - http: {url}/health\n      interval: 5s\n"
+                    for k in range(2)
+                ),
+            )  # fmt: skip
             with httpx.Client(base_url=url, timeout=10) as h:
 
                 def statuses() -> list[str]:

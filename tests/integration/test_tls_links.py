@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from tests.conftest import ServerProcess, instance, wait_until
+from tests.integration.test_actors import Sink
 from waypost import Client
 from waypost.actors import Actor, Context, Network
 from waypost.testing import ProxyProcess
@@ -139,16 +140,6 @@ def test_the_proxy_serves_tls_and_dials_https_upstreams(
 class Upper(Actor):
     async def handle(self, port: str, payload: object, ctx: Context) -> None:
         await ctx.emit("out", str(payload).upper())
-
-
-class Sink(Actor):
-    outports = ()
-
-    def __init__(self) -> None:
-        self.got: list[object] = []
-
-    async def handle(self, port: str, payload: object, ctx: Context) -> None:
-        self.got.append(payload)
 
 
 def test_actor_networks_link_over_wss_with_mutual_tls_and_a_registry_token(
