@@ -521,8 +521,34 @@ class Registry:
         raise AssertionError("unreachable")
 
     async def deregister(self, instance_id: str) -> int:
-        """Remove one instance; NotFound when it is not registered."""
-        return await self._commit([Delete(id=instance_id)])
+        """Remove one instance; NotFound when it is not registered. Its derived lease (TTL
+        or removal) goes with it: left to lapse, it would count as a lapse (the lease
+        guard's count) with nothing in it."""
+        gone = self._derived_leases([instance_id])
+        revision = await self._commit([Delete(id=instance_id)])
+        await self._revoke_derived(gone)
+        return revision
+
+    def _derived_leases(self, ids: Sequence[str]) -> list[int]:
+        """The derived leases of these registered instances (before they are deleted)."""
+        out = []
+        for iid in ids:
+            inst = self.catalog.get(iid)
+            derived = self._derived(inst) if inst is not None else None
+            if derived is not None:
+                out.append(derived[0])
+        return out
+
+    async def _revoke_derived(self, lease_ids: Sequence[int]) -> None:
+        """End the derived leases of deleted instances: left to lapse, each would count
+        as a lapse in the lease guard's reckoning, with nothing in it."""
+        for lease_id in lease_ids:
+            try:
+                await self.store.revoke(lease_id)
+            except NotFound:
+                pass  # none granted yet, or gone already
+            except WaypostError as exc:  # it lapses on its own then
+                log.warning("lease %d stays until it lapses (%s)", lease_id, exc)
 
     async def batch(self, register: Sequence[Instance], deregister: Sequence[str]) -> int:
         """Apply registrations and deregistrations all or nothing, at one revision."""
@@ -537,7 +563,10 @@ class Registry:
         if not register and not deregister:
             return self.catalog.revision
         prepared = [self.prepare(i) for i in register]
-        return await self._put_instances(prepared, [Delete(id=i) for i in deregister])
+        gone = self._derived_leases(deregister)
+        revision = await self._put_instances(prepared, [Delete(id=i) for i in deregister])
+        await self._revoke_derived(gone)
+        return revision
 
     async def _update(self, instance_id: str, change: Callable[[Instance], Instance | None]) -> int:
         """Compare-and-swap one instance: ``change`` returns the new one, or None to skip.

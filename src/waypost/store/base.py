@@ -56,12 +56,13 @@ LEASE_RETRY_S = 0.5
 # The mass-expiry guard (Eureka's self-preservation, bounded): when more than this share
 # of all leases lapses within one TTL, among at least GUARD_MIN_LEASES, the registry is
 # the one that lost the network (or was paused): the lapsing leases are held, a TTL at a
-# time, while the wave lasts, for their keep-alives to come back; at most
+# time, while the wave lasts, for their keep-alives to come back; at most ten TTLs and
 # GUARD_MAX_HOLD_S. Once the wave is over (keep-alives are back for most), a lease still
 # lapsing is revoked at its next deadline: its holder really died.
 GUARD_SHARE = 0.5
 GUARD_MIN_LEASES = 4
 GUARD_MAX_HOLD_S = 600.0
+GUARD_MAX_TTLS = 10  # and at most ten of the lease's TTLs
 MAX_RECENT_LAPSES = 100_000
 
 Clock = Callable[[], float]
@@ -538,16 +539,18 @@ class LeaseExpiry:
         window = max(ttls.values(), default=0.0)
         recent = sum(1 for t in self._lapsed if t > now - window)
         total = len(self._leases) + recent
+        silent = self._leases.silent(now)
         # Lapsing: due now, about to (their keep-alives stopped too), held, or just gone.
-        lapsing = self._leases.silent(now) + len(self._held.keys() - ttls.keys()) + recent
+        lapsing = silent + len(self._held.keys() - ttls.keys()) + recent
         if total < self.guard_min or lapsing / total <= self.guard_share:
             self._update_guard()
             return due
         revoke = []
         for lid in due:
             first = self._held.get(lid, now)
-            if lid not in ttls or now - first >= self.guard_max_hold_s:
-                revoke.append(lid)  # held as long as the guard holds anything
+            longest = min(self.guard_max_hold_s, GUARD_MAX_TTLS * ttls.get(lid, 0.0))
+            if lid not in ttls or now - first >= longest:
+                revoke.append(lid)  # held as long as it may be
                 continue
             self._held[lid] = first
             self._leases.postpone(lid, now + ttls[lid])
