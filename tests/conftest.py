@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import os
 import re
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -170,3 +173,14 @@ def http(server: ServerProcess) -> Iterator[httpx.Client]:
 def instance(iid: str, service: str = "web", **fields: Any) -> dict[str, Any]:
     """A valid instance body."""
     return {"id": iid, "service": service, "address": "10.0.0.1", "port": 8080, **fields}
+
+
+def waypost_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m waypost ARGS`` from this venv (``env`` added to the environment)."""
+    return subprocess.run(
+        [sys.executable, "-m", "waypost", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+    )

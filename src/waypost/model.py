@@ -657,19 +657,6 @@ class KVPair(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, gc=F
 
 # --- ACLs: policies of rules, tokens holding policies (``acl/`` evaluates them) ----------
 
-ACL_RESOURCES = (
-    "service",
-    "service_prefix",
-    "node",
-    "node_prefix",
-    "key",
-    "key_prefix",
-    "network",
-    "network_prefix",
-    "agent",
-    "operator",
-    "acl",
-)
 AclResource = Literal[
     "service",
     "service_prefix",

@@ -12,7 +12,6 @@ import shutil
 import statistics
 import string
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -28,22 +27,11 @@ import httpx
 import pytest
 
 from tests.conftest import ServerProcess, instance, wait_until
+from tests.conftest import waypost_cli as waypost
 from waypost import Client
 from waypost.testing import EtcdCluster
 
 HERE = Path(__file__).resolve().parents[1] / "consul_clients"
-
-
-def waypost(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    import os
-
-    return subprocess.run(
-        [sys.executable, "-m", "waypost", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, **(env or {})},
-    )
 
 
 def bootstrap(server: ServerProcess) -> str:

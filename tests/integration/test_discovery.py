@@ -23,6 +23,7 @@ import httpx
 import pytest
 
 from tests.conftest import ServerProcess, wait_until
+from tests.conftest import waypost_cli as cli
 from tests.integration.agents import AgentProcess
 from waypost import Client
 from waypost.peers import Discovery
@@ -37,18 +38,6 @@ def write(path: Path, text: str) -> Path:
 
 def registry(server: ServerProcess) -> Path:
     return server.data_dir / "node-registry.json"
-
-
-def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    import sys
-
-    return subprocess.run(
-        [sys.executable, "-m", "waypost", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, **(env or {})},
-    )
 
 
 def peers(*sources: str, **kw: object) -> list[dict[str, object]]:

@@ -17,12 +17,7 @@ import httpx
 import pytest
 
 from tests.conftest import ServerProcess
-
-
-def waypost(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "waypost", *args], capture_output=True, text=True, timeout=60
-    )
+from tests.conftest import waypost_cli as waypost
 
 
 @pytest.fixture(scope="module")

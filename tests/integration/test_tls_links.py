@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import http.server
 import ssl
-import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,16 +15,11 @@ import httpx
 import pytest
 
 from tests.conftest import ServerProcess, instance, wait_until
+from tests.conftest import waypost_cli as waypost
 from tests.integration.test_actors import Sink
 from waypost import Client
 from waypost.actors import Actor, Context, Network
 from waypost.testing import ProxyProcess
-
-
-def waypost(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "waypost", *args], capture_output=True, text=True, timeout=60
-    )
 
 
 @pytest.fixture(scope="module")

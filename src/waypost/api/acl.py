@@ -34,6 +34,7 @@ from waypost.errors import (
 )
 from waypost.model import (
     ACCESSOR_PATTERN,
+    ACL_NAME_PATTERN,
     ANONYMOUS,
     MANAGEMENT_POLICY,
     AclPolicy,
@@ -177,10 +178,8 @@ class AclGate:
 
     def authz(self, request: web.BaseRequest) -> Authorizer:
         """The request's authorizer (Unauthorized for a token that names none)."""
-        if not self._forced:
-            cat = self._catalog
-            if not (cat.kind_revision("acl_token") or cat.kind_revision("acl_policy")):
-                return self._open
+        if not self.active():
+            return self._open
         got = request.get(AUTHZ)
         if got is None:
             got = self._resolve(request)
@@ -523,18 +522,20 @@ async def _read(request: web.Request) -> bytes:
     return data
 
 
+def _path(request: web.Request, field: str, pattern: str, what: str) -> str:
+    """The path's ``field``, if it matches ``pattern`` (else a 400 naming it)."""
+    value = request.match_info[field]
+    if re.match(pattern, value) is None:
+        raise InvalidInput(f"{field}: {value!r} is not {what}", field=field)
+    return value
+
+
 def _policy_name(request: web.Request) -> str:
-    name = request.match_info["name"]
-    if re.fullmatch(r"[A-Za-z0-9_-]{1,128}", name) is None:
-        raise InvalidInput(f"name: {name!r} is not a policy name", field="name")
-    return name
+    return _path(request, "name", ACL_NAME_PATTERN, "a policy name")
 
 
 def _accessor(request: web.Request) -> str:
-    accessor = request.match_info["accessor"]
-    if re.match(ACCESSOR_PATTERN, accessor) is None:
-        raise InvalidInput(f"accessor: {accessor!r} is not a token accessor", field="accessor")
-    return accessor
+    return _path(request, "accessor", ACCESSOR_PATTERN, "a token accessor")
 
 
 def retry_after(exc: TooManyRequests) -> dict[str, str]:

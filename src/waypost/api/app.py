@@ -91,7 +91,6 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 REGISTRY = web.AppKey("registry", Registry)
 CACHE = web.AppKey("cache", AnswerCache)
 BLOCKING = web.AppKey("blocking", BlockingQueries)
-TOKEN = web.AppKey("token", str)
 OPENAPI = web.AppKey("openapi", bytes)
 NODE_ENTRY = web.AppKey("node_entry", list[bytes])  # the server sets it once it serves
 STATS = web.AppKey("stats", dict[str, int])
@@ -522,21 +521,17 @@ class Api:
         self,
         registry: Registry,
         *,
-        token: str,
+        gate: AclGate,
         max_wait_s: float,
         config: dict[str, str],
         dns_status: DnsStatusFn,
         dns_counts: Callable[[], DnsCounts | None] = lambda: None,
-        gate: AclGate | None = None,
     ) -> None:
         self.registry = registry
-        self.gate = gate or AclGate(
-            registry, AclState(registry.catalog, legacy_token=token), Limits()
-        )
+        self.gate = gate
         self.catalog = registry.catalog
         self.cache = AnswerCache(registry.catalog)
         self.blocking = BlockingQueries(registry.catalog, self.cache)
-        self.token = token
         self.max_wait_s = max_wait_s
         self.config = config
         self.dns_status = dns_status
@@ -1183,7 +1178,6 @@ def build_app(
     checks: CheckHost | None = None,
     dns_status: Callable[[], DnsStatus | None] | None = None,
     dns_counts: Callable[[], DnsCounts | None] | None = None,
-    acl_default_policy: str = "allow",
     acl: AclState | None = None,
     limits: Limits | None = None,
 ) -> web.Application:
@@ -1192,15 +1186,13 @@ def build_app(
     app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY_BYTES)
     api = Api(
         registry,
-        token=token,
         max_wait_s=max_wait_s,
         config=dict(config or {}),
         dns_status=dns_status or (lambda: None),
         dns_counts=dns_counts or (lambda: None),
         gate=AclGate(
             registry,
-            acl
-            or AclState(registry.catalog, default_policy=acl_default_policy, legacy_token=token),
+            acl or AclState(registry.catalog, legacy_token=token),
             limits or Limits(),
         ),
     )
@@ -1208,7 +1200,6 @@ def build_app(
     app[REGISTRY] = registry
     app[CACHE] = api.cache
     app[BLOCKING] = api.blocking
-    app[TOKEN] = token
     app[FRAMES] = FrameCache()
     app[STATS] = api.stats
     app[OPENAPI] = _encode(openapi_spec(__version__))
