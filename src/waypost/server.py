@@ -20,7 +20,7 @@ from waypost.acl import AclState
 from waypost.aio import until_signalled
 from waypost.api.acl import Limits
 from waypost.api.app import API, NODE_ENTRY, build_app
-from waypost.api.hot import HotPath
+from waypost.api.hot import FastSite, HotPath, PlainReads
 from waypost.catalog import Catalog
 from waypost.checking import CheckHost
 from waypost.dns.server import DnsServer
@@ -146,10 +146,11 @@ class WaypostServer:
                     ca=self.settings.tls_ca,
                     verify_clients=self.settings.tls_verify_clients,
                 )
-            site = web.TCPSite(
+            site = FastSite(
                 self._runner,
-                host,
-                port,
+                PlainReads(app[API]),
+                host=host,
+                port=port,
                 reuse_address=True,
                 reuse_port=shared or None,
                 backlog=4096,

@@ -37,6 +37,9 @@ class Answer:
     checked: int  # the catalog revision this answer is known to be current at
     _headers: CIMultiDict[str] | None = None
     _headers_at: int = -1
+    # The whole HTTP response, as the plain-read path sends it (api/hot.py): kept with
+    # the answer, so it goes when the answer does; (checked revision, Date, bytes).
+    wire: tuple[int, str, bytes] | None = None
 
     def headers(self) -> CIMultiDict[str]:
         """``Content-Type``; ``X-Waypost-Index`` to block on; ``X-Waypost-Revision`` to

@@ -14,13 +14,22 @@ application unchanged, so every answer stays the same, byte for byte.
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any, cast
 
 from aiohttp import web
+from aiohttp.helpers import rfc822_formatted_time
+from aiohttp.http import SERVER_SOFTWARE
+from aiohttp.tcp_helpers import tcp_keepalive
 
 from waypost.api.app import READ_METHODS, Api, Routed, failure_response
-from waypost.model import LABEL_RE
+from waypost.api.blocking import Answer, Key
+from waypost.model import LABEL_RE, Query
+from waypost.query import parse_query
 from waypost.telemetry import SAMPLE_EVERY, TELEMETRY, RouteStats
 
 Fallback = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
@@ -136,3 +145,258 @@ class HotPath:
         if start and "index=" not in request.raw_path:
             stats.seconds.observe(time.perf_counter() - start)
         return response
+
+
+# --- Plain reads, answered on the connection itself -----------------------------------
+#
+# Even the hot path above costs aiohttp's per-request machinery: parsing into a message,
+# the request and response objects, the task that serves the connection. For the reads
+# that carry load (a service's instances, the listings), asked with no query, no token
+# and nothing unusual, a connection answers by itself: one match of what it received
+# against the one shape such a request has, one dict lookup, one write of bytes built
+# once per answer, revision and second. The first request a connection cannot answer so
+# hands the connection to aiohttp's handler for good (from the bytes that request
+# brought), so no connection ever has two parsers and every other answer is aiohttp's.
+
+# One whole request, alone in what was received: a GET of an origin-form target over
+# HTTP/1.1 whose header fields are only these common ones (any other, a token, a body, an
+# upgrade, an odd byte: aiohttp's). Header names are case-insensitive, the method and
+# version are not.
+_ALLOWED_FIELDS = (
+    "host|user-agent|accept|accept-encoding|accept-language|accept-charset|cache-control"
+    "|pragma|referer|origin|dnt|x-request-id|x-forwarded-for|x-forwarded-proto"
+    "|x-forwarded-host|x-real-ip|traceparent|tracestate|via"
+)
+PLAIN_GET = re.compile(
+    rb"GET (/[!-~]*) HTTP/1\.1\r\n"
+    rb"(?:(?:(?i:" + _ALLOWED_FIELDS.encode() + rb"):[\t\x20-\x7e\x80-\xff]*"
+    rb"|(?i:connection):[\t ]*(?i:keep-alive)[\t ]*)\r\n)*\r\n"
+)
+# What aiohttp's parser refuses that the pattern lets through: more than this many header
+# lines (its limit is 128), no Host or two, two User-Agents (singletons, RFC 9110).
+MAX_PLAIN_LINES = 64
+MAX_PLAIN_BYTES = 4096
+# An idle connection is closed after this long: aiohttp's own keep-alive default.
+IDLE_CLOSE_S = 3630.0
+# Answers up to this size are sent as one buffer (head and body joined once per revision
+# and second, kept with the answer); bigger ones as two, so a listing of a million
+# instances is never copied.
+MAX_JOINED = 256 * 1024
+log = logging.getLogger(__name__)
+
+
+def plain_target(data: bytes) -> bytes | None:
+    """The request target of ``data`` if it is one whole plain GET (see ``PLAIN_GET``)
+    that aiohttp's parser would accept as it is, else None."""
+    if len(data) > MAX_PLAIN_BYTES:
+        return None
+    match = PLAIN_GET.fullmatch(data)
+    if match is None or data.count(b"\n") > MAX_PLAIN_LINES:
+        return None
+    low = data.lower()
+    if low.count(b"\nhost:") != 1 or low.count(b"\nuser-agent:") > 1:
+        return None
+    return match.group(1)
+
+
+class PlainReads:
+    """The whole HTTP response to a plain read, from a request's bytes (None: not one)."""
+
+    def __init__(self, api: Api) -> None:
+        self._api = api
+        self._gate = api.gate
+        self._cache = api.cache
+        # request target -> (answer key, route stats), None for a target that is not one
+        self._targets: dict[bytes, tuple[Key, RouteStats] | None] = {}
+        self._listings: dict[str, Key] = {
+            "/api/v1/services": ("services", None),
+            "/api/v1/nodes": ("nodes", None),
+            "/api/v1/instances": ("instances", parse_query([])[0]),
+        }
+
+    def __call__(self, data: bytes) -> bytes | tuple[bytes, bytes] | None:
+        target = plain_target(data)
+        if target is None:
+            return None
+        found = self._targets.get(target)
+        if found is None and target not in self._targets:
+            found = self._learn(target)
+        if found is None:
+            return None
+        # With ACLs in use, only while the anonymous token reads everything (a request
+        # with a token, or over mutual TLS, is never a plain read).
+        if self._gate.active() and not self._gate.state.anonymous().sees_everything:
+            return None
+        key, stats = found
+        stats.n += 1
+        start = time.perf_counter() if not stats.n % SAMPLE_EVERY else 0.0
+        ans = self._cache.get(key)
+        date = rfc822_formatted_time()
+        wire = ans.wire
+        out: bytes | tuple[bytes, bytes]
+        if wire is not None and wire[0] == ans.checked and wire[1] == date:
+            out = wire[2]
+        elif len(ans.body) > MAX_JOINED:
+            out = (_head(ans, date), ans.body)  # written as two buffers, never copied
+        else:
+            out = _head(ans, date) + ans.body
+            ans.wire = (ans.checked, date, out)
+        if start:
+            stats.seconds.observe(time.perf_counter() - start)
+        return out
+
+    def _learn(self, target: bytes) -> tuple[Key, RouteStats] | None:
+        path = target.decode("ascii")
+        key = self._listings.get(path)
+        route = path
+        if key is None and path.startswith("/api/v1/services/"):
+            name = path[len("/api/v1/services/") :]
+            if LABEL_RE.match(name) is not None:
+                key = ("instances", Query(service=name))
+                route = "/api/v1/services/{name}"
+        found = None if key is None else (key, TELEMETRY.route(route, "GET"))
+        if len(self._targets) >= MAX_MEMO:
+            self._targets.clear()
+        self._targets[target] = found
+        return found
+
+
+def _head(ans: Answer, date: str) -> bytes:
+    """Status line and the header fields aiohttp sends for this answer (same names, same
+    order)."""
+    return (
+        "HTTP/1.1 200 OK\r\n"
+        "Content-Type: application/json\r\n"
+        f"X-Waypost-Index: {ans.index}\r\n"
+        f"X-Waypost-Revision: {ans.checked}\r\n"
+        f"Content-Length: {len(ans.body)}\r\n"
+        f"Date: {date}\r\n"
+        f"Server: {SERVER_SOFTWARE}\r\n\r\n"
+    ).encode("latin-1")
+
+
+class PlainConnection(asyncio.Protocol):
+    """One client connection: plain reads answered here until the first request that is
+    not one, then aiohttp's ``RequestHandler`` for the rest of the connection."""
+
+    __slots__ = ("_inner", "_paused", "_site", "_timer", "_transport", "_used")
+
+    def __init__(self, site: FastSite) -> None:
+        self._site = site
+        self._inner: asyncio.Protocol | None = None
+        self._transport: asyncio.Transport | None = None
+        self._paused = False
+        self._used = False
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        if transport.get_extra_info("peercert"):
+            # Mutual TLS: the certificate may stand for a token; aiohttp's from the start.
+            self._hand_over()
+            return
+        tcp_keepalive(self._transport)  # as aiohttp's handler does
+        self._site.plain.add(self)
+        self._timer = asyncio.get_running_loop().call_later(IDLE_CLOSE_S, self._idle)
+
+    def data_received(self, data: bytes) -> None:
+        inner = self._inner
+        if inner is None:
+            if not self._paused:
+                try:
+                    out = self._site.reads(data)
+                except Exception:  # a bug here must not cost the request: aiohttp answers
+                    log.exception("plain read of %r failed", data[:200])
+                    out = None
+                if out is not None:
+                    assert self._transport is not None
+                    if isinstance(out, bytes):
+                        self._transport.write(out)
+                    else:
+                        self._transport.writelines(out)
+                    self._used = True
+                    return
+            inner = self._hand_over()
+        inner.data_received(data)
+
+    def _hand_over(self) -> asyncio.Protocol:
+        inner = self._site.handler()
+        self._inner = inner
+        self._site.plain.discard(self)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        assert self._transport is not None
+        inner.connection_made(self._transport)
+        if self._paused:
+            inner.pause_writing()
+        return inner
+
+    def _idle(self) -> None:
+        if self._used:
+            self._used = False
+            self._timer = asyncio.get_running_loop().call_later(IDLE_CLOSE_S, self._idle)
+        elif self._transport is not None:
+            self._timer = None
+            self._transport.close()
+
+    def close(self) -> None:
+        """Close a connection that never needed aiohttp (the server is stopping)."""
+        if self._inner is None and self._transport is not None:
+            self._transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._site.plain.discard(self)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._transport = None
+        if self._inner is not None:
+            self._inner.connection_lost(exc)
+
+    def eof_received(self) -> bool | None:
+        return None if self._inner is None else self._inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self._paused = True
+        if self._inner is not None:
+            self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        if self._inner is not None:
+            self._inner.resume_writing()
+
+
+class FastSite(web.TCPSite):
+    """aiohttp's TCP site with ``PlainConnection`` as the protocol: the application's
+    handler serves every connection once it asks for more than plain reads."""
+
+    def __init__(self, runner: web.BaseRunner, reads: PlainReads, **kw: Any) -> None:
+        super().__init__(runner, **kw)
+        self.reads = reads
+        self.plain: set[PlainConnection] = set()
+        server = runner.server
+        assert server is not None
+        self.handler: Callable[[], asyncio.Protocol] = server
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)  # registers with the runner
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: PlainConnection(self),
+            self._host,
+            self._port,
+            ssl=self._ssl_context,
+            backlog=self._backlog,
+            reuse_address=self._reuse_address,
+            reuse_port=self._reuse_port,
+        )
+        sockets = self._server.sockets
+        self._bound_port = sockets[0].getsockname()[1] if sockets else self._port
+
+    async def stop(self) -> None:
+        await super().stop()
+        for conn in list(self.plain):
+            conn.close()
+        self.plain.clear()
