@@ -203,9 +203,12 @@ def test_plain_reads_answer_byte_for_byte_as_aiohttp(server: ServerProcess) -> N
             "/api/v1/services/nosuch", "/api/v1/services/web?tag=prod", "/api/v1/services/WEB",
             "/api/v1/services/a%2Fb", "/api/v1/services/web/", "/api/v1/nodes/n1", "/health",
         ]  # fmt: skip
+        # As httpx and aiohttp's client ask: keep-alive named, compression offered.
+        named = "Connection: keep-alive\r\nAccept-Encoding: gzip, deflate\r\n\r\n"
         for target in targets:
             plain = ask(server.url, PLAIN.format(target=target))
             assert plain == ask(server.url, NOT_PLAIN.format(target=target)), target
+            assert plain == ask(server.url, PLAIN.format(target=target)[:-2] + named), target
         first = ask(server.url, PLAIN.format(target="/api/v1/services/web"))
         assert first.startswith(b"HTTP/1.1 200 OK\r\n")
         assert b'"id":"web-2"' in first

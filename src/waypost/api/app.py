@@ -23,7 +23,13 @@ from waypost.aio import LoopMonitor
 from waypost.api.acl import AclGate, Limits, retry_after
 from waypost.api.blocking import Answer, AnswerCache, BlockingQueries, Key
 from waypost.api.consul import ConsulApi, add_consul_routes, agent_address
-from waypost.api.metrics import DnsCounts, WaypostCollector, exposition, metrics_registry
+from waypost.api.metrics import (
+    DnsCounts,
+    InstanceGauge,
+    WaypostCollector,
+    exposition,
+    metrics_registry,
+)
 from waypost.api.openapi import openapi_spec
 from waypost.api.ui import add_ui_routes, ui_files
 from waypost.checking import CheckHost
@@ -540,6 +546,7 @@ class Api:
         self.metrics_registry = metrics_registry(
             WaypostCollector(registry, TELEMETRY, self.gauges, dns_status, dns_counts)
         )
+        self.instance_gauge = InstanceGauge()
         self._plain: dict[str, Key] = {}
         # Notices for event streams that are not entry changes (the lease guard holding
         # or letting go): (number, SSE frame), the latest few.
@@ -830,7 +837,8 @@ class Api:
         """Prometheus' text format (``api/metrics.py``; every metric in docs/metrics.md)."""
         self.gate.require(request, READ, "agent")
         return web.Response(
-            body=exposition(self.metrics_registry), headers={"Content-Type": METRICS_TYPE}
+            body=await exposition(self.metrics_registry, self.instance_gauge, self.catalog),
+            headers={"Content-Type": METRICS_TYPE},
         )
 
     def gauges(self) -> dict[str, int]:
