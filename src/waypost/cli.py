@@ -212,6 +212,14 @@ def server(
             help="Processes serving the HTTP API on its port (etcd store only; default 1)."
         ),
     ] = None,
+    no_plain_reads: Annotated[
+        bool,
+        typer.Option(
+            "--no-plain-reads",
+            help="Send every request through aiohttp's request handling (plain reads are "
+            "otherwise answered on the connection).",
+        ),
+    ] = False,
     advertise_mdns: Annotated[
         bool,
         typer.Option("--advertise-mdns", help="Announce this server on mDNS (_waypost._tcp)."),
@@ -277,6 +285,7 @@ def server(
         "dns_workers": dns_workers,
         "etcd_prefix": etcd_prefix,
         "http_workers": http_workers,
+        "plain_reads": False if no_plain_reads else None,
         "advertise_mdns": True if advertise_mdns else None,
         "sign_key": sign_key,
         "tls_cert": tls_cert,

@@ -148,7 +148,7 @@ class WaypostServer:
                 )
             site = FastSite(
                 self._runner,
-                PlainReads(app[API]),
+                PlainReads(app[API]) if self.settings.plain_reads else None,
                 host=host,
                 port=port,
                 reuse_address=True,

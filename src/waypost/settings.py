@@ -58,6 +58,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Processes serving the HTTP API (the server and N-1 whole servers sharing its port;
     # the etcd store only, where servers keep no state of their own).
     http_workers: int = 1
+    # Plain reads answered on the connection, without aiohttp's request handling
+    # (api/hot.py): the same answers, three times the reads a process serves.
+    plain_reads: bool = True
     # Node discovery: announce this server on mDNS (_waypost._tcp.local.), and sign its
     # node-registry.json with this Ed25519 key (waypost keygen).
     advertise_mdns: bool = False

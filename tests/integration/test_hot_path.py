@@ -302,3 +302,19 @@ def test_big_answers_and_a_client_that_does_not_read_get_every_byte_in_order(
             conn.send(PLAIN.format(target=target))
         for n in range(21):
             assert conn.response() == expected, n
+
+
+def test_plain_reads_can_be_turned_off(start_server: Callable[..., ServerProcess]) -> None:
+    """``--no-plain-reads`` (and ``WAYPOST_PLAIN_READS=false``): every connection is
+    aiohttp's; the answers are the same."""
+    for srv in [
+        start_server("--no-plain-reads", name="flag"),
+        start_server(env={"WAYPOST_PLAIN_READS": "false"}, name="env"),
+    ]:
+        with httpx.Client(base_url=srv.url, timeout=10) as http:
+            assert http.put("/api/v1/instances/web-1", json=instance("web-1")).is_success
+            assert str(http.get("/status").json()["config"]["plain_reads"]) == "False"
+        target = "/api/v1/services/web"
+        answer = ask(srv.url, PLAIN.format(target=target))
+        assert b'"id":"web-1"' in answer
+        assert answer == ask(srv.url, NOT_PLAIN.format(target=target))

@@ -368,19 +368,27 @@ class PlainConnection(asyncio.Protocol):
             self._inner.resume_writing()
 
 
+def _none(data: bytes) -> None:
+    return None
+
+
 class FastSite(web.TCPSite):
     """aiohttp's TCP site with ``PlainConnection`` as the protocol: the application's
-    handler serves every connection once it asks for more than plain reads."""
+    handler serves every connection once it asks for more than plain reads. Without
+    ``reads`` (``--no-plain-reads``), aiohttp's site as it is."""
 
-    def __init__(self, runner: web.BaseRunner, reads: PlainReads, **kw: Any) -> None:
+    def __init__(self, runner: web.BaseRunner, reads: PlainReads | None, **kw: Any) -> None:
         super().__init__(runner, **kw)
-        self.reads = reads
+        self.reads: Callable[[bytes], bytes | tuple[bytes, bytes] | None] = reads or _none
         self.plain: set[PlainConnection] = set()
         server = runner.server
         assert server is not None
         self.handler: Callable[[], asyncio.Protocol] = server
 
     async def start(self) -> None:
+        if self.reads is _none:
+            await super().start()
+            return
         await web.BaseSite.start(self)  # registers with the runner
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
