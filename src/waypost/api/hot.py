@@ -22,9 +22,23 @@ from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 from aiohttp import web
-from aiohttp.helpers import rfc822_formatted_time
 from aiohttp.http import SERVER_SOFTWARE
-from aiohttp.tcp_helpers import tcp_keepalive
+
+try:  # what aiohttp's own responses use (not in its public API: a fallback if it goes)
+    from aiohttp.helpers import rfc822_formatted_time
+    from aiohttp.tcp_helpers import tcp_keepalive
+except ImportError:  # pragma: no cover
+    import email.utils
+    import socket
+
+    def rfc822_formatted_time() -> str:
+        return email.utils.formatdate(usegmt=True)
+
+    def tcp_keepalive(transport: asyncio.Transport) -> None:
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+
 
 from waypost.api.app import READ_METHODS, Api, Routed, failure_response
 from waypost.api.blocking import Answer, Key
