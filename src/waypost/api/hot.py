@@ -217,7 +217,6 @@ class PlainReads:
     """The whole HTTP response to a plain read, from a request's bytes (None: not one)."""
 
     def __init__(self, api: Api) -> None:
-        self._api = api
         self._gate = api.gate
         self._cache = api.cache
         # request target -> (answer key, route stats), None for a target that is not one
