@@ -57,7 +57,6 @@ class HotPath:
     application's own handler)."""
 
     def __init__(self, api: Api, fallback: Fallback) -> None:
-        self._api = api
         self._fallback = fallback
         self._gate = api.gate
         self._memo: dict[tuple[str, str], tuple[Routed, str, RouteStats] | None] = {}
