@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.agents import AgentProcess
+from waypost.testing import ServerProcess, free_port
 
 CLONE_NEWNET = 0x40000000
 _names = itertools.count()
@@ -147,6 +148,28 @@ def start_agents(
         (conf / "services.yaml").write_text(definitions(a))
         agents.append(AgentProcess(server, f"n{a}", conf, tmp_path / f"agent{a}", *args).start())
     return agents
+
+
+@contextlib.contextmanager
+def registry_and_agents(
+    tmp_path: Path, count: int, definitions: Callable[[int, int], str], *args: str
+) -> Iterator[tuple[str, int, list[AgentProcess]]]:
+    """Inside a namespace: a server on every address of a free port and ``count`` agents
+    reaching it at 127.0.0.2 (so rules on that address cut the agents off, not the
+    test's own client at 127.0.0.1), agent i running ``definitions(i, port)``; yields the
+    test's URL, the port and the agents, all stopped at the end."""
+    port = free_port()
+    server = ServerProcess(["--no-dns"], tmp_path / "server").start(f"0.0.0.0:{port}")
+    agents: list[AgentProcess] = []
+    try:
+        agents = start_agents(
+            f"http://127.0.0.2:{port}", count, tmp_path, lambda a: definitions(a, port), *args
+        )
+        yield f"http://127.0.0.1:{port}", port, agents
+    finally:
+        for agent in agents:
+            agent.stop()
+        server.stop()
 
 
 @pytest.fixture

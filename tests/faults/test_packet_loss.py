@@ -13,10 +13,8 @@ import httpx
 import pytest
 
 from tests.conftest import wait_until
-from tests.faults.conftest import Netns, loss_rules, start_agents
-from tests.integration.agents import AgentProcess
+from tests.faults.conftest import Netns, loss_rules, registry_and_agents
 from waypost.sse import SseParser
-from waypost.testing import ServerProcess, free_port
 
 LOSS_S = float(os.environ.get("WAYPOST_FAULT_LOSS_S", "120"))
 AGENTS = 3
@@ -44,41 +42,29 @@ def test_one_percent_loss_makes_no_false_deregistration_and_no_flap(
     netns: Any, tmp_path: Path
 ) -> None:
     ns: Netns = netns()
-    with ns.inside():
-        port = free_port()
-        server = ServerProcess(["--no-dns"], tmp_path / "server").start(f"0.0.0.0:{port}")
-        url = f"http://127.0.0.1:{port}"
-        agents: list[AgentProcess] = []
-        try:
-            agents = start_agents(
-                f"http://127.0.0.2:{port}", AGENTS, tmp_path,
-                lambda a: "".join(
-                    f"- id: s{a}-{k}\n  service: svc{k}\n  port: {9000 + k}\n"
-                    f"  checks:\n    - http: {url}/health\n      interval: 5s\n"
-                    for k in range(2)
-                ),
-            )  # fmt: skip
-            with httpx.Client(base_url=url, timeout=10) as h:
+    with ns.inside(), registry_and_agents(
+        tmp_path, AGENTS,
+        lambda a, port: "".join(
+            f"- id: s{a}-{k}\n  service: svc{k}\n  port: {9000 + k}\n"
+            f"  checks:\n    - http: http://127.0.0.1:{port}/health\n      interval: 5s\n"
+            for k in range(2)
+        ),
+    ) as (url, port, _):  # fmt: skip
+        with httpx.Client(base_url=url, timeout=10) as h:
 
-                def statuses() -> list[str]:
-                    return [i["status"] for i in h.get("/api/v1/instances").json()]
+            def statuses() -> list[str]:
+                return [i["status"] for i in h.get("/api/v1/instances").json()]
 
-                wait_until(lambda: statuses() == ["passing"] * (2 * AGENTS), 30, "all passing")
-                start = h.get("/status").json()["revision"]
-                ns.nft(loss_rules("127.0.0.2", port, 1))
-                time.sleep(LOSS_S)  # the fault: this long under loss
-                ns.flush()
-                end = h.get("/status").json()["revision"]
-                assert statuses() == ["passing"] * (2 * AGENTS)
-                assert (
-                    sorted(n["status"] for n in h.get("/api/v1/nodes").json()) == ["alive"] * AGENTS
-                )
-            seen = events_since(url, start, end) if end > start else []
-            deletes = [e for name, e in seen if name in ("delete", "node.delete")]
-            flaps = [e for name, e in seen if name == "put" and e.get("status") != "passing"]
-            assert not deletes, f"false deregistrations under 1% loss: {deletes[:3]}"
-            assert not flaps, f"status flaps under 1% loss: {flaps[:3]}"
-        finally:
-            for agent in agents:
-                agent.stop()
-            server.stop()
+            wait_until(lambda: statuses() == ["passing"] * (2 * AGENTS), 30, "all passing")
+            start = h.get("/status").json()["revision"]
+            ns.nft(loss_rules("127.0.0.2", port, 1))
+            time.sleep(LOSS_S)  # the fault: this long under loss
+            ns.flush()
+            end = h.get("/status").json()["revision"]
+            assert statuses() == ["passing"] * (2 * AGENTS)
+            assert sorted(n["status"] for n in h.get("/api/v1/nodes").json()) == ["alive"] * AGENTS
+        seen = events_since(url, start, end) if end > start else []
+        deletes = [e for name, e in seen if name in ("delete", "node.delete")]
+        flaps = [e for name, e in seen if name == "put" and e.get("status") != "passing"]
+        assert not deletes, f"false deregistrations under 1% loss: {deletes[:3]}"
+        assert not flaps, f"status flaps under 1% loss: {flaps[:3]}"
