@@ -3,6 +3,7 @@ a real ``waypost server`` child process."""
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import os
@@ -15,8 +16,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
+from typing import Self
 
 from waypost.server import WaypostServer
 from waypost.settings import Settings
@@ -54,7 +56,32 @@ SERVING = re.compile(r"serving (https?://\S+)")
 DNS = re.compile(r"dns (\S+)\)")
 
 
-class ServerProcess:
+class _Child:
+    """A child process that is a context manager, blocking (``with``) or async (``async
+    with``, which starts and stops it in a worker thread so the event loop runs on)."""
+
+    proc: subprocess.Popen[str] | None
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self if self.proc is not None else self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> Self:
+        return self if self.proc is not None else await asyncio.to_thread(self.start)
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.to_thread(self.stop)
+
+
+class ServerProcess(_Child):
     """A ``waypost server`` child process on loopback; ``url`` once it serves.
 
     Its stderr goes to ``DATA_DIR/server.log``. ``restart`` keeps the port and the data,
@@ -79,7 +106,7 @@ class ServerProcess:
         self.dns_listeners: list[tuple[str, int]] = []
         self.log = self.data_dir / "server.log"
 
-    def start(self, http: str | None = None) -> ServerProcess:
+    def start(self, http: str | None = None) -> Self:
         """Start and wait until the server announces its address (default: a free port
         outside the ephemeral range, so ``restart`` finds it free again)."""
         http = http or f"127.0.0.1:{free_port()}"
@@ -161,17 +188,13 @@ class ServerProcess:
             self.proc.stdout.close()
 
 
-@contextlib.contextmanager
-def server_process(*args: str, data_dir: str | Path | None = None) -> Iterator[ServerProcess]:
-    """A started ``ServerProcess``, stopped on exit."""
-    proc = ServerProcess(args, data_dir).start()
-    try:
-        yield proc
-    finally:
-        proc.stop()
+def server_process(*args: str, data_dir: str | Path | None = None) -> ServerProcess:
+    """A ``ServerProcess`` to use with ``with`` or ``async with``: started on entry,
+    stopped on exit."""
+    return ServerProcess(args, data_dir)
 
 
-class ProxyProcess:
+class ProxyProcess(_Child):
     """A ``waypost proxy`` child process; ``url`` once it serves. Its stderr goes to
     ``log``. ``restart`` keeps the port."""
 
@@ -183,7 +206,7 @@ class ProxyProcess:
         self.url = ""
         self.admin = ""  # with --admin: its URL
 
-    def start(self, listen: str | None = None) -> ProxyProcess:
+    def start(self, listen: str | None = None) -> Self:
         listen = listen or f"127.0.0.1:{free_port()}"
         cmd = [
             sys.executable,
@@ -229,14 +252,10 @@ class ProxyProcess:
         return self.start(f"127.0.0.1:{port}")
 
 
-@contextlib.contextmanager
-def proxy_process(servers: str, *args: str) -> Iterator[ProxyProcess]:
-    """A started ``ProxyProcess`` for ``servers`` (URL[,URL...]), stopped on exit."""
-    proc = ProxyProcess(servers, *args).start()
-    try:
-        yield proc
-    finally:
-        proc.stop()
+def proxy_process(servers: str, *args: str) -> ProxyProcess:
+    """A ``ProxyProcess`` for ``servers`` (URL[,URL...]) to use with ``with`` or ``async
+    with``: started on entry, stopped on exit."""
+    return ProxyProcess(servers, *args)
 
 
 _handed_out: collections.deque[int] = collections.deque(maxlen=4096)

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 import httpx
 import pytest
 
-from tests.conftest import ServerProcess, until, wait_until
+from tests.conftest import ServerProcess, in_thread, until, wait_until
 from waypost.actors import (
     Actor,
     ActorNotFound,
@@ -53,6 +53,12 @@ def worker(
         if proc.poll() is None:
             proc.terminate()
         proc.communicate(timeout=15)
+
+
+async def handled(base: str) -> int:
+    """How many messages a worker's actors have handled (its ``/status``)."""
+    async with httpx.AsyncClient(timeout=10) as http:
+        return int((await http.get(f"{base}/status")).json()["handled"])
 
 
 class Source(Actor):
@@ -132,23 +138,22 @@ def test_three_networks_discover_each_other_and_run_one_workflow(server: ServerP
                     "beta",
                     "gamma",
                 ]
-                before = {n: httpx.get(f"{u}/status").json()["handled"] for n, u in
-                          (("beta", beta), ("gamma", _gamma))}  # fmt: skip
+                bases = {"beta": beta, "gamma": _gamma}
+                before = {n: await handled(u) for n, u in bases.items()}
                 for i in range(10):
                     await alpha.send("any-upper", "in", f"b{i}")
-                after = {n: httpx.get(f"{u}/status").json()["handled"] for n, u in
-                         (("beta", beta), ("gamma", _gamma))}  # fmt: skip
+                after = {n: await handled(u) for n, u in bases.items()}
                 assert {n: after[n] - before[n] for n in after} == {"beta": 5, "gamma": 5}
 
                 # A wrong token: refused, and nothing reaches beta's actor.
-                handled = httpx.get(f"{beta}/status").json()["handled"]
+                handled_before = await handled(beta)
                 intruder = Network(
                     "intruder", instance_id="x1", discovery=[server.url], auth_token="wrong"
                 )
                 async with intruder:
                     with pytest.raises(AuthenticationFailed):
                         await intruder.send_remote("beta", "upper", "in", "let me in")
-                assert httpx.get(f"{beta}/status").json()["handled"] == handled
+                assert await handled(beta) == handled_before
 
         asyncio.run(go())
 
@@ -243,10 +248,8 @@ def test_a_remote_actor_that_stops_answering_is_marked_and_found_again(
         alpha.add_node("src", Source())
         alpha.add_node("sink", sink)
         async with alpha:
-            with worker(server, "flaky", f"upper={kit}:Upper", "--heartbeat-interval", "1s") as (
-                proc,
-                _,
-            ):
+            flaky = worker(server, "flaky", f"upper={kit}:Upper", "--heartbeat-interval", "1s")
+            async with in_thread(flaky) as (proc, _):
                 up = await alpha.register_remote_actor("upper", "flaky")
                 alpha.add_connection(("src", "out"), (up, "in"))
                 alpha.add_connection((up, "out"), ("sink", "in"))
@@ -255,7 +258,8 @@ def test_a_remote_actor_that_stops_answering_is_marked_and_found_again(
                 os.kill(proc.pid, signal.SIGKILL)
                 await until(lambda: not alpha.remote_actors()[0].available, "marked unavailable")
             # The network comes back (a new process, a new port): found again.
-            with worker(server, "flaky", f"upper={kit}:Upper", "--heartbeat-interval", "1s"):
+            again = worker(server, "flaky", f"upper={kit}:Upper", "--heartbeat-interval", "1s")
+            async with in_thread(again):
                 await until(lambda: alpha.remote_actors()[0].available, "available again", 15)
                 await alpha.send("src", "in", "two")
         assert sink.got == ["ONE", "TWO"]
