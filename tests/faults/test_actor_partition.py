@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tests.conftest import until
 from tests.faults.conftest import Netns, partition_rules
 from tests.integration.test_actors import Sink
 from waypost.actors import Network
@@ -51,8 +52,7 @@ def test_a_partition_mid_stream_loses_and_duplicates_no_acknowledged_message(
                         acked.append(m)
 
                 tasks = [asyncio.create_task(sender(s)) for s in range(SENDERS)]
-                while len(acked) < SENDERS * PER_SENDER // 4:
-                    await asyncio.sleep(0.01)
+                await until(lambda: len(acked) >= SENDERS * PER_SENDER // 4, "a quarter acked")
                 await asyncio.to_thread(ns.nft, partition_rules("127.0.0.3", port))
                 await asyncio.sleep(CUT_S)  # the fault: the link cut this long
                 at_heal = len(acked)

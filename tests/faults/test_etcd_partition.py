@@ -156,7 +156,13 @@ def test_the_leader_cut_off_during_writes_loses_nothing_acknowledged(
             time.sleep(max(0.0, CUT_S - (time.monotonic() - cut_at)))  # the fault's length
             members[leader].flush()
             healed_at = time.monotonic()
-            time.sleep(1.0)  # writes go on a moment after the heal, on both sides
+            # Writes go on after the heal, on both sides, before the check.
+            at_heal = [len(w.acked) for w in writers]
+            wait_until(
+                lambda: all(len(w.acked) > n + 5 for w, n in zip(writers, at_heal, strict=True)),
+                30,
+                "writes on both sides after the heal",
+            )
             settle_and_check(writers, cut_at, healed_at, record_property)
 
 

@@ -247,12 +247,15 @@ def test_ttl_instances_go_critical_then_are_deregistered(http: httpx.Client) -> 
 def test_heartbeats_keep_a_ttl_instance_passing(http: httpx.Client) -> None:
     import time
 
-    http.put("/api/v1/instances/t", json=instance("t", ttl="700ms"))
-    end = time.monotonic() + 2.0
-    while time.monotonic() < end:  # bounded loop: heartbeat well inside the TTL
+    http.put("/api/v1/instances/t", json=instance("t", ttl="1s"))
+    registered = time.monotonic()
+
+    def beat() -> bool:  # a heartbeat every 0.1 s, well inside the TTL, for two TTLs
         assert http.put("/api/v1/instances/t/heartbeat").status_code == 200
         assert http.get("/api/v1/instances/t").json()["status"] == "passing"
-        time.sleep(0.1)
+        return time.monotonic() - registered > 2.0
+
+    wait_until(beat, 10, "two TTLs of heartbeats", interval_s=0.1)
 
 
 def test_heartbeat_without_ttl_is_refused(http: httpx.Client) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import pytest
 
 import waypost
-from tests.conftest import ServerProcess, wait_until
+from tests.conftest import ServerProcess, until, wait_until
 from waypost import AsyncClient, Client, Event, Gone, InvalidInput, NotFound, Status, Unavailable
 
 
@@ -145,8 +145,11 @@ def test_async_client_does_the_same(server: ServerProcess) -> None:
                         return
 
             watcher = asyncio.create_task(follow())
-            while (await c.status()).blocking_waiters < 1:
-                await asyncio.sleep(0.01)
+
+            async def parked() -> bool:
+                return (await c.status()).blocking_waiters >= 1
+
+            await until(parked, "the blocking query to park")
             await c.register(id="w2", service="web", address="10.0.0.2", port=80)
             res = await asyncio.wait_for(blocked, 10)
             assert [i.id for i in res.instances] == ["w1", "w2"]
@@ -163,12 +166,16 @@ def test_async_client_does_the_same(server: ServerProcess) -> None:
 
 def test_keepalive_keeps_a_ttl_instance_passing_until_stopped(server: ServerProcess) -> None:
     with Client(server.url) as c:
-        c.register(id="t1", service="web", address="10.0.0.1", port=80, ttl="700ms")
+        c.register(id="t1", service="web", address="10.0.0.1", port=80, ttl="1s")
         ka = c.keepalive("t1", interval_s=0.05)
         try:
-            end = time.monotonic() + 2.0
-            while time.monotonic() < end:  # bounded: well past three TTLs
+            start = time.monotonic()
+
+            def passing_for_two_ttls() -> bool:
                 assert c.get("t1").status is Status.PASSING
+                return time.monotonic() - start > 2.0
+
+            wait_until(passing_for_two_ttls, 10, "two TTLs of keep-alives", interval_s=0.02)
         finally:
             ka.stop()
         assert not ka.running
@@ -178,12 +185,15 @@ def test_keepalive_keeps_a_ttl_instance_passing_until_stopped(server: ServerProc
 def test_async_keepalive(server: ServerProcess) -> None:
     async def go() -> None:
         async with AsyncClient(server.url) as c:
-            await c.register(id="t1", service="web", address="10.0.0.1", port=80, ttl="700ms")
+            await c.register(id="t1", service="web", address="10.0.0.1", port=80, ttl="1s")
             ka = c.keepalive("t1", interval_s=0.05)
-            end = time.monotonic() + 2.0
-            while time.monotonic() < end:
+            start = time.monotonic()
+
+            async def passing_for_two_ttls() -> bool:
                 assert (await c.get("t1")).status is Status.PASSING
-                await asyncio.sleep(0.02)
+                return time.monotonic() - start > 2.0
+
+            await until(passing_for_two_ttls, "two TTLs of keep-alives", interval_s=0.02)
             await ka.stop()
             assert not ka.running
 

@@ -53,8 +53,8 @@ def stream(
 def test_a_node_and_its_instances_live_and_die_with_one_lease(
     server: ServerProcess, http: httpx.Client
 ) -> None:
-    lease = http.post("/api/v1/leases", json={"ttl": "1s"}).json()
-    assert lease["ttl"] == "1s"
+    lease = http.post("/api/v1/leases", json={"ttl": "2s"}).json()
+    assert lease["ttl"] == "2s"
     lid = lease["id"]
     assert (
         http.put("/api/v1/nodes/n1", json={"address": "10.0.0.9", "lease": lid}).status_code == 200
@@ -70,11 +70,14 @@ def test_a_node_and_its_instances_live_and_die_with_one_lease(
         ("node", "n1"),
     ]
     start_rev = int(http.get("/status").json()["revision"])
-    # Kept alive for 2.5 TTLs: everything stays.
-    end = time.monotonic() + 2.5
-    while time.monotonic() < end:  # bounded: 2.5 s of keep-alives every 0.3 s
+    # Kept alive for 2.5 TTLs, a keep-alive every 0.3 s: everything stays.
+    kept_from = time.monotonic()
+
+    def keep_alive() -> bool:
         assert http.put(f"/api/v1/leases/{lid}/keepalive").status_code == 200
-        time.sleep(0.3)
+        return time.monotonic() - kept_from > 2.5 * 2.0
+
+    wait_until(keep_alive, 15, "2.5 TTLs of keep-alives", interval_s=0.3)
     assert len(http.get("/api/v1/instances").json()) == 3
     node = http.get("/api/v1/nodes/n1").json()
     assert (node["registered"], node["instances"], node["lease"]) == (True, 3, lid)
@@ -97,7 +100,7 @@ def test_a_node_and_its_instances_live_and_die_with_one_lease(
     assert opened.wait(5)
     sent = time.monotonic()
     assert http.put(f"/api/v1/leases/{lid}/keepalive").status_code == 200
-    deadline = sent + 1.0  # the server's deadline is at most this (it renewed after `sent`)
+    deadline = sent + 2.0  # the server's deadline is at most this (it renewed after `sent`)
     t.join(10)
     assert sorted((m.event, m.data.split('"id":"')[1].split('"')[0]) for m in got) == [
         ("delete", "w0"),
@@ -105,7 +108,10 @@ def test_a_node_and_its_instances_live_and_die_with_one_lease(
         ("delete", "w2"),
         ("node.delete", "n1"),
     ]
-    assert max(stamps) - deadline < 0.1, f"deleted {max(stamps) - deadline:.3f}s late"
+    # Deleted at the lease's own deadline, not at some later sweep. The store's unit tests
+    # hold the exact timing on a ManualClock; here, over real sockets and a loaded
+    # machine's scheduler, half a second is the margin.
+    assert max(stamps) - deadline < 0.5, f"deleted {max(stamps) - deadline:.3f}s late"
     assert http.get("/api/v1/instances").json() == []
     assert http.get(f"/api/v1/leases/{lid}").status_code == 404
     assert http.put(f"/api/v1/leases/{lid}/keepalive").status_code == 404

@@ -11,6 +11,7 @@ import aiohttp
 import msgspec
 import pytest
 
+from tests.conftest import until
 from waypost.api.blocking import AnswerCache
 from waypost.catalog import MAX_EMPTY_SERVICES, Catalog
 from waypost.errors import StoreError
@@ -179,22 +180,15 @@ def test_a_failing_pump_recovers_and_health_says_503_meanwhile() -> None:
             cat.apply = apply  # type: ignore[method-assign]
             body = {"service": "web", "address": "10.0.0.1", "port": 80}
             put = asyncio.create_task(http.put("/api/v1/instances/w1", json=body))
-            for _ in range(500):
+
+            async def health(status: int) -> dict[str, Any] | None:
                 async with http.get("/health") as r:
-                    if r.status == 503:
-                        assert "internal error" in (await r.json())["message"]
-                        break
-                await asyncio.sleep(0.01)
-            else:
-                raise AssertionError("/health never said 503")
+                    return await r.json() if r.status == status else None
+
+            failing = await until(lambda: health(503), "/health to say 503", timeout_s=5)
+            assert "internal error" in failing["message"]
             broken = False
-            for _ in range(1000):
-                async with http.get("/health") as r:
-                    if r.status == 200:
-                        break
-                await asyncio.sleep(0.01)
-            else:
-                raise AssertionError("the pump never recovered")
+            await until(lambda: health(200), "the pump to recover", timeout_s=10)
             (await put).release()
             async with http.get("/api/v1/instances/w1") as r:
                 assert r.status == 200
@@ -215,10 +209,7 @@ def test_the_event_stream_handler_lets_cancellation_through() -> None:
         ):
             await r.content.readline()
             app = server._runner.app  # type: ignore[union-attr]
-            for _ in range(200):
-                if app[STREAMS]:
-                    break
-                await asyncio.sleep(0.01)
+            await until(lambda: app[STREAMS], "the stream's task", timeout_s=2)
             (task,) = app[STREAMS]
             task.cancel()
             await asyncio.wait([task], timeout=5)

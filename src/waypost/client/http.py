@@ -31,7 +31,7 @@ import asyncio
 import random
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -82,6 +82,9 @@ class _Caller:
     zone: str
     _rng: random.Random
     _policies: dict[str, Policies]
+    #: The monotonic clock breakers, retry budgets and ejection times read; a test sets a
+    #: ``waypost.testing.ManualClock`` to move them without waiting.
+    clock: Callable[[], float] = staticmethod(time.monotonic)
 
     def _held(self, service: str) -> ServiceView | None:
         raise NotImplementedError
@@ -100,7 +103,7 @@ class _Caller:
     def stats(self) -> dict[str, object]:
         """Each service this caller reached (the service, and those its routes sent
         requests to): its endpoints' counters and breaker states, and the view's age."""
-        now = time.monotonic()
+        now = self.clock()
         out: dict[str, object] = {}
         for name, p in sorted(self._policies.items()):
             view = self._held(name)
@@ -218,13 +221,13 @@ class ServiceHttp(_Caller):
             view.versions(),
             method,
             key,
-            now=time.monotonic(),
+            now=self.clock(),
             subset=route.subset if route is not None else None,
             path=path,
         )
         try:
             while True:
-                attempt = ex.next(time.monotonic())
+                attempt = ex.next(self.clock())
                 failure: _Failure | None = None
                 resp: HttpResponse | None = None
                 try:
@@ -233,7 +236,7 @@ class ServiceHttp(_Caller):
                     failure = exc
                 wait = ex.finished(
                     attempt,
-                    time.monotonic(),
+                    self.clock(),
                     status=resp.status if resp is not None else None,
                     failure=failure.kind if failure is not None else None,
                     detail=str(failure) if failure is not None else "",
@@ -377,14 +380,14 @@ class SyncServiceHttp(_Caller):
                 view.versions(),
                 method,
                 key,
-                now=time.monotonic(),
+                now=self.clock(),
                 subset=route.subset if route is not None else None,
                 path=path,
             )
         try:
             while True:
                 with self._lock:
-                    attempt = ex.next(time.monotonic())
+                    attempt = ex.next(self.clock())
                 failure: _Failure | None = None
                 resp: HttpResponse | None = None
                 try:
@@ -394,7 +397,7 @@ class SyncServiceHttp(_Caller):
                 with self._lock:
                     wait = ex.finished(
                         attempt,
-                        time.monotonic(),
+                        self.clock(),
                         status=resp.status if resp is not None else None,
                         failure=failure.kind if failure is not None else None,
                         detail=str(failure) if failure is not None else "",

@@ -6,16 +6,9 @@ from __future__ import annotations
 
 import asyncio
 
+from tests.conftest import until
 from waypost.health.scheduler import Scheduler
 from waypost.model import Check, CheckState, Status
-
-
-async def _until(cond: object, timeout_s: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not cond():  # type: ignore[operator]
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("timed out")
-        await asyncio.sleep(0.01)
 
 
 def test_reports_changes_only_and_keeps_state_on_unchanged_checks() -> None:
@@ -30,7 +23,7 @@ def test_reports_changes_only_and_keeps_state_on_unchanged_checks() -> None:
         s = Scheduler(report, first_run_spread_s=0.0)
         check = Check(tcp=f"127.0.0.1:{port}", name="t", interval="20ms")
         s.set_instance("a", [check])
-        await _until(lambda: s.runs >= 10)
+        await until(lambda: s.runs >= 10, "ten runs")
         assert len(reports) == 1  # the first result only: nothing changed after
         assert reports[0][1][0].status is Status.PASSING
         machine = next(m for _, m in s.machines())
@@ -38,7 +31,7 @@ def test_reports_changes_only_and_keeps_state_on_unchanged_checks() -> None:
         assert next(m for _, m in s.machines()) is machine
         server.close()
         await server.wait_closed()
-        await _until(lambda: len(reports) == 2)
+        await until(lambda: len(reports) == 2, "the second report")
         assert reports[1][1][0].status is Status.CRITICAL
         await s.close()
 
@@ -66,7 +59,7 @@ def test_parallelism_is_bounded() -> None:
             running += 1
             most = max(most, running)
             try:
-                await asyncio.sleep(0.02)
+                await asyncio.sleep(0.02)  # a check that takes a while (the fake)
                 return await original(check, limit_s)
             finally:
                 running -= 1
@@ -74,7 +67,7 @@ def test_parallelism_is_bounded() -> None:
         s._execute = counted  # type: ignore[method-assign]
         for n in range(20):
             s.set_instance(f"i{n}", [Check(tcp=f"127.0.0.1:{port}", interval="50ms")])
-        await _until(lambda: s.runs >= 60)
+        await until(lambda: s.runs >= 60, "sixty runs")
         assert most == 3
         await s.close()
         server.close()
@@ -92,7 +85,7 @@ def test_grpc_channels_of_removed_checks_are_closed() -> None:
         for n in range(50):
             check = Check(grpc=f"127.0.0.1:{20000 + n}", interval="10ms", timeout="50ms")
             s.set_instance(f"i{n}", [check])
-            await _until(lambda n=n: s.runs > n)  # type: ignore[misc]
+            await until(lambda n=n: s.runs > n, "a run")  # type: ignore[misc]
             s.remove_instance(f"i{n}")
         # Without the release, one channel per target ever checked would stay open.
         assert s.context.grpc_channels == {}
