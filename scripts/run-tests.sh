@@ -12,7 +12,7 @@ LANE2=(tests/faults tests/integration/test_openapi_fuzz.py tests/integration/tes
        tests/integration/test_actors.py)
 "$BIN/python" -m pytest -q -m "not slow" -p no:cacheprovider "${LANE2[@]}" >"$log" 2>&1 &
 faults=$!
-"$BIN/python" -m pytest -q -m "not slow" "${LANE2[@]/#/--ignore=}" "$@"
+"$BIN/python" -m pytest -q -m "not slow" -n 2 --dist worksteal "${LANE2[@]/#/--ignore=}" "$@"
 main=$?
 wait "$faults"
 fault_status=$?
