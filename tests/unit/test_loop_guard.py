@@ -28,7 +28,7 @@ def _run_on_a_loop(callback: Callable[[], None]) -> None:
 
 
 def test_a_callback_that_computes_for_150_ms_is_reported() -> None:
-    with LoopGuard() as guard:
+    with LoopGuard(cpu_limit_s=0.1, wall_limit_s=1.0) as guard:
         _run_on_a_loop(lambda: _compute(0.15))
     assert len(guard.reports) == 1, guard.reports
     assert "computed for 0.1" in guard.reports[0]
@@ -39,7 +39,7 @@ def test_a_coroutine_step_that_computes_is_reported_with_its_coroutine() -> None
     async def busy() -> None:
         _compute(0.15)
 
-    with LoopGuard() as guard:
+    with LoopGuard(cpu_limit_s=0.1, wall_limit_s=1.0) as guard:
         asyncio.run(busy())
     assert len(guard.reports) == 1, guard.reports
     assert "busy()" in guard.reports[0]
@@ -65,7 +65,7 @@ def test_a_preempted_callback_is_not_reported() -> None:
         took.append(time.monotonic() - start)
 
     try:
-        with LoopGuard() as guard:
+        with LoopGuard(cpu_limit_s=0.1, wall_limit_s=1.0) as guard:
             _run_on_a_loop(step)
     finally:
         stop.set()
@@ -76,10 +76,10 @@ def test_a_preempted_callback_is_not_reported() -> None:
 
 
 def test_a_short_wait_off_the_cpu_is_not_reported_but_a_blocking_second_is() -> None:
-    with LoopGuard() as guard:
+    with LoopGuard(cpu_limit_s=0.1, wall_limit_s=1.0) as guard:
         _run_on_a_loop(lambda: threading.Event().wait(0.3))
     assert guard.reports == []
-    with LoopGuard() as guard:
+    with LoopGuard(cpu_limit_s=0.1, wall_limit_s=1.0) as guard:
         _run_on_a_loop(lambda: threading.Event().wait(1.2))
     assert len(guard.reports) == 1
     assert "blocked the loop for 1." in guard.reports[0]
@@ -97,7 +97,7 @@ def test_a_garbage_collection_during_a_callback_is_not_counted_as_its_work() -> 
         spent.append(time.thread_time() - start)
 
     try:
-        with LoopGuard() as guard:
+        with LoopGuard(cpu_limit_s=0.1, wall_limit_s=1.0) as guard:
             _run_on_a_loop(collect)
     finally:
         del heap

@@ -6,12 +6,16 @@ from __future__ import annotations
 import asyncio
 import time
 
-from tests.conftest import until
+from tests.conftest import LoopGuard, until
 from waypost.aio import LoopMonitor
 
 
 def test_a_blocked_loop_shows_as_a_stall_of_about_that_length() -> None:
-    asyncio.run(_blocked_loop())
+    # This test blocks its loop on purpose (80 ms): held to the suite's standard limits
+    # even in an audit run with a lower wall-clock limit.
+    with LoopGuard(cpu_limit_s=0.1, wall_limit_s=1.0) as guard:
+        asyncio.run(_blocked_loop())
+    assert guard.reports == []
 
 
 async def _blocked_loop() -> None:
