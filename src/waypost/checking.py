@@ -37,7 +37,9 @@ class CheckHost:
     ) -> None:
         self.registry = registry
         self.members = members
-        self.scheduler = Scheduler(self._report, parallelism=parallelism)
+        self.scheduler = Scheduler(
+            self._report, parallelism=parallelism, files=registry.check_files
+        )
         self._rescan: asyncio.Task[None] | None = None
         self._rescan_wanted = False
         registry.listeners.append(self._on_batch)

@@ -184,6 +184,13 @@ def server(
     ] = None,
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error.")] = None,
     enable_command_checks: CommandChecksOpt = False,
+    check_files_dir: Annotated[
+        str | None,
+        typer.Option(
+            help="Directory the checks of API-registered instances may read files from "
+            "(an https check's ca_file; default: none)."
+        ),
+    ] = None,
     dns: Annotated[
         str | None,
         typer.Option(help="DNS HOST:PORT, UDP and TCP (comma list; default 127.0.0.1:8600)."),
@@ -277,6 +284,7 @@ def server(
         "log_level": log_level,
         # Only a given flag overrides the environment and the file.
         "enable_command_checks": True if enable_command_checks else None,
+        "check_files_dir": check_files_dir,
         "dns": "" if no_dns else dns,
         "dns_domain": dns_domain,
         "dns_ttl": dns_ttl,

@@ -34,6 +34,7 @@ from waypost.aio import cancel_all
 from waypost.catalog import Catalog
 from waypost.durations import parse_duration
 from waypost.errors import Conflict, Forbidden, Gone, NotFound, WaypostError
+from waypost.health.files import CheckFiles
 from waypost.health.machine import worst
 from waypost.health.ttl import TtlTimers
 from waypost.members import Members
@@ -188,6 +189,7 @@ class Registry:
         clock: Clock = time.time,
         monotonic: Clock | None = None,
         command_checks: bool = False,
+        check_files: CheckFiles | None = None,
         members: Members | None = None,
     ) -> None:
         self.store = store
@@ -196,6 +198,9 @@ class Registry:
         self.members = members
         self.node_name = node_name
         self.command_checks = command_checks
+        # What the checks this server runs may read (ca_file): nothing unless the
+        # operator names a directory (--check-files-dir).
+        self.check_files = check_files or CheckFiles()
         self._clock = clock
         # Deadlines: a monotonic clock (a test's ManualClock serves as both).
         self._monotonic = monotonic or (clock if clock is not time.time else time.monotonic)
@@ -361,15 +366,17 @@ class Registry:
         """Fill in what the server owns: node, timestamps (registered_at kept on replace)
         and, unless an agent reports them, the health of the instance's checks: a check
         new or changed starts at its initial status, one unchanged keeps its state."""
-        if not inst.agent and not self.command_checks:
+        if not inst.agent:
             for check in inst.checks:
-                if check.kind == "command":
+                if check.kind == "command" and not self.command_checks:
                     raise Forbidden(
                         f"instance {inst.id!r}: command checks are disabled on this server "
                         "(start it with --enable-command-checks, or define the check in "
                         "an agent's files)",
                         field="checks",
                     )
+                if isinstance(check.ca_file, str):
+                    self.check_files.allowed(check.ca_file)  # Forbidden outside the dir
         now = self._clock()
         old = self.catalog.get(inst.id)
         inst = msgspec.structs.replace(

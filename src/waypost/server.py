@@ -26,6 +26,7 @@ from waypost.checking import CheckHost
 from waypost.dns.server import DnsServer
 from waypost.dns.workers import DnsWorkers, worker_command
 from waypost.errors import WaypostError
+from waypost.health.files import CheckFiles
 from waypost.members import Members, member_id
 from waypost.model import DnsStatus
 from waypost.processes import Workers
@@ -67,6 +68,7 @@ class WaypostServer:
             self.catalog,
             node_name=settings.node,
             command_checks=settings.enable_command_checks,
+            check_files=CheckFiles(settings.check_files_dir or None),
             members=self.members,
         )
         # Checks of instances registered through the API (agents check their own).

@@ -46,6 +46,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # server: off unless asked (Consul's enable_script_checks). Agents run the command
     # checks of their own definition files regardless.
     enable_command_checks: bool = False
+    # The directory the checks this server runs may read files from (an https check's
+    # ca_file, relative to it or under it); empty: none. Agents' checks read any path.
+    check_files_dir: str = ""
     # DNS: listeners (HOST:PORT, comma list; empty: off), the zone, answer TTL,
     # whether warning instances are answered, and recursors for other names.
     dns: str = "127.0.0.1:8600"

@@ -95,10 +95,14 @@ class ServerProcess(_Child):
         *,
         env: Mapping[str, str] | None = None,
         node: str = "test-node",
+        stdin: int | None = None,
     ) -> None:
+        """``stdin``: what the process reads as its standard input (a file descriptor, or
+        ``subprocess.PIPE``; default: this process's)."""
         self.args = list(args)
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="waypost-"))
         self.env = dict(env or {})
+        self.stdin = stdin
         self.node = node
         self.proc: subprocess.Popen[str] | None = None
         self.url = ""
@@ -135,6 +139,7 @@ class ServerProcess(_Child):
                 stderr=log,
                 text=True,
                 env={**os.environ, **self.env},
+                stdin=self.stdin,
             )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()  # printed once the server serves

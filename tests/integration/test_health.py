@@ -93,10 +93,13 @@ def test_http_429_is_warning_and_body_is_output(http: httpx.Client, target: Http
 
 
 def test_https_verify_on_off_and_ca_file(
-    http: httpx.Client, tmp_path: Path, start_server: Callable[..., ServerProcess]
+    tmp_path: Path, start_server: Callable[..., ServerProcess]
 ) -> None:
     cert, key = self_signed(tmp_path)
     target = HttpTarget(tls=(cert, key))
+    # The server reads a check's ca_file only under the directory its operator names.
+    srv = start_server("--check-files-dir", str(tmp_path))
+    http = httpx.Client(base_url=srv.url, timeout=10)
     try:
         url = f"https://127.0.0.1:{target.port}/health"
         base = {"https": url, **FAST, "unhealthy_threshold": 1}
@@ -109,7 +112,11 @@ def test_https_verify_on_off_and_ca_file(
         refused = get(http, "system-ca")
         assert refused["status"] == "critical"
         assert "certificate" in refused["output"].lower() or "TLS" in refused["output"]
+        # A relative name is taken under that directory.
+        register(http, "relative-ca", [base | {"ca_file": cert.name}])
+        wait_status(http, "relative-ca", "passing")
     finally:
+        http.close()
         target.close()
 
 

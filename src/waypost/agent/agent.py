@@ -36,6 +36,7 @@ from waypost.aio import cancel_all, until_signalled
 from waypost.client import AsyncClient
 from waypost.durations import parse_duration
 from waypost.errors import InvalidInput, NotFound, Unavailable, WaypostError
+from waypost.health.files import CheckFiles
 from waypost.health.scheduler import Scheduler
 from waypost.model import CheckState, Instance
 
@@ -153,7 +154,8 @@ class Agent:
         self.refresh_s = parse_duration(settings.refresh_interval, field="refresh_interval")
         self.client = self._make_client(settings)
         self._discovery_task: asyncio.Task[None] | None = None
-        self.scheduler = Scheduler(self._report)
+        # The agent's checks come from its operator's own files: they may read any path.
+        self.scheduler = Scheduler(self._report, files=CheckFiles(anywhere=True))
         self.defs: dict[str, Instance] = {}
         self.lease: int | None = None
         self.draining = False

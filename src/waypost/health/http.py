@@ -18,8 +18,8 @@ async def run(check: Check, ctx: CheckContext) -> tuple[Status, str]:
     if url.startswith("https://"):
         ca_file = check.ca_file if check.ca_file is not UNSET else None
         try:
-            tls = ctx.tls(check.tls_verify, ca_file)
-        except (OSError, ssl.SSLError) as exc:
+            tls = await ctx.tls(check.tls_verify, ca_file)
+        except (OSError, ssl.SSLError, ValueError) as exc:
             return Status.CRITICAL, f"cannot use ca_file {ca_file}: {exc}"
     try:
         async with ctx.session().request(

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from waypost.durations import parse_duration
 from waypost.health import command, grpc, http, tcp
 from waypost.health.context import CheckContext
+from waypost.health.files import CheckFiles
 from waypost.health.machine import CheckMachine
 from waypost.model import Check, CheckState, Status
 from waypost.telemetry import TELEMETRY
@@ -76,7 +77,9 @@ class Scheduler:
         clock: Clock = time.monotonic,
         wall: Clock = time.time,
         first_run_spread_s: float = FIRST_RUN_SPREAD_S,
+        files: CheckFiles | None = None,
     ) -> None:
+        """``files``: what checks may read (default: nothing; an agent: anything)."""
         self._report = report
         self._parallelism = parallelism
         self._clock = clock
@@ -88,7 +91,7 @@ class Scheduler:
         self._running = 0
         self._drift: deque[float] = deque(maxlen=DRIFT_SAMPLES)
         self._grpc_refs: Counter[str] = Counter()
-        self.context = CheckContext()
+        self.context = CheckContext(files)
         self.runs = 0
         self.report_errors = 0
         self.last_error: str | None = None

@@ -109,3 +109,22 @@ def test_and_or_not_combine_as_boolean_logic(a: str, b: str) -> None:
     assert compile_filter(f"{a} and {b}")(ENTRY) is (pa and pb)
     assert compile_filter(f"{a} or {b}")(ENTRY) is (pa or pb)
     assert compile_filter(f"not ({a})")(ENTRY) is (not pa)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "subject"),
+    [("(a|a)*b", "a" * 40), ("(.?){9}(.?){9}(.?){9}X", "x" * 60), ("(a+)+$", "a" * 40 + "!")],
+)
+def test_matches_takes_linear_time_on_patterns_that_backtrack(pattern: str, subject: str) -> None:
+    """Each of these ran for seconds to hours in Python's backtracking ``re`` on the
+    server's event loop (a request that stops a server); RE2 answers at once. The
+    subjects are long enough that a backtracking engine would not finish this test."""
+    entry = {"Service": {"Meta": {"k": subject}, "Address": subject}}
+    pred = compile_filter(f'Service.Meta.k matches "{pattern}"')
+    assert pred(entry) is False
+    assert compile_filter(f'Service.Address matches "{pattern}"')(entry) is False
+
+
+def test_a_pattern_re2_refuses_is_a_clear_error() -> None:
+    with pytest.raises(FilterError, match=r"bad regular expression '\(a\)\\\\1': invalid escape"):
+        compile_filter(r'Service.Service matches "(a)\\1"')
