@@ -45,6 +45,10 @@ class HttpTarget:
                 if target.hold_at == n:
                     target.held.set()
                     target._release.wait(30)
+                    # Re-armed for the next hold: one release frees one held request (a
+                    # release left set let the next hold through at once, so a test read
+                    # the status after the held result had already been judged).
+                    target._release.clear()
                 if target.hang:
                     target._closed.wait(30)
                     return
