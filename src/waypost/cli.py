@@ -268,6 +268,12 @@ def server(
         int | None,
         typer.Option(help="Open blocking queries and event streams per token (0: no limit)."),
     ] = None,
+    max_conns_per_client: Annotated[
+        int | None,
+        typer.Option(
+            help="HTTP connections one client address may hold open (default 200; 0: no limit)."
+        ),
+    ] = None,
     config: Annotated[
         Path | None, typer.Option(help="YAML/JSON settings file (flags and env win).")
     ] = None,
@@ -304,6 +310,7 @@ def server(
         "dns_acl": dns_acl,
         "token_write_rate": token_write_rate,
         "token_max_watches": token_max_watches,
+        "max_conns_per_client": max_conns_per_client,
     }
     _serve(flags, config)
 

@@ -959,6 +959,8 @@ class DnsStatus(Struct, frozen=True, kw_only=True):
     refused: int = 0
     forwarded: int = 0
     forward_failures: int = 0
+    # Queries to forward dropped while MAX_FORWARDS were already in flight.
+    forward_dropped: int = 0
     truncated: int = 0
     tcp_connections: int = 0
     tcp_rejected: int = 0
@@ -988,6 +990,20 @@ class LeaseGuardStatus(Struct, frozen=True, kw_only=True):
     times_triggered: int = 0
 
 
+class ConnectionStatus(Struct, frozen=True, kw_only=True):
+    """The HTTP listener in ``GET /status``: connections open, from how many client
+    addresses, the limits (0: none), and the connections refused or closed by them."""
+
+    open: int = 0
+    clients: int = 0
+    max_per_client: int = 0
+    max_total: int = 0
+    refused_per_client: int = 0
+    refused_total: int = 0
+    # Closed for not sending a whole first request head in time (slowloris).
+    slow_heads_closed: int = 0
+
+
 class ServerStatus(Struct, frozen=True, kw_only=True):
     """Answer of ``GET /status``."""
 
@@ -1014,6 +1030,8 @@ class ServerStatus(Struct, frozen=True, kw_only=True):
     problem: str | None = None
     skipped_records: int = 0
     dns: DnsStatus | None = None
+    # The HTTP listener's connections and the limits that guard it.
+    connections: ConnectionStatus | None = None
     event_loop: LoopStatus = LoopStatus()
     # Stores that expire their own leases (SQLite, memory); None on etcd (etcd's own).
     lease_guard: LeaseGuardStatus | None = None

@@ -20,6 +20,7 @@ from waypost.acl import AclState
 from waypost.aio import until_signalled
 from waypost.api.acl import Limits
 from waypost.api.app import API, NODE_ENTRY, build_app
+from waypost.api.conns import IDLE_TIMEOUT_S, ConnectionLimits
 from waypost.api.hot import FastSite, HotPath, PlainReads
 from waypost.catalog import Catalog
 from waypost.checking import CheckHost
@@ -127,7 +128,11 @@ class WaypostServer:
             # handler_cancellation: a client that hangs up frees its parked blocking
             # query or event stream at once, not when its wait runs out.
             self._runner = web.AppRunner(
-                app, access_log=None, handle_signals=False, handler_cancellation=True
+                app,
+                access_log=None,
+                handle_signals=False,
+                handler_cancellation=True,
+                keepalive_timeout=IDLE_TIMEOUT_S,
             )
             await self._runner.setup()
             # The routes that carry load skip the router and the middleware (api/hot.py).
@@ -148,9 +153,12 @@ class WaypostServer:
                     ca=self.settings.tls_ca,
                     verify_clients=self.settings.tls_verify_clients,
                 )
+            limits = ConnectionLimits(per_client=self.settings.max_conns_per_client)
+            app[API].connections = limits
             site = FastSite(
                 self._runner,
                 PlainReads(app[API]) if self.settings.plain_reads else None,
+                limits,
                 host=host,
                 port=port,
                 reuse_address=True,

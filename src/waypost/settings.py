@@ -81,6 +81,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     dns_acl: str = "anonymous"
     token_write_rate: float = 0.0
     token_max_watches: int = 0
+    # HTTP connections one client address may hold open (Consul's
+    # http_max_conns_per_client); 0: no limit. All clients together may hold three
+    # quarters of the process's open-file limit.
+    max_conns_per_client: int = 200
 
     def dns_listeners(self) -> list[tuple[str, int]]:
         """``dns`` as (host, port) pairs; InvalidInput when one is not HOST:PORT."""

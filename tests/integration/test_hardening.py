@@ -4,8 +4,12 @@ attacked on a real server on loopback and shown to hold."""
 from __future__ import annotations
 
 import os
+import resource
+import socket
+from collections.abc import Callable
 from pathlib import Path
 
+import dns.message
 import httpx
 
 from tests.conftest import ServerProcess, instance, wait_until
@@ -103,3 +107,84 @@ def test_a_consul_filter_regex_cannot_hold_the_server(server: ServerProcess) -> 
         )
         assert got.status_code == 400
         assert "bad regular expression" in got.text
+
+
+def _open_files(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_a_flood_of_names_to_forward_cannot_exhaust_the_servers_files(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    """Finding 3: each forwarded query held a socket of its own for up to 2 s per
+    recursor, with no cap: a flood of random names took a server to 19,046 open files in
+    a second, and /health and writes failed under systemd's 1,024. Now at most
+    MAX_FORWARDS are in flight; the rest are dropped, counted in /status."""
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # a recursor that never answers
+    silent.bind(("127.0.0.1", 0))
+    host, port = silent.getsockname()
+    recursor = f"{host}:{port}"
+    try:
+        server = start_server("--dns", "127.0.0.1:0", "--recursor", recursor)
+        assert server.dns is not None
+        assert server.proc is not None
+        flood = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        most = 0
+        with httpx.Client(base_url=server.url, timeout=5) as h:
+            for burst in range(10):  # 20,000 queries of names nobody has asked before
+                for n in range(2000):
+                    q = dns.message.make_query(f"r{burst}-{n}.flood.example.", "A")
+                    flood.sendto(q.to_wire(), server.dns)
+                most = max(most, _open_files(server.proc.pid))
+                _health_within(h, 1.0)
+                body = instance(f"w{burst}")
+                assert h.put(f"/api/v1/instances/w{burst}", json=body).status_code == 200
+            flood.close()
+            assert most < 512, f"{most} files open"
+            dns_status = h.get("/status").json()["dns"]
+            assert dns_status["forward_dropped"] > 0, dns_status
+    finally:
+        silent.close()
+
+
+def test_slow_clients_from_one_address_cannot_lock_others_out(tmp_path: Path) -> None:
+    """Finding 4 (slowloris): 1,100 connections trickling header bytes held a server
+    under systemd's 1,024 open files, and /health and writes failed. Now one address
+    holds at most 200; the rest are closed at once, and others are served throughout."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))  # the server's, as systemd's
+    try:
+        server = ServerProcess(["--no-dns"], tmp_path / "server").start()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 4096), hard))  # ours: 1,100 sockets
+    held: list[socket.socket] = []
+    other = httpx.Client(
+        base_url=server.url, timeout=5, transport=httpx.HTTPTransport(local_address="127.0.0.2")
+    )
+    try:
+        for n in range(1100):
+            s = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # and never the end of it
+            held.append(s)
+            if n % 100 == 99:  # from another address, /health and writes answer throughout
+                _health_within(other, 1.0)
+                body = instance(f"w{n}")
+                assert other.put(f"/api/v1/instances/w{n}", json=body).status_code == 200
+
+        def all_taken_in() -> bool:  # accepted, or refused: none waits in the backlog
+            conns = other.get("/status").json()["connections"]
+            return bool(conns["open"] + conns["refused_per_client"] >= 1100 + 1)
+
+        wait_until(all_taken_in, 10, "the server to take in every connection")
+        for n in range(10):  # with all 1,100 taken in: still served
+            _health_within(other, 1.0)
+            assert other.put(f"/api/v1/instances/x{n}", json=instance(f"x{n}")).status_code == 200
+        conns = other.get("/status").json()["connections"]
+        assert conns["max_per_client"] == 200
+        assert conns["refused_per_client"] >= 900 - 5, conns
+        assert conns["open"] <= 200 + 5, conns
+    finally:
+        for s in held:
+            s.close()
+        other.close()
+        server.stop()

@@ -434,3 +434,38 @@ def test_ejection_never_exceeds_the_max_percent(server: ServerProcess) -> None:
             assert states["ok"] == "closed"
 
     run(go)
+
+
+def test_a_header_that_is_not_latin_1_gets_a_400_and_leaves_nothing_counted(
+    server: ServerProcess,
+) -> None:
+    """Finding 5 of the security review: ``X-Name: €`` (UTF-8 on the wire) made the proxy
+    answer 500 and left the endpoint's in-flight count (and a half-open breaker's probe)
+    taken for good; four such requests kept an endpoint out of traffic."""
+
+    async def go() -> None:
+        async with setup(server, {"solo": {"service": "solo"}}, "--admin", "127.0.0.1:0") as (
+            _,
+            _client,
+            proxy,
+            http,
+        ):
+            assert (await get(http, proxy, "/", "solo"))[0] == 200
+            host, port = proxy.url.removeprefix("http://").rsplit(":", 1)
+            for _ in range(4):
+                reader, writer = await asyncio.open_connection(host, int(port))
+                writer.write(
+                    b"GET / HTTP/1.1\r\nHost: solo\r\nX-Name: \xe2\x82\xac\r\n"
+                    b"Connection: close\r\n\r\n"
+                )
+                head = await reader.read()
+                writer.close()
+                assert head.startswith(b"HTTP/1.1 400"), head[:200]
+                assert b'"reason":"bad_header"' in head
+            async with http.get(proxy.admin + "/status") as r:
+                endpoints = (await r.json())["services"]["solo"]["endpoints"]
+            assert [e["active"] for e in endpoints] == [0]
+            for _ in range(5):  # and the endpoint still takes traffic
+                assert (await get(http, proxy, "/", "solo"))[0] == 200
+
+    run(go)

@@ -22,6 +22,7 @@ from waypost.acl import READ, WRITE, AclState, Authorizer
 from waypost.aio import LoopMonitor
 from waypost.api.acl import AclGate, Limits, retry_after
 from waypost.api.blocking import Answer, AnswerCache, BlockingQueries, Key
+from waypost.api.conns import ConnectionLimits
 from waypost.api.consul import ConsulApi, add_consul_routes, agent_address
 from waypost.api.metrics import (
     DnsCounts,
@@ -543,6 +544,8 @@ class Api:
         self.dns_status = dns_status
         self.stats = {"event_streams": 0}
         self.loop_monitor = LoopMonitor()
+        # The HTTP listener's connection limits (set by the server that owns the listener).
+        self.connections: ConnectionLimits | None = None
         self.metrics_registry = metrics_registry(
             WaypostCollector(registry, TELEMETRY, self.gauges, dns_status, dns_counts)
         )
@@ -885,6 +888,7 @@ class Api:
             skipped_records=reg.store.skipped_records,
             config=self.config,
             dns=dns,
+            connections=self.connections.status() if self.connections is not None else None,
             lease_guard=_guard_status(reg),
             event_loop=LoopStatus(
                 max_stall_ms=round(mon.max_stall_s * 1000, 3),

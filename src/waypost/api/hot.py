@@ -42,6 +42,7 @@ except ImportError:  # pragma: no cover
 
 from waypost.api.app import READ_METHODS, Api, Routed, failure_response
 from waypost.api.blocking import Answer, Key
+from waypost.api.conns import IDLE_TIMEOUT_S, ConnectionLimits
 from waypost.model import LABEL_RE, Query
 from waypost.query import parse_query
 from waypost.telemetry import SAMPLE_EVERY, TELEMETRY, RouteStats
@@ -189,8 +190,8 @@ PLAIN_GET = re.compile(
 # lines (its limit is 128), no Host or two, two User-Agents (singletons, RFC 9110).
 MAX_PLAIN_LINES = 64
 MAX_PLAIN_BYTES = 4096
-# An idle connection is closed after this long: aiohttp's own keep-alive default.
-IDLE_CLOSE_S = 3630.0
+# An idle connection is closed after this long.
+IDLE_CLOSE_S = IDLE_TIMEOUT_S
 # Answers up to this size are sent as one buffer (head and body joined once per revision
 # and second, kept with the answer); bigger ones as two, so a listing of a million
 # instances is never copied.
@@ -289,9 +290,22 @@ def _head(ans: Answer, date: str) -> bytes:
 
 class PlainConnection(asyncio.Protocol):
     """One client connection: plain reads answered here until the first request that is
-    not one, then aiohttp's ``RequestHandler`` for the rest of the connection."""
+    not one, then aiohttp's ``RequestHandler`` for the rest of the connection. It stays
+    the connection's protocol either way, so the listener's limits hold for every
+    connection: ``ConnectionLimits`` admits it, and one that has not sent a whole first
+    request head within ``FIRST_HEAD_TIMEOUT_S`` is closed."""
 
-    __slots__ = ("_inner", "_paused", "_site", "_timer", "_transport", "_used")
+    __slots__ = (
+        "_client",
+        "_head_timer",
+        "_inner",
+        "_paused",
+        "_site",
+        "_tail",
+        "_timer",
+        "_transport",
+        "_used",
+    )
 
     def __init__(self, site: FastSite) -> None:
         self._site = site
@@ -300,9 +314,21 @@ class PlainConnection(asyncio.Protocol):
         self._paused = False
         self._used = False
         self._timer: asyncio.TimerHandle | None = None
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._client: str | None = None  # set once admitted
+        self._tail = b""  # the last bytes seen, while the first head is not whole
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        tcp = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        peer = tcp.get_extra_info("peername")
+        client = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        if not self._site.limits.admit(client):
+            tcp.abort()
+            return
+        self._client = client
+        loop = asyncio.get_running_loop()
+        self._head_timer = loop.call_later(self._site.limits.first_head_timeout_s, self._slow_head)
+        self._transport = tcp
         if transport.get_extra_info("peercert"):
             # Mutual TLS: the certificate may stand for a token; aiohttp's from the start.
             self._hand_over()
@@ -312,6 +338,14 @@ class PlainConnection(asyncio.Protocol):
         self._timer = asyncio.get_running_loop().call_later(IDLE_CLOSE_S, self._idle)
 
     def data_received(self, data: bytes) -> None:
+        if self._head_timer is not None:
+            seen = self._tail + data
+            if b"\r\n\r\n" in seen:  # a whole head: this client is not a slow one
+                self._head_timer.cancel()
+                self._head_timer = None
+                self._tail = b""
+            else:
+                self._tail = seen[-3:]
         inner = self._inner
         if inner is None:
             if not self._paused:
@@ -344,6 +378,12 @@ class PlainConnection(asyncio.Protocol):
             inner.pause_writing()
         return inner
 
+    def _slow_head(self) -> None:
+        self._head_timer = None
+        if self._transport is not None:
+            self._site.limits.slow_heads += 1
+            self._transport.abort()
+
     def _idle(self) -> None:
         if self._used:
             self._used = False
@@ -359,6 +399,12 @@ class PlainConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._site.plain.discard(self)
+        if self._client is not None:
+            self._site.limits.release(self._client)
+            self._client = None
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -387,20 +433,25 @@ def _none(data: bytes) -> None:
 class FastSite(web.TCPSite):
     """aiohttp's TCP site with ``PlainConnection`` as the protocol: the application's
     handler serves every connection once it asks for more than plain reads. Without
-    ``reads`` (``--no-plain-reads``), aiohttp's site as it is."""
+    ``reads`` (``--no-plain-reads``) every connection goes to it at its first bytes; the
+    ``limits`` hold either way."""
 
-    def __init__(self, runner: web.BaseRunner, reads: PlainReads | None, **kw: Any) -> None:
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        reads: PlainReads | None,
+        limits: ConnectionLimits | None = None,
+        **kw: Any,
+    ) -> None:
         super().__init__(runner, **kw)
         self.reads: Callable[[bytes], bytes | tuple[bytes, bytes] | None] = reads or _none
+        self.limits = limits or ConnectionLimits()
         self.plain: set[PlainConnection] = set()
         server = runner.server
         assert server is not None
         self.handler: Callable[[], asyncio.Protocol] = server
 
     async def start(self) -> None:
-        if self.reads is _none:
-            await super().start()
-            return
         await web.BaseSite.start(self)  # registers with the runner
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(

@@ -39,6 +39,7 @@ DNS_COUNTERS = (
     ("refused", "DNS queries answered REFUSED"),
     ("forwarded", "DNS queries forwarded to a recursor"),
     ("forward_failures", "forwarded DNS queries that failed"),
+    ("forward_dropped", "DNS queries to forward dropped while too many were in flight"),
     ("truncated", "DNS answers truncated for UDP"),
     ("errors", "DNS queries that failed inside the server (answered SERVFAIL)"),
     ("dropped", "UDP DNS queries dropped while too many waited"),

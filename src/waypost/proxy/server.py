@@ -310,6 +310,11 @@ class Proxy:
             else:
                 streamed = True
         headers = self._upstream_headers(request)
+        bad = _not_latin1(headers)
+        if bad is not None:
+            return self._failed(
+                400, "bad_header", f"header {bad}: not Latin-1 text, which HTTP/1.1 carries"
+            )
         timed_out = False
         while True:
             try:
@@ -417,6 +422,17 @@ class Proxy:
             return sr
         finally:
             resp.release()
+
+
+def _not_latin1(headers: list[tuple[str, str]]) -> str | None:
+    """The name of the first header that cannot go upstream as HTTP/1.1 bytes, if any."""
+    for k, v in headers:
+        try:
+            k.encode("latin-1")
+            v.encode("latin-1")
+        except UnicodeEncodeError:
+            return k if k.isascii() else repr(k)
+    return None
 
 
 async def run_proxy(settings: ProxySettings) -> int:

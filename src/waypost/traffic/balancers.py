@@ -105,6 +105,11 @@ class Endpoint:
         self.requests += 1
         self.active += 1
 
+    def abandoned(self) -> None:
+        """A request that started here ended without an outcome to judge (the caller
+        went away, or failed before it was sent): no longer in flight, nothing learnt."""
+        self.active = max(0, self.active - 1)
+
     def finished(self, latency_s: float, *, ok: bool, now: float) -> None:
         """A request ended after ``latency_s`` at time ``now`` (monotonic seconds)."""
         self.active = max(0, self.active - 1)

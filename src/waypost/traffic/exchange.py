@@ -125,6 +125,8 @@ class Exchange:
     _retrying: bool = False
     _retry_slot: bool = False
     _open: bool = False
+    # The attempt ``next`` started and ``finished`` has not ended yet.
+    _running: Attempt | None = None
 
     def __post_init__(self) -> None:
         p = self.policies
@@ -169,6 +171,7 @@ class Exchange:
             limit = left if limit is None else min(limit, left)
         attempt = Attempt(endpoint, limit, self.attempts, now)
         self.attempts += 1
+        self._running = attempt
         return attempt
 
     def finished(
@@ -186,6 +189,8 @@ class Exchange:
         over this answer, or fail); else the seconds to wait before the next attempt."""
         p = self.policies
         e = attempt.endpoint
+        if self._running is attempt:
+            self._running = None
         ok = failure is None and status is not None and status < 500
         e.finished(now - attempt.started, ok=ok, now=now)
         p.outlier.record(e, ok, now, len(self.endpoints))
@@ -230,6 +235,13 @@ class Exchange:
         return Unavailable(self.last_failure or f"{self.policies.service}: failed", field="service")
 
     def close(self) -> None:
+        """The request is over. An attempt still running (the caller went away, or an
+        error of ours escaped before ``finished``) is let go without a verdict: its
+        endpoint's in-flight count and a half-open breaker's probe place are freed."""
+        running, self._running = self._running, None
+        if running is not None:
+            running.endpoint.abandoned()
+            self.policies.outlier.abandoned(running.endpoint)
         if not self._open:
             return
         self._open = False

@@ -128,6 +128,13 @@ class OutlierDetector:
             if b.state == "half_open":
                 b.probing += 1
 
+    def abandoned(self, endpoint: Endpoint) -> None:
+        """A request that ``started`` ended without an outcome: a half-open probe's place
+        is free again (else the breaker would wait on a probe that never reports)."""
+        b = self._breakers.get(endpoint.id)
+        if b is not None and b.state == "half_open":
+            b.probing = max(0, b.probing - 1)
+
     def record(self, endpoint: Endpoint, ok: bool, now: float, endpoints_total: int) -> State:
         """The outcome of a request to ``endpoint`` (``ok`` False: an error that counts);
         ``endpoints_total``: how many endpoints the service has, for the ejection cap.

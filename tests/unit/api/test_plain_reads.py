@@ -18,6 +18,8 @@ from aiohttp.http_parser import HttpRequestParser, RawRequestMessage
 from hypothesis import event, example, given, settings
 from hypothesis import strategies as st
 
+from tests.conftest import until
+from waypost.api.conns import ConnectionLimits
 from waypost.api.hot import PlainConnection, plain_target
 
 NAMES = st.sampled_from(
@@ -165,7 +167,12 @@ class Transport:
         self.closed = True
 
     def get_extra_info(self, name: str, default: object = None) -> object:
-        return default
+        return (self.peer, 40000) if name == "peername" else default
+
+    peer = "127.0.0.1"
+
+    def abort(self) -> None:
+        self.closed = True
 
 
 class Inner(asyncio.Protocol):
@@ -191,8 +198,11 @@ class Inner(asyncio.Protocol):
 
 
 class Site:
-    def __init__(self, reads: Callable[[bytes], bytes | None]) -> None:
+    def __init__(
+        self, reads: Callable[[bytes], bytes | None], limits: ConnectionLimits | None = None
+    ) -> None:
         self.reads = reads
+        self.limits = limits or ConnectionLimits()
         self.plain: set[PlainConnection] = set()
         self.inner = Inner()
         self.handler = lambda: self.inner
@@ -249,5 +259,69 @@ def test_stopping_closes_the_connections_that_never_needed_aiohttp() -> None:
         assert site.plain == {conn}
         conn.close()
         assert transport.closed
+
+    asyncio.run(run())
+
+
+def test_one_client_holds_at_most_its_share_and_a_closed_one_frees_it() -> None:
+    """The listener's limits hold on every connection, plain or handed over: past the
+    per-client cap a new connection is closed at once; another address is not affected."""
+
+    async def run() -> None:
+        site = Site(lambda data: None, ConnectionLimits(per_client=3, total=5))
+        conns = []
+        for _ in range(4):
+            transport = Transport()
+            conn = PlainConnection(site)  # type: ignore[arg-type]
+            conn.connection_made(transport)  # type: ignore[arg-type]
+            conns.append((conn, transport))
+        assert [t.closed for _, t in conns] == [False, False, False, True]
+        assert site.limits.refused_per_client == 1
+        other = Transport()
+        other.peer = "127.0.0.2"
+        PlainConnection(site).connection_made(other)  # type: ignore[arg-type]
+        assert not other.closed
+        conns[0][0].connection_lost(None)  # one closes: its place is free again
+        again = Transport()
+        PlainConnection(site).connection_made(again)  # type: ignore[arg-type]
+        assert not again.closed
+        fifth = Transport()
+        fifth.peer = "10.0.0.4"
+        PlainConnection(site).connection_made(fifth)  # type: ignore[arg-type]
+        assert not fifth.closed
+        # Five open: the total cap refuses any address.
+        third = Transport()
+        third.peer = "10.0.0.3"
+        PlainConnection(site).connection_made(third)  # type: ignore[arg-type]
+        assert third.closed
+        assert (site.limits.open, site.limits.refused_total) == (5, 1)
+        # A refused connection's loss releases nothing it never held.
+        conns[3][0].connection_lost(None)
+        assert site.limits.open == 5
+        for conn, _ in conns[1:3]:
+            conn.connection_lost(None)
+        assert site.limits.status().open == 3
+
+    asyncio.run(run())
+
+
+def test_a_connection_that_never_completes_a_head_is_closed() -> None:
+    """Slowloris: a header byte every few seconds never finishes a request head."""
+
+    async def run() -> None:
+        site = Site(lambda data: None, ConnectionLimits(first_head_timeout_s=0.05))
+        slow, slow_t = PlainConnection(site), Transport()
+        slow.connection_made(slow_t)  # type: ignore[arg-type]
+        slow.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        done, done_t = PlainConnection(site), Transport()
+        done.connection_made(done_t)  # type: ignore[arg-type]
+        done.data_received(b"GET / HTTP/1.1\r\nHost: x\r")  # the head ends across reads
+        done.data_received(b"\n\r\n")
+        await until(lambda: slow_t.closed, "the slow connection to be closed", timeout_s=5)
+        assert site.limits.slow_heads == 1
+        assert not done_t.closed
+        slow.connection_lost(None)
+        done.connection_lost(None)
+        assert site.limits.open == 0
 
     asyncio.run(run())
