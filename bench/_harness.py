@@ -51,8 +51,11 @@ def percentile(values: list[float], p: float) -> float:
 
 @contextlib.contextmanager
 def waypost_server(*args: str) -> Iterator[str]:
-    """A ``waypost server`` process (SQLite unless told) on a free port; yields its URL."""
+    """A ``waypost server`` process (SQLite unless told) on a free port; yields its URL.
+    A benchmark's load comes from one address (thousands of parked watchers): the
+    per-client connection cap is off."""
     tmp = Path(tempfile.mkdtemp(prefix="waypost-bench-"))
+    args = ("--max-conns-per-client", "0", *args)
     try:
         with server_process("--log-level", "warning", *args, data_dir=tmp) as proc:
             yield proc.url

@@ -162,7 +162,7 @@ async def watched_writes(url: str, total: int, services: int, writes: int) -> di
 def waypost_size(total: int, writes: int) -> dict[str, Any]:
     services = max(1, total // PER_SERVICE)
     data = Path(tempfile.mkdtemp(prefix="waypost-scale-"))
-    server = ServerProcess(["--log-level", "warning"], data_dir=data)
+    server = ServerProcess(["--log-level", "warning", "--max-conns-per-client", "0"], data_dir=data)
     try:
         server.start()
         rate = asyncio.run(load(server.url, total, services))
