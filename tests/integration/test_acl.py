@@ -466,3 +466,40 @@ def test_acls_are_store_entries_shared_by_servers_on_one_etcd(
         cb.acl_delete_token(accessor)
     with as_token(a, web) as ha:
         wait_until(lambda: ha.get("/api/v1/instances").status_code == 401, 10, "revoked on a")
+
+
+def test_a_lease_is_kept_alive_only_by_a_token_that_writes_what_it_holds(
+    deny_server: ServerProcess,
+) -> None:
+    """Security review finding 7: a keep-alive checked only "may write something", and
+    lease ids are no secret (a TTL instance's is derived from its id): a token that may
+    write only ``web`` kept a ``db`` instance alive past its TTL."""
+    from waypost.model import convert_instance
+    from waypost.registry import ttl_lease_id
+
+    admin_secret = bootstrap(deny_server)
+    with Client(deny_server.url, token=admin_secret) as admin:
+        web_writer = token_with(
+            admin, "web-writer", [{"resource": "service", "name": "web", "access": "write"}]
+        )
+    db = instance("db-1", service="db", ttl="2s", deregister_after="1m")
+    with as_token(deny_server, admin_secret) as h:
+        assert h.put("/api/v1/instances/db-1", json=db).status_code == 200
+        assert h.put("/api/v1/instances/db-1/heartbeat").status_code == 200
+    lease = ttl_lease_id(convert_instance(db))
+    with as_token(deny_server, web_writer) as attacker:
+        got = attacker.put(f"/api/v1/leases/{lease}/keepalive")
+        assert got.status_code == 403, got.text
+        assert 'service "db"' in got.json()["message"]
+        # Its own: a lease holding a web instance it writes is kept alive.
+        own = attacker.post("/api/v1/leases", json={"ttl": "30s"}).json()["id"]
+        body = instance("web-1", lease=own)
+        assert attacker.put("/api/v1/instances/web-1", json=body).status_code == 200
+        assert attacker.put(f"/api/v1/leases/{own}/keepalive").status_code == 200
+    with as_token(deny_server, admin_secret) as h:
+        wait_until(
+            lambda: h.get("/api/v1/instances/db-1").json()["status"] == "critical",
+            10,
+            "db-1 to go critical at its TTL, the refused keep-alives notwithstanding",
+        )
+        assert h.put(f"/api/v1/leases/{lease}/keepalive").status_code == 200  # an operator may

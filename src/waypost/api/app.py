@@ -437,22 +437,31 @@ async def list_leases(request: web.Request) -> web.Response:
     return _json(b"[" + b",".join(_lease_body(s) for s in states) + b"]")
 
 
+async def require_lease_holdings(
+    gate: AclGate, request: web.BaseRequest, registry: Registry, lease_id: int
+) -> None:
+    """Keeping a lease alive keeps what it holds, and revoking it deletes that: either
+    way the token must write everything on it (or be an operator). Lease ids are no
+    secret (a TTL instance's is derived from its id): "may write something" once let a
+    token that writes only ``web`` keep a ``db`` instance alive past its TTL."""
+    authz = gate.authz(request)
+    if authz.can(WRITE, "operator"):
+        return
+    state = await registry.lease(lease_id)
+    cat = registry.catalog
+    for kind, key in state.entries:
+        entry = cat.entry(kind, key)
+        if isinstance(entry, Instance):
+            gate.require_instance(request, WRITE, entry)
+        elif isinstance(entry, Node):
+            gate.require(request, WRITE, "node", key)
+        else:
+            gate.require(request, WRITE, "operator")
+
+
 async def delete_lease(request: web.Request) -> web.Response:
     lease_id = _lease_id(request.match_info["id"])
-    gate = _gate(request)
-    authz = gate.authz(request)
-    if not authz.can(WRITE, "operator"):
-        # Revoking deletes what the lease holds: the token must write all of it.
-        state = await _registry(request).lease(lease_id)
-        cat = _registry(request).catalog
-        for kind, key in state.entries:
-            entry = cat.entry(kind, key)
-            if isinstance(entry, Instance):
-                gate.require_instance(request, WRITE, entry)
-            elif isinstance(entry, Node):
-                gate.require(request, WRITE, "node", key)
-            else:
-                gate.require(request, WRITE, "operator")
+    await require_lease_holdings(_gate(request), request, _registry(request), lease_id)
     index = await _registry(request).revoke(lease_id)
     return _write(str(lease_id), index)
 
@@ -714,6 +723,7 @@ class Api:
     async def keepalive_lease(self, request: web.BaseRequest, text: str) -> web.Response:
         lease_id = _lease_id(text)
         _may_hold_leases(self.gate, request)
+        await require_lease_holdings(self.gate, request, self.registry, lease_id)
         ttl_s = await self.registry.keepalive(lease_id)
         return _json(_lease_body(LeaseState(id=lease_id, ttl_s=ttl_s, remaining_s=ttl_s)))
 
