@@ -503,3 +503,32 @@ def test_a_lease_is_kept_alive_only_by_a_token_that_writes_what_it_holds(
             "db-1 to go critical at its TTL, the refused keep-alives notwithstanding",
         )
         assert h.put(f"/api/v1/leases/{lease}/keepalive").status_code == 200  # an operator may
+
+
+def test_a_recursive_kv_delete_keeps_a_more_specific_deny(deny_server: ServerProcess) -> None:
+    """Security review finding 8: with ``key_prefix "" write`` and ``key_prefix
+    "secret/" deny``, ``DELETE /v1/kv/secret/dbpass`` was refused but ``DELETE
+    /v1/kv/?recurse`` deleted it."""
+    admin_secret = bootstrap(deny_server)
+    with Client(deny_server.url, token=admin_secret) as admin:
+        broad = token_with(
+            admin,
+            "all-but-secrets",
+            [
+                {"resource": "key_prefix", "name": "", "access": "write"},
+                {"resource": "key_prefix", "name": "secret/", "access": "deny"},
+            ],
+        )
+    with as_token(deny_server, admin_secret) as h:
+        for key in ("secret/dbpass", "app/x", "app/y"):
+            assert h.put(f"/v1/kv/{key}", content=b"v").json() is True
+    with as_token(deny_server, broad) as h:
+        assert h.delete("/v1/kv/secret/dbpass").status_code == 403
+        for path in ("/v1/kv/?recurse", "/v1/kv/secret?recurse", "/v1/kv/s?recurse"):
+            got = h.delete(path)
+            assert got.status_code == 403, (path, got.text)
+            assert "dbpass" not in got.text  # a key it may not read is not named
+        assert h.delete("/v1/kv/app/?recurse").json() is True  # what it may write, it may
+    with as_token(deny_server, admin_secret) as h:
+        assert h.get("/v1/kv/secret/dbpass").status_code == 200
+        assert h.get("/v1/kv/app/x").status_code == 404

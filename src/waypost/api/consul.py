@@ -30,6 +30,7 @@ from waypost.consul import mapping as cm
 from waypost.consul.filter import FilterError, compile_filter
 from waypost.errors import (
     Conflict,
+    Forbidden,
     InvalidInput,
     NotFound,
     PayloadTooLarge,
@@ -772,12 +773,22 @@ class ConsulApi:
         if "recurse" in request.query:
             authz = self._az(request)
             if not authz.writes_all["key"]:
+                # Key by key: a more specific deny under the prefix holds (one check on
+                # the prefix alone once let `key_prefix "" write` delete `secret/`).
                 self.gate.require(request, WRITE, "key", key)
                 for k in self.catalog.keys_with_prefix("kv", key):
+                    if authz.can(WRITE, "key", k):
+                        continue
                     if authz.can(READ, "key", k):
-                        self.gate.require(request, WRITE, "key", k)
-                    else:
-                        self.gate.require(request, WRITE, "key", key + "\x00")
+                        self.gate.require(request, WRITE, "key", k)  # names the key
+                    # A key it may not read is refused without being named.
+                    exc = Forbidden(
+                        f"Permission denied: token {authz.accessor} may not delete every key "
+                        f"under {key!r}",
+                        field="token",
+                    )
+                    self.gate.refused(request, authz, exc)
+                    raise exc
             for _ in range(3):
                 keys = self.catalog.keys_with_prefix("kv", key)
                 if not keys:
