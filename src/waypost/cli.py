@@ -274,6 +274,17 @@ def server(
             help="HTTP connections one client address may hold open (default 200; 0: no limit)."
         ),
     ] = None,
+    allowed_hosts: Annotated[
+        str | None,
+        typer.Option(
+            help="Host names a loopback server takes writes for besides IP literals and "
+            "localhost (comma list; *: any)."
+        ),
+    ] = None,
+    allowed_origins: Annotated[
+        str | None,
+        typer.Option(help="Web page origins allowed to write (comma list; *: any)."),
+    ] = None,
     config: Annotated[
         Path | None, typer.Option(help="YAML/JSON settings file (flags and env win).")
     ] = None,
@@ -311,6 +322,8 @@ def server(
         "token_write_rate": token_write_rate,
         "token_max_watches": token_max_watches,
         "max_conns_per_client": max_conns_per_client,
+        "allowed_hosts": allowed_hosts,
+        "allowed_origins": allowed_origins,
     }
     _serve(flags, config)
 

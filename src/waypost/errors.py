@@ -89,6 +89,13 @@ class PayloadTooLarge(WaypostError):
     exit_code = 3
 
 
+class UnsupportedMediaType(InvalidInput):
+    """A request body of a type the API does not take (what only a web page sends)."""
+
+    code = "unsupported_media_type"
+    http_status = 415
+
+
 class TooManyRequests(WaypostError):
     """A token went over its write rate or its number of open watches; ``retry_after_s``
     says when to try again (``Retry-After``)."""
@@ -134,6 +141,7 @@ BY_CODE: dict[str, type[WaypostError]] = {
         Conflict,
         Gone,
         PayloadTooLarge,
+        UnsupportedMediaType,
         TooManyRequests,
         Unavailable,
         StoreError,

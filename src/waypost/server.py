@@ -20,6 +20,7 @@ from waypost.acl import AclState
 from waypost.aio import until_signalled
 from waypost.api.acl import Limits
 from waypost.api.app import API, NODE_ENTRY, build_app
+from waypost.api.browser import BrowserGuard, is_loopback
 from waypost.api.conns import IDLE_TIMEOUT_S, ConnectionLimits
 from waypost.api.hot import FastSite, HotPath, PlainReads
 from waypost.catalog import Catalog
@@ -124,6 +125,11 @@ class WaypostServer:
                 dns_counts=lambda: None if self.dns is None else self.dns.query_counts(),
                 acl=self.acl,
                 limits=Limits(self.settings.token_write_rate, self.settings.token_max_watches),
+                browser=BrowserGuard(
+                    loopback=is_loopback(self.settings.http_host_port()[0]),
+                    allowed_hosts=self.settings.allowed_hosts.split(","),
+                    allowed_origins=self.settings.allowed_origins.split(","),
+                ),
             )
             # handler_cancellation: a client that hangs up frees its parked blocking
             # query or event stream at once, not when its wait runs out.

@@ -85,6 +85,11 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # http_max_conns_per_client); 0: no limit. All clients together may hold three
     # quarters of the process's open-file limit.
     max_conns_per_client: int = 200
+    # Writes a web page could make (api/browser.py): host names a loopback server takes
+    # writes for besides IP literals and localhost (comma list; "*": any), and page
+    # origins allowed to write (comma list; "*": any; the server's own always may).
+    allowed_hosts: str = ""
+    allowed_origins: str = ""
 
     def dns_listeners(self) -> list[tuple[str, int]]:
         """``dns`` as (host, port) pairs; InvalidInput when one is not HOST:PORT."""

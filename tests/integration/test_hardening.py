@@ -3,6 +3,7 @@ attacked on a real server on loopback and shown to hold."""
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import socket
@@ -13,6 +14,7 @@ import dns.message
 import httpx
 
 from tests.conftest import ServerProcess, instance, wait_until
+from waypost import Client
 
 
 def _health_within(h: httpx.Client, seconds: float) -> None:
@@ -188,3 +190,42 @@ def test_slow_clients_from_one_address_cannot_lock_others_out(tmp_path: Path) ->
             s.close()
         other.close()
         server.stop()
+
+
+def test_a_web_page_cannot_write_to_a_local_server(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    """Finding 11 (CSRF and DNS rebinding): any page a developer opened could register
+    instances on a local server, claim /api/v1/acl/bootstrap first, or (with command
+    checks on) run commands: writes took text/plain bodies and any Host and Origin."""
+    server = start_server("--no-dns", "--allowed-origins", "https://ops.example.com")
+    body = json.dumps(instance("w1"))
+    with httpx.Client(base_url=server.url, timeout=5) as h:
+        # What a page on another site sends: a simple cross-origin POST, text/plain.
+        page = {"Origin": "https://evil.example", "Content-Type": "text/plain"}
+        got = h.post("/api/v1/acl/bootstrap", headers=page)
+        assert got.status_code == 403, got.text
+        assert "cross-origin" in got.json()["message"]
+        got = h.put("/api/v1/instances/w1", content=body, headers=page)
+        assert got.status_code == 403
+        got = h.put("/v1/agent/service/register", content=body, headers=page)
+        assert got.status_code == 403
+        # A rebound name: the page's own origin, its own name, the server's address.
+        rebound = {"Host": "evil.example", "Origin": "http://evil.example"}
+        got = h.put("/api/v1/instances/w1", content=body, headers=rebound)
+        assert got.status_code == 403
+        assert "DNS rebinding" in got.json()["message"]
+        # text/plain without any Origin: still not what an API client sends.
+        got = h.put("/api/v1/instances/w1", content=body, headers={"Content-Type": "text/plain"})
+        assert got.status_code == 415
+        assert h.get("/api/v1/instances/w1").status_code == 404  # nothing written
+        # The dashboard (same origin), an allowed origin, curl -d and the SDK: written.
+        own = {"Origin": server.url, "Content-Type": "application/json"}
+        assert h.put("/api/v1/instances/w1", content=body, headers=own).status_code == 200
+        ops = {"Origin": "https://ops.example.com", "Content-Type": "application/json"}
+        assert h.put("/api/v1/instances/w2", json=instance("w2"), headers=ops).status_code == 200
+        curl = {"Content-Type": "application/x-www-form-urlencoded", "Host": "localhost"}
+        w3 = json.dumps(instance("w3"))
+        assert h.put("/api/v1/instances/w3", content=w3, headers=curl).status_code == 200
+    with Client(server.url) as c:
+        assert c.register(id="w4", service="web", address="10.0.0.4", port=80).index > 0

@@ -22,6 +22,7 @@ from aiohttp import web
 
 from waypost.acl import READ, WRITE, AclState, Authorizer, hash_secret, new_accessor, new_secret
 from waypost.acl.rules import management_rules
+from waypost.api.browser import BrowserGuard
 from waypost.durations import parse_duration
 from waypost.errors import (
     Conflict,
@@ -156,10 +157,18 @@ class Limits:
 class AclGate:
     """The ACL checks every route makes, over one server's ``AclState``."""
 
-    def __init__(self, registry: Registry, state: AclState, limits: Limits) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        state: AclState,
+        limits: Limits,
+        browser: BrowserGuard | None = None,
+    ) -> None:
         self.registry = registry
         self.state = state
         self.limits = limits
+        # Writes only a web page would make (cross-origin, rebound names): refused.
+        self.browser = browser or BrowserGuard(loopback=True)
         self._catalog = registry.catalog
         # Tokens matter from the start with a default deny or a server token; otherwise
         # once an ACL entry exists. Until then every request gets the open authorizer,
@@ -202,8 +211,13 @@ class AclGate:
         return st.anonymous()
 
     def check_write(self, request: web.BaseRequest) -> Authorizer:
-        """Before any write: the token resolves, a server token is present when one is
-        set, and the token is within its write rate."""
+        """Before any write: not a web page's (``BrowserGuard``), the token resolves, a
+        server token is present when one is set, and the token is within its write rate."""
+        try:
+            self.browser.check(request, native=not request.raw_path.startswith("/v1/"))
+        except WaypostError as browser_refusal:
+            self.refused(request, None, browser_refusal)
+            raise
         authz = self.authz(request)
         if authz.anonymous and self.state.legacy:
             exc = Unauthorized(LEGACY_REFUSAL)

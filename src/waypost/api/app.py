@@ -22,6 +22,7 @@ from waypost.acl import READ, WRITE, AclState, Authorizer
 from waypost.aio import LoopMonitor
 from waypost.api.acl import AclGate, Limits, retry_after
 from waypost.api.blocking import Answer, AnswerCache, BlockingQueries, Key
+from waypost.api.browser import BrowserGuard
 from waypost.api.conns import ConnectionLimits
 from waypost.api.consul import ConsulApi, add_consul_routes, agent_address
 from waypost.api.metrics import (
@@ -1202,6 +1203,7 @@ def build_app(
     dns_counts: Callable[[], DnsCounts | None] | None = None,
     acl: AclState | None = None,
     limits: Limits | None = None,
+    browser: BrowserGuard | None = None,
 ) -> web.Application:
     """The aiohttp application serving one registry; ``config`` is shown by /status
     (already redacted); blocking queries wait at most ``max_wait_s``."""
@@ -1216,6 +1218,7 @@ def build_app(
             registry,
             acl or AclState(registry.catalog, legacy_token=token),
             limits or Limits(),
+            browser,
         ),
     )
     app[API] = api
