@@ -184,6 +184,14 @@ def server(
     ] = None,
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error.")] = None,
     enable_command_checks: CommandChecksOpt = False,
+    check_any_target: Annotated[
+        bool,
+        typer.Option(
+            "--check-any-target",
+            help="Let the checks of API-registered instances target any host (off: only "
+            "the instance's own address).",
+        ),
+    ] = False,
     check_files_dir: Annotated[
         str | None,
         typer.Option(
@@ -302,6 +310,7 @@ def server(
         # Only a given flag overrides the environment and the file.
         "enable_command_checks": True if enable_command_checks else None,
         "check_files_dir": check_files_dir,
+        "check_any_target": True if check_any_target else None,
         "dns": "" if no_dns else dns,
         "dns_domain": dns_domain,
         "dns_ttl": dns_ttl,

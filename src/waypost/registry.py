@@ -36,6 +36,7 @@ from waypost.durations import parse_duration
 from waypost.errors import Conflict, Forbidden, Gone, NotFound, WaypostError
 from waypost.health.files import CheckFiles
 from waypost.health.machine import worst
+from waypost.health.targets import require_own_target
 from waypost.health.ttl import TtlTimers
 from waypost.members import Members
 from waypost.model import (
@@ -190,6 +191,7 @@ class Registry:
         monotonic: Clock | None = None,
         command_checks: bool = False,
         check_files: CheckFiles | None = None,
+        check_any_target: bool = False,
         members: Members | None = None,
     ) -> None:
         self.store = store
@@ -201,6 +203,9 @@ class Registry:
         # What the checks this server runs may read (ca_file): nothing unless the
         # operator names a directory (--check-files-dir).
         self.check_files = check_files or CheckFiles()
+        # Whether the checks this server runs may target other hosts than the
+        # instance's own address (health/targets.py).
+        self.check_any_target = check_any_target
         self._clock = clock
         # Deadlines: a monotonic clock (a test's ManualClock serves as both).
         self._monotonic = monotonic or (clock if clock is not time.time else time.monotonic)
@@ -377,6 +382,8 @@ class Registry:
                     )
                 if isinstance(check.ca_file, str):
                     self.check_files.allowed(check.ca_file)  # Forbidden outside the dir
+            if not self.check_any_target:
+                require_own_target(inst, inst.checks)
         now = self._clock()
         old = self.catalog.get(inst.id)
         inst = msgspec.structs.replace(

@@ -71,6 +71,7 @@ class WaypostServer:
             node_name=settings.node,
             command_checks=settings.enable_command_checks,
             check_files=CheckFiles(settings.check_files_dir or None),
+            check_any_target=settings.check_any_target,
             members=self.members,
         )
         # Checks of instances registered through the API (agents check their own).

@@ -49,6 +49,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # The directory the checks this server runs may read files from (an https check's
     # ca_file, relative to it or under it); empty: none. Agents' checks read any path.
     check_files_dir: str = ""
+    # Whether the checks this server runs may connect elsewhere than the instance's own
+    # address (off: 403; a request forgery with the answer read back otherwise).
+    check_any_target: bool = False
     # DNS: listeners (HOST:PORT, comma list; empty: off), the zone, answer TTL,
     # whether warning instances are answered, and recursors for other names.
     dns: str = "127.0.0.1:8600"

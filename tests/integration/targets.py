@@ -24,6 +24,7 @@ class HttpTarget:
     def __init__(self, tls: tuple[Path, Path] | None = None) -> None:
         self.code = 200
         self.body = b"ok"
+        self.location = ""  # sent as Location when set (a redirect)
         self.requests = 0
         self.hold_at: int | None = None
         self.hang = False
@@ -40,7 +41,7 @@ class HttpTarget:
                 with target.seen:  # the answer is decided as the request is counted
                     target.requests += 1
                     n = target.requests
-                    code, body = target.code, target.body
+                    code, body, location = target.code, target.body, target.location
                     target.seen.notify_all()
                 if target.hold_at == n:
                     target.held.set()
@@ -53,6 +54,8 @@ class HttpTarget:
                     target._closed.wait(30)
                     return
                 self.send_response(code)
+                if location:
+                    self.send_header("Location", location)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)

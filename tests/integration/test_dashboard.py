@@ -131,7 +131,9 @@ def seed(api: httpx.Client) -> None:
     # A real check the server runs, against a port where nothing listens: critical, with
     # the connection error as its output.
     check = {"tcp": f"127.0.0.1:{closed_port()}", "interval": "1s", "name": "postgres-port"}
-    db = instance("db-1", "db", port=5432, tags=["prod"], node="node-1", checks=[check])
+    db = instance(
+        "db-1", "db", address="127.0.0.1", port=5432, tags=["prod"], node="node-1", checks=[check]
+    )
     assert api.put("/api/v1/instances/db-1", json=db).status_code == 200
     assert api.put("/api/v1/nodes/node-1", json={"address": "10.0.0.1"}).status_code == 200
     net = instance(

@@ -14,6 +14,7 @@ import dns.message
 import httpx
 
 from tests.conftest import ServerProcess, instance, wait_until
+from tests.integration.targets import HttpTarget
 from waypost import Client
 
 
@@ -43,14 +44,16 @@ def test_a_check_naming_stdin_as_its_ca_file_cannot_hang_the_server(tmp_path: Pa
         with httpx.Client(base_url=server.url, timeout=5) as h:
             for path in ("/dev/stdin", "/proc/self/fd/0", "../outside.pem"):
                 got = h.put(
-                    "/api/v1/instances/hang1", json=instance("hang1", checks=https_check(path))
+                    "/api/v1/instances/hang1",
+                    json=instance("hang1", address="127.0.0.1", checks=https_check(path)),
                 )
                 assert got.status_code == 403, got.text
                 assert "outside the server's check files directory" in got.json()["message"]
             # Named under the directory: accepted, and refused when read (never waited on).
             for iid, name in (("link", "stdin.pem"), ("fifo", "fifo.pem")):
                 got = h.put(
-                    f"/api/v1/instances/{iid}", json=instance(iid, checks=https_check(name))
+                    f"/api/v1/instances/{iid}",
+                    json=instance(iid, address="127.0.0.1", checks=https_check(name)),
                 )
                 assert got.status_code == 200, got.text
 
@@ -84,7 +87,9 @@ def test_a_server_without_check_files_refuses_every_ca_file(tmp_path: Path) -> N
     try:
         with httpx.Client(base_url=server.url, timeout=5) as h:
             check = {"https": "https://127.0.0.1:1/", "ca_file": "ca.pem"}
-            got = h.put("/api/v1/instances/a", json=instance("a", checks=[check]))
+            got = h.put(
+                "/api/v1/instances/a", json=instance("a", address="127.0.0.1", checks=[check])
+            )
             assert got.status_code == 403
             assert "--check-files-dir" in got.json()["message"]
             assert h.get("/api/v1/instances/a").status_code == 404
@@ -229,3 +234,43 @@ def test_a_web_page_cannot_write_to_a_local_server(
         assert h.put("/api/v1/instances/w3", content=w3, headers=curl).status_code == 200
     with Client(server.url) as c:
         assert c.register(id="w4", service="web", address="10.0.0.4", port=80).index > 0
+
+
+def test_a_server_run_check_targets_only_its_instances_own_address(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    """Finding 12 (request forgery): any method, headers and body to any address,
+    redirects followed, and the first KiB of the answer stored for every reader. Now a
+    check the server runs must target the instance's own address, and a redirect to
+    another host is not followed."""
+    target = HttpTarget()
+    server = start_server("--no-dns")
+    try:
+        with httpx.Client(base_url=server.url, timeout=5) as h:
+            url = f"http://127.0.0.1:{target.port}/"
+            for check in ({"http": url}, {"tcp": f"127.0.0.1:{target.port}"}):
+                elsewhere = instance("w1", address="10.0.0.1", checks=[check])
+                got = h.put("/api/v1/instances/w1", json=elsewhere)
+                assert got.status_code == 403, got.text
+                assert "the instance's own address" in got.json()["message"]
+            before = target.requests
+            # Its own address (a loopback name for a loopback address counts): checked.
+            own = instance("w2", address="127.0.0.1", checks=[{"http": url, "interval": "100ms"}])
+            assert h.put("/api/v1/instances/w2", json=own).status_code == 200
+            target.wait_requests(before + 1)
+            # A redirect to another host is not followed (nor looked up).
+            target.code, target.location = 302, "http://metadata.example.invalid/latest"
+            wait_until(
+                lambda: (
+                    "redirected to another host" in h.get("/api/v1/instances/w2").json()["output"]
+                ),
+                10,
+                "the redirect to be refused",
+            )
+            assert h.get("/api/v1/instances/w2").json()["status"] == "critical"
+    finally:
+        target.close()
+    # An operator who wants more says so.
+    wide = start_server("--no-dns", "--check-any-target", name="wide")
+    body = instance("w1", address="10.0.0.1", checks=[{"tcp": "127.0.0.1:1"}])
+    assert httpx.put(f"{wide.url}/api/v1/instances/w1", json=body).status_code == 200
