@@ -271,6 +271,18 @@ def test_write_rates_and_open_watches_are_limited_per_token(
                "two parked queries")  # fmt: skip
     third = httpx.get(f"{server.url}/api/v1/services/web?index={index}&wait=20s", timeout=30)
     assert third.status_code == 429
+    # Security review finding 14: requests without a token share the anonymous token,
+    # but not one bucket: another client address (a colleague's dashboard) is not
+    # locked out by this one's held watches, nor by its writes.
+    elsewhere = httpx.Client(
+        base_url=server.url, timeout=5, transport=httpx.HTTPTransport(local_address="127.0.0.2")
+    )
+    with elsewhere:
+        got = elsewhere.get(f"/api/v1/services/web?index={index}&wait=100ms")
+        assert got.status_code == 200, got.text
+        assert (
+            elsewhere.put("/api/v1/instances/w-other", json=instance("w-other")).status_code == 200
+        )
     # The bucket refills: writes go through again.
     done = instance("w-done")
     wait_until(

@@ -224,11 +224,21 @@ class AclGate:
             self.refused(request, authz, exc)
             raise exc
         try:
-            self.limits.write(authz.accessor)
+            self.limits.write(self.limit_key(request, authz))
         except TooManyRequests as exc:
             self.refused(request, authz, exc)
             raise
         return authz
+
+    @staticmethod
+    def limit_key(request: web.BaseRequest, authz: Authorizer) -> str:
+        """Whose write rate and open watches a request counts against: its token's; for
+        requests without one, the anonymous token's at that client address (shared by
+        every tokenless client, five held streams once locked the dashboard and every
+        other anonymous reader out)."""
+        if authz.anonymous:
+            return f"{authz.accessor}@{request.remote or ''}"
+        return authz.accessor
 
     def refused(
         self, request: web.BaseRequest, authz: Authorizer | None, exc: WaypostError

@@ -591,11 +591,12 @@ class Api:
             ans: Answer = self.cache.get(key)
         else:
             limits = self.gate.limits
-            limits.open_watch(authz.accessor)
+            holder = self.gate.limit_key(request, authz)
+            limits.open_watch(holder)
             try:
                 ans = await self.blocking.wait(key, index, min(wait_s, self.max_wait_s))
             finally:
-                limits.close_watch(authz.accessor)
+                limits.close_watch(holder)
         if authz.sees_everything:
             return web.Response(body=ans.body, headers=ans.headers())
         return web.Response(body=self._visible(key, authz, ans), headers=ans.headers())
@@ -1105,12 +1106,12 @@ async def events(request: web.Request) -> web.StreamResponse:
         return got, (got[-1].revision if got else now)
 
     backlog, upto = await fetch(after)  # Gone here becomes a 410 before the stream starts
-    accessor = authz.accessor
-    gate.limits.open_watch(accessor)
+    holder = gate.limit_key(request, authz)
+    gate.limits.open_watch(holder)
     try:
         return await _stream(request, backlog, upto, (rev, idx), fetch, kinds, service, authz)
     finally:
-        gate.limits.close_watch(accessor)
+        gate.limits.close_watch(holder)
 
 
 async def _stream(

@@ -164,7 +164,7 @@ class ConsulApi:
             return self.blocking.cache_index(key)
         if index is None:
             return self._index()
-        accessor = self._az(request).accessor
+        accessor = self.gate.limit_key(request, self._az(request))
         limits = self.gate.limits
         limits.open_watch(accessor)  # the token's cap on open watches
         try:
