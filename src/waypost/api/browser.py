@@ -23,8 +23,8 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from waypost.errors import Forbidden, UnsupportedMediaType
+from waypost.health.targets import is_loopback_host
 
-_LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
 # Content types a browser sends without a CORS preflight, that no API client needs.
 _BROWSER_ONLY = ("text/plain", "multipart/form-data")
 
@@ -48,13 +48,7 @@ def _is_ip(name: str) -> bool:
 
 def is_loopback(host: str) -> bool:
     """Whether a listener's host (``127.0.0.1``, ``::1``, ``localhost``) is loopback."""
-    name = _hostname(host) if host else "127.0.0.1"
-    if name in _LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
+    return is_loopback_host(_hostname(host) if host else "127.0.0.1")
 
 
 class BrowserGuard:
@@ -80,8 +74,7 @@ class BrowserGuard:
         name = _hostname(host)
         return (
             _is_ip(name)
-            or name in _LOOPBACK_NAMES
-            or name.endswith(".localhost")
+            or is_loopback_host(name)
             or name in self.hosts
             or host.strip().lower() in self.hosts
         )

@@ -32,7 +32,9 @@ def check_host(check: Check) -> str | None:
     return None
 
 
-def _loopback(host: str) -> bool:
+def is_loopback_host(host: str) -> bool:
+    """Whether a host name or address (lower case, no port, no brackets) is this
+    machine's: ``localhost`` and its kin, ``*.localhost``, or a loopback address."""
     if host in _LOOPBACK_NAMES or host.endswith(".localhost"):
         return True
     try:
@@ -52,7 +54,7 @@ def same_host(a: str, b: str) -> bool:
             return True
     except ValueError:
         pass
-    return _loopback(a) and _loopback(b)
+    return is_loopback_host(a) and is_loopback_host(b)
 
 
 def require_own_target(inst: Instance, checks: tuple[Check, ...]) -> None:
