@@ -42,9 +42,16 @@ def test_a_partition_mid_stream_loses_and_duplicates_no_acknowledged_message(
                 port = int(b.endpoint.rsplit(":", 1)[1].split("/", 1)[0])
                 await a.send_remote("net-b", "sink", "in", "hello")
 
+                quarter = SENDERS * PER_SENDER // 4
+                cut = asyncio.Event()
+
                 async def sender(s: int) -> None:
                     for i in range(PER_SENDER):
                         m = f"s{s}-{i}"
+                        if len(acked) >= quarter:
+                            # The rest of the stream goes out after the cut is in place: on a
+                            # fast machine it could otherwise be over before the rules load.
+                            await cut.wait()
                         try:
                             await a.send_remote("net-b", "sink", "in", m)
                         except Exception:  # not acknowledged: may or may not have arrived
@@ -52,8 +59,9 @@ def test_a_partition_mid_stream_loses_and_duplicates_no_acknowledged_message(
                         acked.append(m)
 
                 tasks = [asyncio.create_task(sender(s)) for s in range(SENDERS)]
-                await until(lambda: len(acked) >= SENDERS * PER_SENDER // 4, "a quarter acked")
+                await until(lambda: len(acked) >= quarter, "a quarter acked")
                 await asyncio.to_thread(ns.nft, partition_rules("127.0.0.3", port))
+                cut.set()
                 await asyncio.sleep(CUT_S)  # the fault: the link cut this long
                 at_heal = len(acked)
                 await asyncio.to_thread(ns.flush)
