@@ -544,3 +544,46 @@ def test_a_recursive_kv_delete_keeps_a_more_specific_deny(deny_server: ServerPro
     with as_token(deny_server, admin_secret) as h:
         assert h.get("/v1/kv/secret/dbpass").status_code == 200
         assert h.get("/v1/kv/app/x").status_code == 404
+
+
+def test_an_actor_entry_needs_write_on_the_service_name_it_is_served_under(
+    deny_server: ServerProcess,
+) -> None:
+    """Security review finding 6: a token allowed ``network_prefix webnet write``
+    registered ``{"service": "db", "kind": "actor", ...}`` and was served as a member of
+    ``db`` (API, SDK cache, proxy, DNS). Every kind is now authorized by its service name
+    too; the network's own actors still register with a grant for their names."""
+    admin_secret = bootstrap(deny_server)
+    with Client(deny_server.url, token=admin_secret) as admin:
+        net = token_with(
+            admin,
+            "webnet",
+            [
+                {"resource": "network_prefix", "name": "webnet", "access": "write"},
+                {"resource": "service", "name": "webnet", "access": "write"},
+                {"resource": "service", "name": "render", "access": "write"},
+            ],
+        )
+        admin.register(instance("db-1", service="db", address="127.0.0.1"))
+        before = admin.instances(service="db").instances
+    meta = {"network": "webnet"}
+    sneak = instance("db-sneak", service="db", kind="actor", meta=meta, address="127.0.0.9")
+    with as_token(deny_server, net) as h:
+        got = h.put("/api/v1/instances/db-sneak", json=sneak)
+        assert got.status_code == 403, got.text
+        assert 'service "db"' in got.json()["message"]
+        batch = h.post("/api/v1/batch", json={"atomic": True, "register": [sneak]})
+        assert batch.status_code == 403, batch.text
+        # A network entry named after another service is refused the same way.
+        net_entry = instance("db-net", service="db", kind="network", address="127.0.0.9")
+        assert h.put("/api/v1/instances/db-net", json=net_entry).status_code == 403
+        # Its own network and actor register.
+        own = instance("render-1", service="render", kind="actor", meta=meta)
+        assert h.put("/api/v1/instances/render-1", json=own).status_code == 200
+        entry = instance("webnet-1", service="webnet", kind="network")
+        assert h.put("/api/v1/instances/webnet-1", json=entry).status_code == 200
+    with Client(deny_server.url, token=admin_secret) as admin:
+        assert admin.instances(service="db").instances == before
+        assert sorted(admin.cache.get("db").instances) == ["db-1"]
+    rcode, ips = dns_rcode_and_ips(deny_server, "db.service.waypost.")
+    assert "127.0.0.9" not in ips, (rcode, ips)

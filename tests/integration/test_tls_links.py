@@ -145,8 +145,14 @@ def test_actor_networks_link_over_wss_with_mutual_tls_and_a_registry_token(
 
     admin = json.loads(done.stdout)["secret"]
     with Client(server.url, token=admin) as c:
-        c.acl_create_policy("lab", [{"resource": "network_prefix", "name": "lab-",
-                                     "access": "write"}])  # fmt: skip
+        # A network's entries are served under the network id and its actors' names: the
+        # token writes both (a network grant alone does not reach another service's name).
+        c.acl_create_policy("lab", [
+            {"resource": "network_prefix", "name": "lab-", "access": "write"},
+            {"resource": "service_prefix", "name": "lab-", "access": "write"},
+            {"resource": "service", "name": "upper", "access": "write"},
+            {"resource": "service", "name": "sink", "access": "write"},
+        ])  # fmt: skip
         token = c.acl_create_token(["lab"]).secret
 
     def net(name: str, cert: str, ca: Path | None = None) -> Network:

@@ -167,13 +167,23 @@ class Authorizer:
 
     @staticmethod
     def instance_resource(inst: Instance) -> tuple[str, str]:
-        """The resource an instance falls under: ``service`` by its service name; for
+        """The resource an instance is read by: ``service`` by its service name; for
         actor networks ``network`` by the network (an actor: its meta ``network``)."""
         if inst.kind is Kind.SERVICE:
             return "service", inst.service
         if inst.kind is Kind.ACTOR:
             return "network", inst.meta.get("network", inst.service)
         return "network", inst.service
+
+    @staticmethod
+    def instance_writes(inst: Instance) -> tuple[tuple[str, str], ...]:
+        """Every resource a write of the instance touches: its service name whatever its
+        kind (an actor or a network entry is served under that name, so a network grant
+        alone must not put one into another team's service) and, for actor networks, the
+        network."""
+        if inst.kind is Kind.SERVICE:
+            return (("service", inst.service),)
+        return (("service", inst.service), Authorizer.instance_resource(inst))
 
     def reads_instances(self) -> bool:
         return self.reads_all["service"] and self.reads_all["network"]
@@ -187,7 +197,8 @@ class Authorizer:
         return self.can(READ, *self.instance_resource(inst))
 
     def require_instance(self, level: int, inst: Instance) -> None:
-        self.require(level, *self.instance_resource(inst))
+        for resource, name in self.instance_writes(inst):
+            self.require(level, resource, name)
 
     def can_read_service_name(self, name: str) -> bool:
         """A service listing's name: readable as a service or as a network."""

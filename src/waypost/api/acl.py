@@ -261,7 +261,8 @@ class AclGate:
             raise
 
     def require_instance(self, request: web.BaseRequest, level: int, inst: Instance) -> None:
-        self.require(request, level, *Authorizer.instance_resource(inst))
+        for resource, name in Authorizer.instance_writes(inst):
+            self.require(request, level, resource, name)
 
     def may_change_instance(self, request: web.BaseRequest, iid: str) -> None:
         """A write to a registered instance: allowed if the token writes its service; an
