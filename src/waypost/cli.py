@@ -22,6 +22,7 @@ from rich.table import Table
 
 from waypost._version import __version__
 from waypost.client import Client
+from waypost.dns.custom import DEFAULT_CUSTOM_ZONES
 from waypost.durations import parse_duration
 from waypost.errors import Conflict, InvalidInput, NotFound, Unavailable, WaypostError
 from waypost.model import AclPolicy, AclTokenView, Instance, convert_instance
@@ -205,6 +206,13 @@ def server(
     ] = None,
     no_dns: Annotated[bool, typer.Option("--no-dns", help="Serve no DNS.")] = False,
     dns_domain: Annotated[str | None, typer.Option(help="The DNS zone (default waypost).")] = None,
+    dns_custom_zones: Annotated[
+        str | None,
+        typer.Option(
+            help="Zones instances' custom domains may be in (comma list; default "
+            "local,internal,home.arpa; empty: none)."
+        ),
+    ] = None,
     dns_ttl: Annotated[str | None, typer.Option(help="TTL of DNS answers (default 5s).")] = None,
     dns_allow_warning: Annotated[
         bool, typer.Option("--dns-allow-warning", help="Answer warning instances too.")
@@ -313,6 +321,7 @@ def server(
         "check_any_target": True if check_any_target else None,
         "dns": "" if no_dns else dns,
         "dns_domain": dns_domain,
+        "dns_custom_zones": dns_custom_zones,
         "dns_ttl": dns_ttl,
         "dns_allow_warning": True if dns_allow_warning else None,
         "recursors": ",".join(recursor) if recursor else None,
@@ -1449,6 +1458,7 @@ def dns_worker(
     server: Annotated[str, typer.Option(help="The server to follow.")],
     dns: Annotated[str, typer.Option(help="HOST:PORT to share (comma list).")],
     dns_domain: Annotated[str, typer.Option()] = "waypost",
+    dns_custom_zones: Annotated[str, typer.Option()] = DEFAULT_CUSTOM_ZONES,
     dns_ttl: Annotated[str, typer.Option()] = "5s",
     dns_allow_warning: Annotated[bool, typer.Option("--dns-allow-warning")] = False,
     recursor: Annotated[list[str] | None, typer.Option()] = None,
@@ -1465,6 +1475,7 @@ def dns_worker(
         server,
         settings.dns_listeners(),
         domain=dns_domain,
+        custom_zones=dns_custom_zones,
         ttl_s=settings.dns_ttl_s(),
         allow_warning=dns_allow_warning,
         recursors=settings.recursor_list(),

@@ -666,6 +666,8 @@ AclResource = Literal[
     "key_prefix",
     "network",
     "network_prefix",
+    "domain",
+    "domain_suffix",
     "agent",
     "operator",
     "acl",
@@ -684,7 +686,8 @@ MANAGEMENT_POLICY = "global-management"
 
 class AclRule(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """One rule of a policy: ``access`` to the ``resource`` called ``name`` (a prefix for
-    the ``*_prefix`` resources; unused for ``agent``, ``operator`` and ``acl``)."""
+    the ``*_prefix`` resources, a DNS zone for ``domain_suffix``: the name and every name
+    below it; unused for ``agent``, ``operator`` and ``acl``)."""
 
     resource: AclResource
     name: Annotated[str, Meta(max_length=512, pattern=r"\A[^\x00-\x1f\x7f]*\Z")] = ""

@@ -32,6 +32,7 @@ import msgspec
 
 from waypost.aio import cancel_all
 from waypost.catalog import Catalog
+from waypost.dns.custom import CustomZones
 from waypost.durations import parse_duration
 from waypost.errors import Conflict, Forbidden, Gone, NotFound, WaypostError
 from waypost.health.files import CheckFiles
@@ -192,6 +193,7 @@ class Registry:
         command_checks: bool = False,
         check_files: CheckFiles | None = None,
         check_any_target: bool = False,
+        custom_zones: CustomZones | None = None,
         members: Members | None = None,
     ) -> None:
         self.store = store
@@ -206,6 +208,8 @@ class Registry:
         # Whether the checks this server runs may target other hosts than the
         # instance's own address (health/targets.py).
         self.check_any_target = check_any_target
+        # Where an instance's custom DNS domain may be (dns/custom.py).
+        self.custom_zones = custom_zones or CustomZones()
         self._clock = clock
         # Deadlines: a monotonic clock (a test's ManualClock serves as both).
         self._monotonic = monotonic or (clock if clock is not time.time else time.monotonic)
@@ -371,6 +375,8 @@ class Registry:
         """Fill in what the server owns: node, timestamps (registered_at kept on replace)
         and, unless an agent reports them, the health of the instance's checks: a check
         new or changed starts at its initial status, one unchanged keeps its state."""
+        if inst.domain:
+            self.custom_zones.require(inst.domain, iid=inst.id)
         if not inst.agent:
             for check in inst.checks:
                 if check.kind == "command" and not self.command_checks:

@@ -25,6 +25,7 @@ from waypost.api.conns import IDLE_TIMEOUT_S, ConnectionLimits
 from waypost.api.hot import FastSite, HotPath, PlainReads
 from waypost.catalog import Catalog
 from waypost.checking import CheckHost
+from waypost.dns.custom import CustomZones
 from waypost.dns.server import DnsServer
 from waypost.dns.workers import DnsWorkers, worker_command
 from waypost.errors import WaypostError
@@ -72,6 +73,7 @@ class WaypostServer:
             command_checks=settings.enable_command_checks,
             check_files=CheckFiles(settings.check_files_dir or None),
             check_any_target=settings.check_any_target,
+            custom_zones=CustomZones(settings.dns_custom_zones, own=settings.dns_domain),
             members=self.members,
         )
         # Checks of instances registered through the API (agents check their own).
@@ -86,6 +88,7 @@ class WaypostServer:
                 self.registry,
                 listen=listeners,
                 domain=settings.dns_domain,
+                custom_zones=settings.dns_custom_zones,
                 ttl_s=settings.dns_ttl_s(),
                 allow_warning=settings.dns_allow_warning,
                 recursors=settings.recursor_list(),
@@ -225,6 +228,7 @@ class WaypostServer:
                 local,
                 self.dns.addresses(),
                 domain=self.settings.dns_domain,
+                custom_zones=self.settings.dns_custom_zones,
                 ttl=self.settings.dns_ttl,
                 allow_warning=self.settings.dns_allow_warning,
                 recursors=[f"{h}:{p}" for h, p in self.settings.recursor_list()],

@@ -15,6 +15,7 @@ from pathlib import Path
 import msgspec
 import yaml
 
+from waypost.dns.custom import DEFAULT_CUSTOM_ZONES
 from waypost.durations import parse_duration
 from waypost.errors import InvalidInput
 from waypost.model import LABEL_RE, is_label
@@ -56,6 +57,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # whether warning instances are answered, and recursors for other names.
     dns: str = "127.0.0.1:8600"
     dns_domain: str = "waypost"
+    # Zones an instance's custom "domain" may be inside (comma list; empty: none): by
+    # default private-use suffixes only, so no registration can answer a public name.
+    dns_custom_zones: str = DEFAULT_CUSTOM_ZONES
     dns_ttl: str = "5s"
     dns_allow_warning: bool = False
     recursors: str = ""

@@ -587,3 +587,31 @@ def test_an_actor_entry_needs_write_on_the_service_name_it_is_served_under(
         assert sorted(admin.cache.get("db").instances) == ["db-1"]
     rcode, ips = dns_rcode_and_ips(deny_server, "db.service.waypost.")
     assert "127.0.0.9" not in ips, (rcode, ips)
+
+
+def test_a_dns_name_is_claimed_only_with_a_rule_that_grants_it(deny_server: ServerProcess) -> None:
+    """Security review finding 9: a ``web`` writer added itself to ``db.internal``. An
+    instance's custom domain needs write on it: ``domain`` (exact) or ``domain_suffix``
+    (the zone and every name below it, label by label)."""
+    admin_secret = bootstrap(deny_server)
+    with Client(deny_server.url, token=admin_secret) as admin:
+        admin.register(instance("db-1", service="db", address="10.0.0.5", domain="db.internal"))
+        web = token_with(
+            admin,
+            "web-names",
+            [
+                {"resource": "service", "name": "web", "access": "write"},
+                {"resource": "domain_suffix", "name": "web.internal", "access": "write"},
+            ],
+        )
+    with as_token(deny_server, web) as h:
+        for name in ("db.internal", "xweb.internal", "internal.web"):
+            got = h.put("/api/v1/instances/web-1", json=instance("web-1", domain=name))
+            assert got.status_code == 403, (name, got.text)
+            assert f'domain "{name}"' in got.json()["message"]
+        for i, name in enumerate(("web.internal", "API.web.internal.")):
+            got = h.put(f"/api/v1/instances/web-{i}", json=instance(f"web-{i}", domain=name))
+            assert got.status_code == 200, (name, got.text)
+    with as_token(deny_server, admin_secret) as h:
+        owners = [i["id"] for i in h.get("/api/v1/instances").json() if i.get("domain")]
+        assert sorted(owners) == ["db-1", "web-0", "web-1"]

@@ -123,6 +123,38 @@ def test_custom_domain(server: ServerProcess, http: httpx.Client) -> None:
     assert addresses(ask(server, "WEB.local", "A")) == ["10.1.0.1", "10.1.0.2"]
 
 
+def test_a_custom_domain_is_claimed_only_inside_the_custom_zones(start_server: Any) -> None:
+    """Security review finding 9: an instance with ``"domain": "pypi.org"`` made the
+    server answer ``pypi.org`` itself instead of forwarding it. A custom domain must lie
+    inside ``--dns-custom-zones`` (default local, internal, home.arpa); a record stored
+    before the zones changed is kept but no longer answered."""
+    server = start_server(name="zones")
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        for name in ("pypi.org", "x.waypost", "local", "a.b.example"):
+            body = {"id": "claim", "service": "site", "address": "10.1.0.9", "port": 80,
+                    "domain": name}  # fmt: skip
+            got = http.put("/api/v1/instances/claim", json=body)
+            assert got.status_code == 400, (name, got.text)
+            assert "--dns-custom-zones" in got.json()["message"]
+        assert http.get("/api/v1/instances/claim").status_code == 404
+        put(http, "site-1", "site", address="10.1.0.1", domain="web.local")
+        put(http, "site-2", "site", address="10.1.0.2", domain="site.home.arpa")
+    assert ask(server, "pypi.org", "A").rcode() == dns.rcode.REFUSED
+    assert addresses(ask(server, "web.local", "A")) == ["10.1.0.1"]
+    assert addresses(ask(server, "site.home.arpa", "A")) == ["10.1.0.2"]
+    server.stop()
+    # The same data under other zones: the stored record stays, its name is not answered.
+    server = start_server("--dns-custom-zones", "corp.internal", name="zones")
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        assert http.get("/api/v1/instances/site-1").json()["domain"] == "web.local"
+        assert ask(server, "web.local", "A").rcode() == dns.rcode.REFUSED
+        put(http, "site-3", "site", address="10.1.0.3", domain="app.corp.internal")
+        assert addresses(ask(server, "app.corp.internal", "A")) == ["10.1.0.3"]
+        body = {"id": "site-1", "service": "site", "address": "10.1.0.1", "port": 80,
+                "domain": "web.local"}  # fmt: skip
+        assert http.put("/api/v1/instances/site-1", json=body).status_code == 400
+
+
 def test_negative_answers_carry_the_soa(server: ServerProcess, web: None) -> None:
     nx = ask(server, "nope.service.waypost", "A")
     assert nx.rcode() == dns.rcode.NXDOMAIN

@@ -166,3 +166,32 @@ def test_a_wrong_accessor_and_a_wrong_secret_take_the_same_time() -> None:
     base = medians["accessor"]
     for kind, value in medians.items():
         assert 0.75 < value / base < 1.33, (kind, medians)
+
+
+LABEL = st.from_regex(r"\A[a-z0-9]([a-z0-9-]{0,6}[a-z0-9])?\Z")
+NAME = st.lists(LABEL, min_size=1, max_size=4).map(".".join)
+
+
+@given(zone=NAME, name=NAME, upper=st.booleans(), dot=st.booleans())
+def test_a_domain_suffix_rule_covers_its_zone_label_by_label(
+    zone: str, name: str, upper: bool, dot: bool
+) -> None:
+    """``domain_suffix "Z"`` covers Z and every name below it, whatever the case or a
+    final dot, and nothing that merely ends in the same characters."""
+    a = authz(("domain_suffix", zone, "write"))
+    asked = (name.upper() if upper else name) + ("." if dot else "")
+    below = name == zone or name.endswith("." + zone)
+    assert a.can(WRITE, "domain", asked) is below
+
+
+def test_an_instances_domain_is_part_of_what_its_write_touches() -> None:
+    inst = Instance(id="w1", service="web", address="10.0.0.1", port=80, domain="db.internal")
+    a = authz(("service", "web", "write"), ("domain", "web.internal", "write"))
+    with pytest.raises(Forbidden, match='domain "db.internal"'):
+        a.require_instance(WRITE, inst)
+    a.require_instance(WRITE, Instance(id="w1", service="web", address="10.0.0.1", port=80,
+                                       domain="WEB.internal."))  # fmt: skip
+    actor = Instance(id="a1", service="db", address="10.0.0.1", port=80, kind=Kind.ACTOR,
+                     meta={"network": "webnet"})  # fmt: skip
+    with pytest.raises(Forbidden, match='service "db"'):
+        authz(("network", "webnet", "write")).require_instance(WRITE, actor)

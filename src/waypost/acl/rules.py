@@ -24,8 +24,13 @@ from waypost.model import (
 DENY, READ, WRITE = 0, 1, 2
 LEVELS = {"deny": DENY, "read": READ, "write": WRITE}
 WORDS = {DENY: "deny", READ: "read", WRITE: "write"}
-# Resources named by an exact rule and a prefix rule.
-FAMILIES = ("service", "node", "key", "network")
+# Resources named by an exact rule and a prefix rule. ``domain`` (an instance's custom DNS
+# name) has a suffix rule instead, matched label by label: ``domain_suffix "corp.internal"``
+# covers ``corp.internal`` and ``web.corp.internal``, not ``xcorp.internal``.
+FAMILIES = ("service", "node", "key", "network", "domain")
+# The families that say what a token may read (a domain is read through its service).
+READ_FAMILIES = ("service", "node", "key", "network")
+PREFIX_RULES = {f"{f}_prefix": f for f in FAMILIES if f != "domain"} | {"domain_suffix": "domain"}
 # Resources with one rule each (their rules' names are not used).
 SINGLES = ("agent", "operator", "acl")
 # (level, why): why names the rule that decided, for a refusal's message.
@@ -35,7 +40,7 @@ MAX_MEMO = 4096
 
 def management_rules() -> list[AclRule]:
     """The rules of the ``global-management`` policy: write on everything."""
-    rules = [AclRule(resource=f"{f}_prefix", name="", access="write") for f in FAMILIES]  # type: ignore[arg-type]
+    rules = [AclRule(resource=r, name="", access="write") for r in PREFIX_RULES]  # type: ignore[arg-type]
     rules += [AclRule(resource=s, access="write") for s in SINGLES]  # type: ignore[arg-type]
     return rules
 
@@ -47,6 +52,13 @@ def _merge(old: Verdict | None, new: Verdict) -> Verdict:
     if old[0] == DENY or (new[0] != DENY and old[0] >= new[0]):
         return old
     return new
+
+
+def domain_key(name: str) -> str:
+    """A DNS name as the ``domain`` family matches it: labels reversed, each followed by a
+    dot, so that a string prefix is a zone (``web.corp.internal`` -> ``internal.corp.web.``)."""
+    labels = [lab for lab in name.strip().rstrip(".").lower().split(".") if lab]
+    return "".join(f"{lab}." for lab in reversed(labels))
 
 
 def _describe(rule: AclRule, policy: str) -> str:
@@ -82,18 +94,21 @@ class Authorizer:
             res = rule.resource
             if res in SINGLES:
                 self._single[res] = _merge(self._single.get(res), verdict)
-            elif res.endswith("_prefix"):
-                fam = prefixes[res[: -len("_prefix")]]
-                fam[rule.name] = _merge(fam.get(rule.name), verdict)
+            elif res in PREFIX_RULES:
+                family = PREFIX_RULES[res]
+                name = domain_key(rule.name) if family == "domain" else rule.name
+                fam = prefixes[family]
+                fam[name] = _merge(fam.get(name), verdict)
             else:
+                name = domain_key(rule.name) if res == "domain" else rule.name
                 fam = self._exact[res]
-                fam[rule.name] = _merge(fam.get(rule.name), verdict)
+                fam[name] = _merge(fam.get(name), verdict)
         # Longest prefix first: the first that matches decides.
         self._prefixes = {
             f: sorted(p.items(), key=lambda kv: -len(kv[0])) for f, p in prefixes.items()
         }
         self._memo: dict[tuple[str, str], Verdict] = {}
-        self.reads_all = {f: self._all(f, READ) for f in FAMILIES}
+        self.reads_all = {f: self._all(f, READ) for f in READ_FAMILIES}
         self.writes_all = {f: self._all(f, WRITE) for f in FAMILIES}
         self.sees_everything = all(self.reads_all.values())
         self.may_write_something = (
@@ -132,6 +147,8 @@ class Authorizer:
             if resource == "acl":
                 return (DENY, "no acl rule (ACLs are managed only with an acl rule)")
             return self._default
+        if resource == "domain":
+            name = domain_key(name)
         memo_key = (resource, name)
         got = self._memo.get(memo_key)
         if got is not None:
@@ -181,15 +198,18 @@ class Authorizer:
         kind (an actor or a network entry is served under that name, so a network grant
         alone must not put one into another team's service) and, for actor networks, the
         network."""
-        if inst.kind is Kind.SERVICE:
-            return (("service", inst.service),)
-        return (("service", inst.service), Authorizer.instance_resource(inst))
+        out: tuple[tuple[str, str], ...] = (("service", inst.service),)
+        if inst.kind is not Kind.SERVICE:
+            out += (Authorizer.instance_resource(inst),)
+        if inst.domain:
+            out += (("domain", inst.domain),)
+        return out
 
     def reads_instances(self) -> bool:
         return self.reads_all["service"] and self.reads_all["network"]
 
     def writes_instances(self) -> bool:
-        return self.writes_all["service"] and self.writes_all["network"]
+        return all(self.writes_all[f] for f in ("service", "network", "domain"))
 
     def can_read_instance(self, inst: Instance) -> bool:
         if inst.kind is Kind.SERVICE:

@@ -41,6 +41,7 @@ import dns.rrset
 from waypost.acl import AclState
 from waypost.catalog import Catalog
 from waypost.dns import wire
+from waypost.dns.custom import DEFAULT_CUSTOM_ZONES, CustomZones
 from waypost.dns.zone import SHUFFLES, Reply, Zone, stratified_orders
 from waypost.model import AclPolicy, AclToken, DnsStatus, Event, Instance, Node, ServiceConfig
 from waypost.telemetry import SAMPLE_EVERY, Histogram
@@ -197,6 +198,7 @@ class DnsServer:
         *,
         listen: Sequence[tuple[str, int]],
         domain: str = "waypost",
+        custom_zones: str = DEFAULT_CUSTOM_ZONES,
         ttl_s: float = 5.0,
         allow_warning: bool = False,
         recursors: Sequence[tuple[str, int]] = (),
@@ -216,6 +218,7 @@ class DnsServer:
         self.zone = Zone(
             registry.catalog,
             domain=domain,
+            custom_zones=CustomZones(custom_zones, own=domain),
             ttl_s=ttl_s,
             allow_warning=allow_warning,
             ns_addresses=hosts or ["127.0.0.1"],

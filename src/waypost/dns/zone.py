@@ -44,6 +44,7 @@ import dns.rrset
 
 from waypost.acl import READ, AclState, Authorizer
 from waypost.catalog import Catalog, domain_key
+from waypost.dns.custom import CustomZones
 from waypost.durations import parse_duration
 from waypost.model import Instance, ServiceConfig, Status
 
@@ -124,12 +125,15 @@ class Zone:
         catalog: Catalog,
         *,
         domain: str = "waypost",
+        custom_zones: CustomZones | None = None,
         ttl_s: float = 5.0,
         allow_warning: bool = False,
         ns_addresses: Iterable[str] = ("127.0.0.1",),
         acl: AclState | None = None,
     ) -> None:
         self.catalog = catalog
+        # Where instances' custom domains are answered (a name outside is forwarded).
+        self.custom_zones = custom_zones or CustomZones(own=domain)
         # With ACLs: answer only what the anonymous token may read (None: everything).
         self.acl = acl
         self.origin = dns.name.from_text(domain.strip(".") + ".").canonicalize()
@@ -277,8 +281,9 @@ class Zone:
             return self._in_zone(name, rdtype)
         if name.is_subdomain(REVERSE[0]) or name.is_subdomain(REVERSE[1]):
             return self._reverse(name, rdtype)
-        ids = self.catalog.with_domain(name.to_text())
-        if ids:
+        text = name.to_text()
+        ids = self.catalog.with_domain(text)
+        if ids and self.custom_zones.covers(text):
             return self._custom(name, ids, rdtype)
         return None
 
