@@ -187,7 +187,7 @@ def test_a_domain_suffix_rule_covers_its_zone_label_by_label(
 def test_an_instances_domain_is_part_of_what_its_write_touches() -> None:
     inst = Instance(id="w1", service="web", address="10.0.0.1", port=80, domain="db.internal")
     a = authz(("service", "web", "write"), ("domain", "web.internal", "write"))
-    with pytest.raises(Forbidden, match='domain "db.internal"'):
+    with pytest.raises(Forbidden, match=r'domain "db\.internal"'):
         a.require_instance(WRITE, inst)
     a.require_instance(WRITE, Instance(id="w1", service="web", address="10.0.0.1", port=80,
                                        domain="WEB.internal."))  # fmt: skip
