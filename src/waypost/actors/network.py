@@ -27,6 +27,7 @@ import logging
 import os
 import random
 import re
+import secrets
 import ssl
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -174,6 +175,9 @@ class _Link:
         self.reader: asyncio.Task[None] | None = None
         self.closing = False
         self.peer_epoch = ""
+        # The link's resume secret: one we issued (a link a peer opened to us) or one the
+        # peer issued (a link we opened). Only its holder may take the link over.
+        self.resume = ""
         self.latency_ms: float | None = None
         self._pongs: dict[float, asyncio.Future[None]] = {}
         self.sent = 0
@@ -431,7 +435,12 @@ class Network:
         self._nodes: dict[str, str] = {}  # workflow node -> "local" actor name or alias
         self._remote: dict[str, RemoteActor] = {}
         self._connections: dict[tuple[str, str], list[tuple[str, str]]] = {}
-        self._links: dict[tuple[str, str], _Link] = {}  # (network, instance) -> link
+        # Links we opened, to the endpoint the registry names for (network, instance):
+        # the only links new messages to a network go over.
+        self._links: dict[tuple[str, str], _Link] = {}
+        # Links peers opened to us, by the resume secret we issued: each carries only its
+        # dialer's messages and their answers, whatever identity its hello claimed.
+        self._inbound: dict[str, _Link] = {}
         self._by_network: dict[str, _Link] = {}  # the link we use to reach a network
         self._dialing: dict[str, asyncio.Future[_Link]] = {}
         self._outputs: collections.OrderedDict[tuple[str, str, int], None] = (
@@ -531,9 +540,10 @@ class Network:
             with contextlib.suppress(WaypostError):
                 await self.client.batch(deregister=self._entry_ids())
             self.registered = False
-        for link in list(self._links.values()):
+        for link in [*self._links.values(), *self._inbound.values()]:
             await link.close()
         self._links.clear()
+        self._inbound.clear()
         self._by_network.clear()
         for ws in list(self._server_ws):
             await ws.close()
@@ -896,7 +906,7 @@ class Network:
         link = self._links.get(key)
         if link is None:
             link = _Link(self, info.network_id, info.instance_id, info.endpoint)
-            self._add_link(key, link)
+            self._add_link(self._links, key, link)
         link.endpoint = info.endpoint
         if not link.connected.is_set():
             await self._dial(link)
@@ -917,6 +927,7 @@ class Network:
                     instance_id=self.instance_id,
                     token=self.auth_token,
                     epoch=self.epoch,
+                    resume=link.resume,
                 )
                 await ws.send_bytes(p.encode([hello]))
                 m = await ws.receive()
@@ -938,6 +949,15 @@ class Network:
             raise AuthenticationFailed(f"{link.network_id} refused the link: {reason}")
         welcome = frames[0]
         assert isinstance(welcome, p.Welcome)
+        if (welcome.network_id, welcome.instance_id) != (link.network_id, link.instance_id):
+            # Another process at the address the registry gave (a stale entry, a reused
+            # port): it is not the instance our messages are for.
+            await ws.close()
+            raise AuthenticationFailed(
+                f"{link.endpoint} answered as {welcome.network_id}/{welcome.instance_id}, "
+                f"not {link.network_id}/{link.instance_id}"
+            )
+        link.resume = welcome.resume
         link.attach(ws, welcome.epoch)
         link.reader = asyncio.create_task(self._read(link, ws), name=f"read-{link.network_id}")
 
@@ -1000,20 +1020,21 @@ class Network:
             await ws.send_bytes(p.encode([p.Denied(reason="authentication failed")]))
             await ws.close()
             return ws
-        await ws.send_bytes(
-            p.encode(
-                [
-                    p.Welcome(
-                        network_id=self.network_id, instance_id=self.instance_id, epoch=self.epoch
-                    )
-                ]
-            )
-        )
-        key = (hello.network_id, hello.instance_id)
-        link = self._links.get(key)
-        if link is None:
+        # A hello's claim is only a name: it never reaches a link another connection opened
+        # unless it shows that link's secret (its own reconnect), so no peer can take over
+        # a live link or receive what was meant for another.
+        link = self._inbound.get(hello.resume) if hello.resume else None
+        if link is None or (link.network_id, link.instance_id, link.peer_epoch) != (
+            hello.network_id, hello.instance_id, hello.epoch,
+        ):  # fmt: skip
             link = _Link(self, hello.network_id, hello.instance_id)
-            self._add_link(key, link)
+            link.resume = secrets.token_urlsafe(18)
+            self._add_link(self._inbound, link.resume, link)
+        welcome = p.Welcome(
+            network_id=self.network_id, instance_id=self.instance_id, epoch=self.epoch,
+            resume=link.resume,
+        )  # fmt: skip
+        await ws.send_bytes(p.encode([welcome]))
         link.attach(ws, hello.epoch)
         self._server_ws.add(ws)
         try:
@@ -1055,17 +1076,17 @@ class Network:
             except Exception:  # never end the watch silently
                 log.exception("%s: health check failed", self.network_id)
 
-    def _add_link(self, key: tuple[str, str], link: _Link) -> None:
-        """Remember a peer instance's link; past MAX_LINKS, forget disconnected ones with
+    def _add_link(self, table: dict[Any, _Link], key: Any, link: _Link) -> None:
+        """Remember a link; past MAX_LINKS in its table, forget disconnected ones with
         nothing in flight (instances that came and went, as pods do)."""
-        self._links[key] = link
-        if len(self._links) <= MAX_LINKS:
+        table[key] = link
+        if len(table) <= MAX_LINKS:
             return
-        for k, old in list(self._links.items()):
-            if len(self._links) <= MAX_LINKS:
+        for k, old in list(table.items()):
+            if len(table) <= MAX_LINKS:
                 break
             if old is not link and not old.connected.is_set() and not old.waiting:
-                del self._links[k]
+                del table[k]
                 for net, used in list(self._by_network.items()):
                     if used is old:
                         del self._by_network[net]
@@ -1087,13 +1108,15 @@ class Network:
                 {
                     "network_id": link.network_id,
                     "instance_id": link.instance_id,
+                    "direction": direction,
                     "state": link.state,
                     "latency_ms": link.latency_ms,
                     "queued": len(link.outbox.unacked),
                     "sent": link.sent,
                     "received": link.received,
                 }
-                for link in self._links.values()
+                for direction, links in (("out", self._links), ("in", self._inbound))
+                for link in links.values()
             ],
         }
 

@@ -41,12 +41,16 @@ class Hello(msgspec.Struct, tag_field="t", tag="hello", kw_only=True):
     instance_id: str
     token: str = ""
     epoch: str = ""  # new each time a process starts: a restarted peer numbers from 1
+    # The secret the accepting side gave this link in its Welcome: presenting it resumes
+    # the link (its numbering, what awaits an ack); without it a hello opens a new one.
+    resume: str = ""
 
 
 class Welcome(msgspec.Struct, tag_field="t", tag="welcome", kw_only=True):
     network_id: str
     instance_id: str
     epoch: str = ""
+    resume: str = ""  # what the dialer presents to resume this link after a reconnect
 
 
 class Denied(msgspec.Struct, tag_field="t", tag="denied", kw_only=True):
