@@ -39,6 +39,7 @@ from waypost.store import Store, open_store
 
 if TYPE_CHECKING:
     from waypost.peers.mdns import MdnsAdvertiser
+    from waypost.tls import LiveContext
 
 log = logging.getLogger("waypost.server")
 
@@ -57,6 +58,7 @@ class WaypostServer:
         # An HTTP worker: one of the processes another server started to share its port.
         self.http_worker = http_worker
         self.ssl_context: ssl.SSLContext | None = None
+        self._tls: LiveContext | None = None
         self.store = store or open_store(
             settings.store,
             data_dir=Path(settings.data_dir),
@@ -155,7 +157,7 @@ class WaypostServer:
             shared = self.http_worker or self.settings.http_workers > 1
             ssl_context = None
             if self.settings.tls_cert:
-                from waypost.tls import server_context
+                from waypost.tls import LiveContext, server_context
 
                 ssl_context = self.ssl_context = server_context(
                     self.settings.tls_cert,
@@ -163,6 +165,7 @@ class WaypostServer:
                     ca=self.settings.tls_ca,
                     verify_clients=self.settings.tls_verify_clients,
                 )
+                self._tls = LiveContext(ssl_context)
             limits = ConnectionLimits(per_client=self.settings.max_conns_per_client)
             app[API].connections = limits
             site = FastSite(
@@ -243,15 +246,13 @@ class WaypostServer:
     def reload_tls(self) -> None:
         """SIGHUP: read the certificate, key and CA files again. New connections get them;
         open ones go on. A file that cannot be read keeps the old ones (and says so)."""
-        if self.ssl_context is None:
+        if self._tls is None:
             log.info("SIGHUP: no TLS files to reload")
             return
-        from waypost.tls import reload_context
-
         try:
-            reload_context(
-                self.ssl_context, self.settings.tls_cert, self.settings.tls_key,
-                self.settings.tls_ca,
+            self._tls.reload(
+                self.settings.tls_cert, self.settings.tls_key, ca=self.settings.tls_ca,
+                verify_clients=self.settings.tls_verify_clients,
             )  # fmt: skip
         except WaypostError as exc:
             log.error("SIGHUP: TLS files not reloaded, the old ones stay: %s", exc)

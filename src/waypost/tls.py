@@ -218,11 +218,26 @@ def client_context(ca: str = "", cert: str = "", key: str = "") -> ssl.SSLContex
     return ctx
 
 
-def reload_context(ctx: ssl.SSLContext, cert: str, key: str, ca: str = "") -> None:
-    """Load ``cert`` and ``key`` (and ``ca``) into a live context: new handshakes use
-    them, established connections are untouched. Checked on a scratch context first, so
-    a bad file leaves ``ctx`` as it was (InvalidInput)."""
-    server_context(cert, key, ca=ca)  # raises on anything unreadable or mismatched
-    ctx.load_cert_chain(cert, key)
-    if ca:
-        ctx.load_verify_locations(cafile=ca)
+class LiveContext:
+    """A listener's TLS context that SIGHUP replaces whole. Loading new files into a live
+    context only adds to it (``load_verify_locations`` appends: a CA removed from the
+    file stayed trusted), so a reload builds a fresh context and every new handshake is
+    moved onto it from the listener's own context, in the ClientHello callback (which
+    OpenSSL calls for every hello, with or without a server name). Established
+    connections keep the context they began with."""
+
+    def __init__(self, front: ssl.SSLContext) -> None:
+        self.front = front
+        self.current = front
+        front.sni_callback = self._pick
+
+    def _pick(self, conn: ssl.SSLObject | ssl.SSLSocket, server_name: str | None,
+              ctx: ssl.SSLContext) -> None:  # fmt: skip
+        current = self.current
+        if current is not self.front:
+            conn.context = current
+
+    def reload(self, cert: str, key: str, *, ca: str = "", verify_clients: bool = False) -> None:
+        """Read the files into a fresh context for new connections; InvalidInput (and the
+        old context kept) when one cannot be read or the key does not match."""
+        self.current = server_context(cert, key, ca=ca, verify_clients=verify_clients)

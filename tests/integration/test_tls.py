@@ -312,3 +312,39 @@ def test_cli_commands_talk_to_a_mutual_tls_server_with_the_tls_environment(
     )  # fmt: skip
     assert refused.returncode != 0
     assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+
+
+def test_sighup_after_a_ca_is_replaced_stops_trusting_the_old_one(
+    start_server: Callable[..., ServerProcess], pki: Path, tmp_path: Path
+) -> None:
+    """Security review finding 13: a reload loaded the CA file into the live context,
+    which only adds: a CA removed from the file stayed trusted. A reload now builds a
+    fresh context for new handshakes (the client connects by IP, so sends no SNI)."""
+    import os
+    import shutil
+    import signal
+
+    from tests.conftest import wait_until
+
+    live_ca = tmp_path / "clients-ca.pem"
+    shutil.copy(pki / "ca.pem", live_ca)
+    server = tls_server(start_server, pki, "--tls-ca", str(live_ca), "--tls-verify-clients")
+    assert server.proc is not None
+
+    def status_with(cert: Path) -> int | None:
+        ctx = ssl.create_default_context(cafile=str(pki / "ca.pem"))
+        ctx.load_cert_chain(cert.with_suffix(".pem"), cert.parent / f"{cert.name}-key.pem")
+        try:
+            with httpx.Client(verify=ctx, timeout=5) as http:
+                return http.get(f"{server.url}/health").status_code
+        except httpx.HTTPError:
+            return None  # refused in the handshake
+
+    agent1, intruder = pki / "agent1", pki / "other" / "intruder"
+    assert status_with(agent1) == 200
+    assert status_with(intruder) is None
+    shutil.copy(pki / "other" / "ca.pem", live_ca)  # the clients' CA is now the other one
+    os.kill(server.proc.pid, signal.SIGHUP)
+    wait_until(lambda: status_with(intruder) == 200, 10, "the new CA trusted")
+    assert status_with(agent1) is None, "the removed CA is still trusted"
+    assert server.proc.poll() is None
