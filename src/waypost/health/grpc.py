@@ -15,16 +15,14 @@ async def run(check: Check, ctx: CheckContext) -> tuple[Status, str]:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     target = str(check.grpc)
-    channel: Any = ctx.grpc_channels.get(target)
-    if channel is None:
-        channel = ctx.grpc_channels[target] = grpc.aio.insecure_channel(target)
-    stub: Any = health_pb2_grpc.HealthStub(channel)
     what = f"gRPC {target}" + (f" service {check.grpc_service!r}" if check.grpc_service else "")
     try:
-        reply = await stub.Check(
-            health_pb2.HealthCheckRequest(service=check.grpc_service),
-            timeout=parse_duration(check.timeout),
-        )
+        async with ctx.grpc_channel(target) as channel:
+            stub: Any = health_pb2_grpc.HealthStub(channel)
+            reply = await stub.Check(
+                health_pb2.HealthCheckRequest(service=check.grpc_service),
+                timeout=parse_duration(check.timeout),
+            )
     except grpc.aio.AioRpcError as exc:
         return Status.CRITICAL, f"{what}: {exc.code().name}: {exc.details() or ''}".rstrip(": ")
     name = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)

@@ -18,7 +18,7 @@ import asyncio
 import logging
 import random
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -90,7 +90,6 @@ class Scheduler:
         self._tasks: set[asyncio.Task[None]] = set()
         self._running = 0
         self._drift: deque[float] = deque(maxlen=DRIFT_SAMPLES)
-        self._grpc_refs: Counter[str] = Counter()
         self.context = CheckContext(files)
         self.runs = 0
         self.report_errors = 0
@@ -133,7 +132,7 @@ class Scheduler:
             )
             jobs[name] = job
             if isinstance(check.grpc, str):
-                self._grpc_refs[check.grpc] += 1
+                self.context.grpc_hold(check.grpc)
             self._arm(job)
         for job in old.values():
             self._cancel(job)
@@ -187,16 +186,7 @@ class Scheduler:
             job.handle = None
         target = job.machine.check.grpc
         if isinstance(target, str):
-            self._grpc_refs[target] -= 1
-            if self._grpc_refs[target] <= 0:
-                # No check asks this target any more: its channel goes (targets churn
-                # over months; channels must not pile up).
-                del self._grpc_refs[target]
-                channel = self.context.grpc_channels.pop(target, None)
-                if channel is not None:
-                    task = asyncio.create_task(channel.close(), name="close grpc channel")
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
+            self.context.grpc_release(target)
 
     def _fire(self, job: _Job) -> None:
         job.handle = None

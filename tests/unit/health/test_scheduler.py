@@ -92,3 +92,26 @@ def test_grpc_channels_of_removed_checks_are_closed() -> None:
         await s.close()
 
     asyncio.run(main())
+
+
+def test_a_grpc_check_removed_as_its_run_begins_leaves_no_channel() -> None:
+    """Security review finding 15: a run that had started, but not yet opened its
+    channel, when its check was removed cached the channel for good (one per target
+    that came and went: +47 MB after 9,000)."""
+
+    async def main() -> None:
+        async def report(iid: str, states: tuple[CheckState, ...]) -> None:
+            pass
+
+        s = Scheduler(report, first_run_spread_s=0.0)
+        for n in range(10):
+            check = Check(grpc=f"127.0.0.1:{21000 + n}", interval="10ms", timeout="50ms")
+            s.set_instance(f"i{n}", [check])
+            # Polled every turn of the loop: the run is started, its task not yet run.
+            await until(lambda: s._running > 0, "a run started", interval_s=0)
+            s.remove_instance(f"i{n}")
+            await until(lambda: s._running == 0, "the run over")
+        assert s.context.grpc_channels == {}
+        await s.close()
+
+    asyncio.run(main())
