@@ -19,6 +19,8 @@ import heapq
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
+import msgspec
+
 from waypost.aio import settle
 from waypost.compact import compact
 from waypost.model import (
@@ -770,6 +772,19 @@ class Catalog:
                 return None
             view = self._node_views[node_id] = self._node_view(node_id, registered)
         return view
+
+    def node_as_seen(self, node: Node, visible: Callable[[Instance], bool]) -> Node | None:
+        """``node`` as a reader who sees only the ``visible`` instances finds it: its
+        count, and an unregistered node's address, from those alone; None for an
+        unregistered node none of whose instances it sees (the node exists only through
+        what it may not read)."""
+        seen = [i for i in self.node_instances(node.id) if visible(i)]
+        if not node.registered and not seen:
+            return None
+        address = node.address if node.registered else seen[0].address
+        if len(seen) == node.instances and address == node.address:
+            return node
+        return msgspec.structs.replace(node, instances=len(seen), address=address)
 
     def _facts(self, node_id: str) -> _NodeFacts | None:
         """The node's facts, recounted over its own instances if a removal made them

@@ -615,3 +615,57 @@ def test_a_dns_name_is_claimed_only_with_a_rule_that_grants_it(deny_server: Serv
     with as_token(deny_server, admin_secret) as h:
         owners = [i["id"] for i in h.get("/api/v1/instances").json() if i.get("domain")]
         assert sorted(owners) == ["db-1", "web-0", "web-1"]
+
+
+def test_default_deny_leaks_nothing_about_hidden_instances_or_the_server(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    """Security review finding 16: under default deny ``/status``, the node-registry
+    entry, ``/v1/status/*`` and ``/v1/agent/members`` answered anyone (members showed a
+    hidden instance's address); a node's address and instance count came from hidden
+    instances; a Consul register of a hidden id answered ``409 taken``."""
+    server = start_server("--acl-default-policy", "deny", node="box")
+    admin_secret = bootstrap(server)
+    with Client(server.url, token=admin_secret) as admin:
+        # The server's own node is known only through instances: db's (hidden) first.
+        admin.register(instance("aaa-db", service="db", address="10.9.9.9", node="box"))
+        admin.register(instance("web-1", service="web", address="10.0.0.1", node="box"))
+        admin.register(instance("db-2", service="db", address="10.9.9.8", node="dbhost"))
+        web = token_with(
+            admin,
+            "web-and-nodes",
+            [
+                {"resource": "service", "name": "web", "access": "write"},
+                {"resource": "node_prefix", "name": "", "access": "read"},
+            ],
+        )
+    with as_token(server, None) as anon:
+        assert anon.get("/status").status_code == 403
+        assert anon.get("/api/v1/node-registry").status_code == 403
+        assert anon.get("/v1/status/leader").json() == ""
+        assert anon.get("/v1/status/peers").json() == []
+        assert anon.get("/v1/agent/members").json() == []
+    with as_token(server, web) as h:
+        nodes = {n["id"]: n for n in h.get("/api/v1/nodes").json()}
+        assert set(nodes) == {"box"}, "dbhost exists only through a hidden instance"
+        assert nodes["box"]["instances"] == 1
+        assert nodes["box"]["address"] == "10.0.0.1"
+        assert h.get("/api/v1/nodes/box").json()["address"] == "10.0.0.1"
+        assert h.get("/api/v1/nodes/dbhost").status_code == 404
+        members = h.get("/v1/agent/members").json()
+        assert "10.9.9.9" not in json.dumps(members)
+        assert "10.9.9.9" not in h.get("/v1/catalog/nodes").text
+        assert "10.9.9.8" not in h.get("/v1/catalog/nodes").text
+        # Taking a hidden id: refused, without naming what holds it.
+        body = {"ID": "aaa-db", "Name": "web", "Port": 80}
+        got = h.put("/v1/agent/service/register", json=body)
+        assert got.status_code == 403, got.text
+        assert "db" not in got.text.replace("aaa-db", "")
+        native = h.put("/api/v1/instances/aaa-db", json=instance("aaa-db"))
+        assert native.status_code == 403, native.text
+        assert "db" not in native.json()["message"].replace("aaa-db", "")
+    with as_token(server, admin_secret) as h:
+        assert h.get("/status").status_code == 200
+        assert h.get("/api/v1/node-registry").status_code == 200
+        assert h.get("/v1/status/leader").json().endswith(":8300")
+        assert h.get("/api/v1/instances/aaa-db").json()["service"] == "db"

@@ -154,6 +154,15 @@ class Limits:
             self.watches.pop(accessor, None)
 
 
+def hidden_id(authz: Authorizer, iid: str) -> Forbidden:
+    """A registration under an id held by an instance the token may not read."""
+    return Forbidden(
+        f"Permission denied: token {authz.accessor} may not register under id {iid!r} "
+        "(it is held by an instance this token may not write)",
+        field="id",
+    )
+
+
 class AclGate:
     """The ACL checks every route makes, over one server's ``AclState``."""
 
@@ -264,9 +273,13 @@ class AclGate:
         for resource, name in Authorizer.instance_writes(inst):
             self.require(request, level, resource, name)
 
-    def may_change_instance(self, request: web.BaseRequest, iid: str) -> None:
+    def may_change_instance(
+        self, request: web.BaseRequest, iid: str, *, taking: bool = False
+    ) -> None:
         """A write to a registered instance: allowed if the token writes its service; an
-        instance it may not read is answered as missing (its existence stays hidden)."""
+        instance it may not read is answered as missing (its existence stays hidden).
+        ``taking``: a registration under ``iid``, which succeeds for a missing id, so an
+        id held by what the token may not read is refused without naming what holds it."""
         authz = self.authz(request)
         if authz.writes_instances():
             return
@@ -274,7 +287,11 @@ class AclGate:
         if inst is None:
             return  # the handler answers 404 (or registers it)
         if not authz.can_read_instance(inst):
-            exc = NotFound(f"instance {iid!r} is not registered", field="id")
+            exc: WaypostError = (
+                hidden_id(authz, iid)
+                if taking
+                else NotFound(f"instance {iid!r} is not registered", field="id")
+            )
             self.refused(request, authz, exc)
             raise exc
         self.require_instance(request, WRITE, inst)

@@ -34,6 +34,7 @@ from waypost.api.metrics import (
 )
 from waypost.api.openapi import openapi_spec
 from waypost.api.ui import add_ui_routes, ui_files
+from waypost.catalog import Catalog
 from waypost.checking import CheckHost
 from waypost.durations import format_duration, parse_duration
 from waypost.errors import (
@@ -312,10 +313,30 @@ async def put_node(request: web.Request) -> web.Response:
     return _write(node_id, await _registry(request).register_node(node))
 
 
+def visible_nodes(cat: Catalog, authz: Authorizer) -> list[Node]:
+    """The nodes ``authz`` may read, each as its readable instances show it (a hidden
+    instance neither counts nor lends its address to a node)."""
+    out = []
+    for node in cat.nodes():
+        if not authz.can(READ, "node", node.id):
+            continue
+        if not authz.reads_instances():
+            seen = cat.node_as_seen(node, authz.can_read_instance)
+            if seen is None:
+                continue
+            node = seen
+        out.append(node)
+    return out
+
+
 async def get_node(request: web.Request) -> web.Response:
     node_id = _path_label(request, "id")
-    node = _registry(request).catalog.node(node_id)
-    if node is None or not _gate(request).authz(request).can(READ, "node", node_id):
+    cat = _registry(request).catalog
+    node = cat.node(node_id)
+    authz = _gate(request).authz(request)
+    if node is not None and not authz.reads_instances():
+        node = cat.node_as_seen(node, authz.can_read_instance)
+    if node is None or not authz.can(READ, "node", node_id):
         raise missing("node", node_id)
     rev = _registry(request).catalog.mod_revision(node_id, "node")
     return _json(_encode(node), headers={"X-Waypost-Index": str(rev)})
@@ -628,9 +649,9 @@ class Api:
                 return ans.body
             return _encode([s for s in cat.services() if authz.can_read_service_name(s.name)])
         if kind == "nodes":
-            if authz.reads_all["node"]:
+            if authz.reads_all["node"] and authz.reads_instances():
                 return ans.body
-            return _encode([n for n in cat.nodes() if authz.can(READ, "node", n.id)])
+            return _encode(visible_nodes(cat, authz))
         if authz.reads_all["service"]:
             return ans.body
         entries = cat.entries("route" if kind == "routes" else "service_config")
@@ -647,7 +668,7 @@ class Api:
         gate = self.gate
         if not gate.authz(request).writes_instances():
             gate.require_instance(request, WRITE, inst)
-            gate.may_change_instance(request, iid)  # a takeover of another's id
+            gate.may_change_instance(request, iid, taking=True)  # a takeover of another's id
         return _write(iid, await self.registry.register(inst))
 
     async def delete_instance(self, request: web.BaseRequest, iid: str) -> web.Response:
@@ -874,6 +895,8 @@ class Api:
         return _json(b'{"status":"serving"}')
 
     async def status(self, request: web.BaseRequest, _: str = "") -> web.Response:
+        # What the server is and holds (settings, counts, connections): as /metrics.
+        self.gate.require(request, READ, "agent")
         reg = self.registry
         cat = self.catalog
         problem = await _problem(reg)
@@ -1294,6 +1317,8 @@ def build_app(
 
 async def node_registry(request: web.Request) -> web.Response:
     """This server's node registry entry, as its ``node-registry.json`` holds it."""
+    # The server's own node: its name, version and addresses are read as the node's.
+    _gate(request).require(request, READ, "node", _registry(request).node_name)
     held = request.app[NODE_ENTRY]
     if not held:
         raise NotFound("node-registry: not written yet", field="node-registry")

@@ -23,7 +23,7 @@ from aiohttp import web
 
 from waypost._version import __version__
 from waypost.acl import READ, WRITE, Authorizer
-from waypost.api.acl import AclGate
+from waypost.api.acl import AclGate, hidden_id
 from waypost.api.blocking import BlockingQueries, Key
 from waypost.catalog import Catalog
 from waypost.consul import mapping as cm
@@ -200,7 +200,7 @@ class ConsulApi:
             wanted.append((key, value))
         if pred is None and not wanted:
             return rows
-        nodes = self._nodes() if wanted else {}
+        nodes = self._nodes(request) if wanted else {}
         out = []
         for row in rows:
             if pred is not None and not pred(row):
@@ -228,8 +228,19 @@ class ConsulApi:
     def _node_of(self, inst: Instance) -> str:
         return inst.node or self.node
 
-    def _nodes(self) -> dict[str, Node]:
-        return {n.id: n for n in self.catalog.nodes()}
+    def _nodes(self, request: web.Request) -> dict[str, Node]:
+        """The nodes as the request's token sees them: every node (Consul's node views
+        are filtered per node where listed), each counted and addressed by the instances
+        the token may read, so a hidden instance lends no node its address."""
+        authz = self._az(request)
+        if authz.reads_instances():
+            return {n.id: n for n in self.catalog.nodes()}
+        out = {}
+        for n in self.catalog.nodes():
+            seen = self.catalog.node_as_seen(n, authz.can_read_instance)
+            if seen is not None:
+                out[n.id] = seen
+        return out
 
     def _node_json(self, name: str, nodes: dict[str, Node], fallback: str = "") -> dict[str, Any]:
         node = nodes.get(name)
@@ -265,7 +276,7 @@ class ConsulApi:
 
     async def agent_self(self, request: web.Request) -> web.StreamResponse:
         self.gate.require(request, READ, "agent")
-        nodes = self._nodes()
+        nodes = self._nodes(request)
         me = self._node_json(self.node, nodes)
         return self._json(
             {
@@ -317,7 +328,7 @@ class ConsulApi:
     async def agent_checks(self, request: web.Request) -> web.StreamResponse:
         rows = []
         if self._node_readable(request, self.node):
-            rows = [c for c in self._node_checks(self.node, self._nodes())
+            rows = [c for c in self._node_checks(self.node, self._nodes(request))
                     if c["CheckID"] != cm.SERF_CHECK]  # fmt: skip
         local = self._readable(request, self._local())
         rows += [c for inst in local for c in cm.service_checks(inst, self.node)]
@@ -327,13 +338,13 @@ class ConsulApi:
     async def register(self, request: web.Request) -> web.StreamResponse:
         self._authorize(request)
         body = await request.read()
-        nodes = self._nodes()
+        nodes = self._nodes(request)
         address = self._node_json(self.node, nodes)["Address"]
         inst = cm.registration(body, node=self.node, node_address=address)
         self.gate.require_instance(request, WRITE, inst)
         old = self.catalog.get(inst.id)
         if old is not None:
-            self._writable(request, old, Conflict(f"service ID {cm.consul_id(inst)!r} is taken"))
+            self._writable(request, old, hidden_id(self._az(request), cm.consul_id(inst)))
         if old is not None and cm.consul_id(old) != cm.consul_id(inst):
             raise Conflict(f"service ID {cm.consul_id(inst)!r} collides with {old.id!r}")
         replace = request.query.get("replace-existing-checks", "").lower() in ("1", "true")
@@ -476,7 +487,9 @@ class ConsulApi:
         }
 
     async def members(self, request: web.Request) -> web.StreamResponse:
-        me = self._node_json(self.node, self._nodes())
+        if not self._node_readable(request, self.node):
+            return self._json([])  # as Consul: members filtered by node read
+        me = self._node_json(self.node, self._nodes(request))
         member = self._member(me["Address"])
         if request.query.get("wan") not in (None, "", "0", "false"):
             member = {**member, "Name": f"{self.node}.{cm.DATACENTER}", "Port": 8302}
@@ -557,7 +570,7 @@ class ConsulApi:
     async def catalog_service(self, request: web.Request) -> web.StreamResponse:
         name, key = self._of_service(request)
         index = await self._block(request, key)
-        nodes = self._nodes()
+        nodes = self._nodes(request)
         rows = [
             self._indexed(i, cm.catalog_row(i, self._node_json(self._node_of(i), nodes, i.address)))
             for i in self._filtered(request, name)
@@ -566,7 +579,7 @@ class ConsulApi:
 
     async def catalog_nodes(self, request: web.Request) -> web.StreamResponse:
         index = await self._block(request, ("nodes", None))
-        nodes = self._nodes()
+        nodes = self._nodes(request)
         names = set(nodes) | {self.node}
         rows = [self._node_json(n, nodes) for n in sorted(names) if self._node_readable(request, n)]
         return self._json(self._selected(request, rows), index)
@@ -574,7 +587,7 @@ class ConsulApi:
     async def catalog_node(self, request: web.Request) -> web.StreamResponse:
         index = await self._block(request, None)
         name = request.match_info["node"]
-        nodes = self._nodes()
+        nodes = self._nodes(request)
         if not self._known(name, nodes) or not self._node_readable(request, name):
             return web.Response(body=b"null", headers=self._headers(index))
         on_node = self._readable(request, self._on_node(name))
@@ -605,7 +618,7 @@ class ConsulApi:
         only_passing = passing is not None and passing.lower() in ("", "1", "true")
         if passing is not None and passing.lower() not in ("", "1", "true", "0", "false"):
             raise cm.ConsulInputError(f"Invalid value for ?passing: {passing!r}")
-        nodes = self._nodes()
+        nodes = self._nodes(request)
         out = []
         for inst in self._filtered(request, name):
             checks = self._entry_checks(inst, nodes)
@@ -629,7 +642,7 @@ class ConsulApi:
         if state not in ("any", "passing", "warning", "critical"):
             raise cm.ConsulInputError(f"Invalid state: {state!r}")
         index = await self._block(request, None)
-        nodes = self._nodes()
+        nodes = self._nodes(request)
         out = []
         for name in sorted(set(nodes) | {self.node}):
             if self._node_readable(request, name):
@@ -644,7 +657,7 @@ class ConsulApi:
     async def health_node(self, request: web.Request) -> web.StreamResponse:
         index = await self._block(request, None)
         name = request.match_info["node"]
-        nodes = self._nodes()
+        nodes = self._nodes(request)
         if not self._known(name, nodes) or not self._node_readable(request, name):
             return self._json([], index)
         out = self._node_checks(name, nodes)
@@ -814,9 +827,14 @@ class ConsulApi:
     # --- status --------------------------------------------------------------------------
 
     async def leader(self, request: web.Request) -> web.StreamResponse:
+        # The server's address is its node's: shown to a token that may read the node.
+        if not self._node_readable(request, self.node):
+            return self._json("")
         return self._json(f"{self.address}:8300")
 
     async def peers(self, request: web.Request) -> web.StreamResponse:
+        if not self._node_readable(request, self.node):
+            return self._json([])
         return self._json([f"{self.address}:8300"])
 
     async def not_supported(self, request: web.Request) -> web.StreamResponse:

@@ -136,7 +136,9 @@ class AsyncClient:
         CA, a client certificate for mutual TLS: ``waypost.tls.client_context``)."""
         self._tls = tls
         self._cache_snapshot = cache_snapshot
-        self._servers, self.discovery = _core.discovery_for(servers, join, trust_keys, dns_resolver)
+        self._servers, self.discovery = _core.discovery_for(
+            servers, join, trust_keys, dns_resolver, token=token
+        )
         self._discovering: asyncio.Lock | None = None
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._timeout_s = timeout_s

@@ -449,6 +449,8 @@ def discovery_for(
     join: Sequence[str] | None,
     trust_keys: Sequence[str],
     dns_resolver: str | None,
+    *,
+    token: str | None = None,
 ) -> tuple[ServerList, Any]:
     """The server list a client starts with, and its node discovery (None without):
     discovery when ``join`` is given, or when no servers are and
@@ -463,7 +465,9 @@ def discovery_for(
 
     resolver = host_port(dns_resolver, "dns_resolver") if dns_resolver else None
     try:
-        discovery = from_environment(join or (), trust_keys, dns_resolver=resolver)
+        discovery = from_environment(
+            join or (), trust_keys, dns_resolver=resolver, token=token or ""
+        )
     except (EntryError, ValueError) as exc:
         raise InvalidInput(f"join: {exc}", field="join") from None
     listed = ServerList(servers if servers is not None else [], discovered=True)

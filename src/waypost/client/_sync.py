@@ -124,7 +124,9 @@ class Client:
         from several threads while one is in flight go together as one request when it
         ends (at most ``batch_max``), each caller still getting exactly its own call's
         answer; a call with none in flight is sent at once, alone."""
-        self._servers, self.discovery = _core.discovery_for(servers, join, trust_keys, dns_resolver)
+        self._servers, self.discovery = _core.discovery_for(
+            servers, join, trust_keys, dns_resolver, token=token
+        )
         self._discovering = threading.Lock()
         self._token = token
         self._cache_snapshot = cache_snapshot

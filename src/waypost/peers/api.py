@@ -17,7 +17,9 @@ async def fetch_entry(ctx: Context, api: str) -> dict[str, Any]:
     """The node's own entry from its API, or a provisional one for ``api``."""
     try:
         async with ctx.session.get(
-            f"{api}/api/v1/node-registry", timeout=aiohttp.ClientTimeout(total=ctx.timeout_s)
+            f"{api}/api/v1/node-registry",
+            headers=ctx.api_headers,
+            timeout=aiohttp.ClientTimeout(total=ctx.timeout_s),
         ) as r:
             if r.status == 200:
                 entries = decode(await r.read(), api)

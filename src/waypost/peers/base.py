@@ -38,6 +38,8 @@ class Context:
     dns_resolver: tuple[str, int] | None = None
     mdns_browse_s: float = 1.5
     extra: dict[str, Any] = field(default_factory=dict)
+    # Sent to servers' own API only (the token, if any), never to other sources' URLs.
+    api_headers: dict[str, str] = field(default_factory=dict)
 
 
 class Source(Protocol):

@@ -99,7 +99,11 @@ class Discovery:
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         mdns_browse_s: float = 1.5,
+        token: str = "",
     ) -> None:
+        # Sent when asking servers for their entries (a server under default deny
+        # answers its node-registry entry only to a token that may read its node).
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.sources = [parse_source(s) if isinstance(s, str) else s for s in sources]
         self.trust = set(trust)
         self.refresh_s = refresh_s
@@ -129,6 +133,7 @@ class Discovery:
             async with aiohttp.ClientSession() as session:
                 ctx = Context(
                     session,
+                    api_headers=self._headers,
                     timeout_s=self.timeout_s,
                     dns_resolver=self.dns_resolver,
                     mdns_browse_s=self.mdns_browse_s,
@@ -345,6 +350,7 @@ def from_environment(
     data_dir: str | None = None,
     dns_resolver: tuple[str, int] | None = None,
     refresh_s: float = DEFAULT_REFRESH_S,
+    token: str = "",
 ) -> Discovery | None:
     """A Discovery for a client or agent: ``join`` plus ``WAYPOST_NODE_REGISTRIES`` plus
     ``{data_dir}/discovery-peers.json``; trust keys plus ``WAYPOST_TRUST_KEYS``. None when
@@ -366,4 +372,5 @@ def from_environment(
         trust=[trusted_key(k) for k in keys],
         dns_resolver=dns_resolver,
         refresh_s=refresh_s,
+        token=token,
     )

@@ -514,8 +514,14 @@ window.addEventListener("hashchange", route);
 setInterval(() => { if (document.visibilityState === "visible" && !running) refresh(); }, 15000);
 route();
 connect();
+function showTokenNeeded(needed) {
+  tokenNeeded = needed;
+  document.getElementById("token-button").textContent = needed ? "Token (needed for actions)" : "Token";
+}
 api("/status").then((status) => {
   const config = status.config || {};
-  tokenNeeded = Boolean(config.token) || config.acl_default_policy === "deny";
-  document.getElementById("token-button").textContent = tokenNeeded ? "Token (needed for actions)" : "Token";
-}).catch(() => {});
+  showTokenNeeded(Boolean(config.token) || config.acl_default_policy === "deny");
+}).catch((error) => {
+  // Under default deny /status answers only a token that may read it: one is needed.
+  if (error instanceof ApiError && (error.status === 401 || error.status === 403)) showTokenNeeded(true);
+});
