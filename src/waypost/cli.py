@@ -22,7 +22,7 @@ from rich.table import Table
 
 from waypost._version import __version__
 from waypost.client import Client
-from waypost.dns.custom import DEFAULT_CUSTOM_ZONES
+from waypost.dns.custom import DEFAULT_CUSTOM_ZONES, DEFAULT_FORWARD_CLIENTS
 from waypost.durations import parse_duration
 from waypost.errors import Conflict, InvalidInput, NotFound, Unavailable, WaypostError
 from waypost.model import AclPolicy, AclTokenView, Instance, convert_instance
@@ -221,6 +221,13 @@ def server(
         list[str] | None,
         typer.Option(help="IP:PORT to forward other names to (repeat: tried in order)."),
     ] = None,
+    dns_forward_clients: Annotated[
+        str | None,
+        typer.Option(
+            help="Clients whose other names are forwarded (CIDR comma list; *: any; "
+            "default loopback and private networks)."
+        ),
+    ] = None,
     dns_workers: Annotated[
         int | None,
         typer.Option(help="Processes answering DNS, sharing its ports (default 1)."),
@@ -325,6 +332,7 @@ def server(
         "dns_ttl": dns_ttl,
         "dns_allow_warning": True if dns_allow_warning else None,
         "recursors": ",".join(recursor) if recursor else None,
+        "dns_forward_clients": dns_forward_clients,
         "dns_workers": dns_workers,
         "etcd_prefix": etcd_prefix,
         "http_workers": http_workers,
@@ -1459,6 +1467,7 @@ def dns_worker(
     dns: Annotated[str, typer.Option(help="HOST:PORT to share (comma list).")],
     dns_domain: Annotated[str, typer.Option()] = "waypost",
     dns_custom_zones: Annotated[str, typer.Option()] = DEFAULT_CUSTOM_ZONES,
+    dns_forward_clients: Annotated[str, typer.Option()] = DEFAULT_FORWARD_CLIENTS,
     dns_ttl: Annotated[str, typer.Option()] = "5s",
     dns_allow_warning: Annotated[bool, typer.Option("--dns-allow-warning")] = False,
     recursor: Annotated[list[str] | None, typer.Option()] = None,
@@ -1476,6 +1485,7 @@ def dns_worker(
         settings.dns_listeners(),
         domain=dns_domain,
         custom_zones=dns_custom_zones,
+        forward_clients=dns_forward_clients,
         ttl_s=settings.dns_ttl_s(),
         allow_warning=dns_allow_warning,
         recursors=settings.recursor_list(),

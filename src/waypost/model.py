@@ -967,6 +967,10 @@ class DnsStatus(Struct, frozen=True, kw_only=True):
     truncated: int = 0
     tcp_connections: int = 0
     tcp_rejected: int = 0
+    # Idle TCP connections closed to make room for a new one (all places were taken).
+    tcp_idle_closed: int = 0
+    # Queries to forward from clients outside --dns-forward-clients (answered REFUSED).
+    forward_refused: int = 0
     errors: int = 0
     dropped: int = 0  # UDP queries dropped while too many waited for the event loop
     # Answering from the last catalog the server had, because the store is unreachable.

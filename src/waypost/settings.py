@@ -15,7 +15,7 @@ from pathlib import Path
 import msgspec
 import yaml
 
-from waypost.dns.custom import DEFAULT_CUSTOM_ZONES
+from waypost.dns.custom import DEFAULT_CUSTOM_ZONES, DEFAULT_FORWARD_CLIENTS
 from waypost.durations import parse_duration
 from waypost.errors import InvalidInput
 from waypost.model import LABEL_RE, is_label
@@ -63,6 +63,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     dns_ttl: str = "5s"
     dns_allow_warning: bool = False
     recursors: str = ""
+    # Clients whose other names are forwarded to the recursors (CIDR comma list; "*":
+    # any): loopback and private networks by default, so no server is an open resolver.
+    dns_forward_clients: str = DEFAULT_FORWARD_CLIENTS
     # Processes answering DNS (the server and N-1 workers sharing its ports).
     dns_workers: int = 1
     # Processes serving the HTTP API (the server and N-1 whole servers sharing its port;

@@ -3,6 +3,7 @@ attacked on a real server on loopback and shown to hold."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import resource
@@ -13,7 +14,7 @@ from pathlib import Path
 import dns.message
 import httpx
 
-from tests.conftest import ServerProcess, instance, wait_until
+from tests.conftest import ServerProcess, instance, wait_until, waypost_cli
 from tests.integration.targets import HttpTarget
 from waypost import Client
 
@@ -274,3 +275,105 @@ def test_a_server_run_check_targets_only_its_instances_own_address(
     wide = start_server("--no-dns", "--check-any-target", name="wide")
     body = instance("w1", address="10.0.0.1", checks=[{"tcp": "127.0.0.1:1"}])
     assert httpx.put(f"{wide.url}/api/v1/instances/w1", json=body).status_code == 200
+
+
+def test_dns_answers_amplify_little_and_idle_tcp_cannot_lock_clients_out(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    """Finding 17: a 48-byte query with EDNS 4096 drew 3,248 bytes (68x), and 512 idle
+    TCP connections locked every TCP client out. UDP answers are now at most 1,232 bytes
+    (larger ones truncated, for TCP); one address holds at most 32 TCP connections, and
+    with every place taken the connection idle the longest makes room."""
+    import dns.flags
+    import dns.query
+
+    server = start_server("--dns", "127.0.0.1:0")
+    assert server.dns is not None
+    host, port = server.dns
+    with httpx.Client(base_url=server.url, timeout=10) as h:
+        for n in range(150):
+            body = instance(f"amp-{n}", service="amp", address=f"10.7.{n // 250}.{n % 250 + 1}")
+            assert h.put(f"/api/v1/instances/amp-{n}", json=body).status_code == 200
+    q = dns.message.make_query("amp.service.waypost.", "A", use_edns=0, payload=4096)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(5)
+        s.sendto(q.to_wire(), (host, port))
+        raw, _ = s.recvfrom(65535)
+    assert len(raw) <= 1232, len(raw)
+    assert dns.message.from_wire(raw).flags & dns.flags.TC
+    assert len(dns.query.tcp(q, host, port=port, timeout=5).answer[0]) == 150
+
+    def tcp_from(source: str) -> socket.socket:
+        c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        c.bind((source, 0))
+        c.connect((host, port))
+        return c
+
+    held: list[socket.socket] = []
+    try:
+        # One address: past 32, a connection is closed at once.
+        for _ in range(33):
+            held.append(tcp_from("127.0.0.2"))
+        held[-1].settimeout(5)
+        assert held[-1].recv(1) == b"", "a 33rd connection from one address was kept"
+        # 512 idle connections from 17 addresses: every place taken.
+        for a in range(3, 20):
+            for _ in range(32 if len(held) < 512 + 1 else 0):
+                held.append(tcp_from(f"127.0.0.{a}"))
+        got = dns.query.tcp(dns.message.make_query("amp.service.waypost.", "A"), host,
+                            port=port, timeout=5)  # fmt: skip
+        assert len(got.answer[0]) == 150, "a new TCP client was locked out"
+        with httpx.Client(base_url=server.url, timeout=10) as h:
+            dns_status = h.get("/status").json()["dns"]
+        assert dns_status["tcp_idle_closed"] >= 1, dns_status
+    finally:
+        for c in held:
+            c.close()
+
+
+def test_only_local_and_private_clients_have_names_forwarded(
+    start_server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    """Finding 17: forwarding served any client, an open resolver on a public address.
+    ``--dns-forward-clients`` (default loopback and private networks) says whose other
+    names go to the recursors; anyone else gets REFUSED."""
+    import dns.query
+    import dns.rcode
+
+    answering = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # a recursor that answers
+    answering.bind(("127.0.0.1", 0))
+    answering.settimeout(10)
+    recursor = f"127.0.0.1:{answering.getsockname()[1]}"
+
+    def answer_once() -> None:
+        data, addr = answering.recvfrom(65535)
+        reply = dns.message.make_response(dns.message.from_wire(data))
+        reply.set_rcode(dns.rcode.NXDOMAIN)
+        answering.sendto(reply.to_wire(), addr)
+
+    try:
+        server = start_server(
+            "--dns", "127.0.0.1:0", "--recursor", recursor, "--dns-forward-clients", "127.0.0.5"
+        )
+        assert server.dns is not None
+        host, port = server.dns
+        q = dns.message.make_query("elsewhere.example.", "A")
+        refused = dns.query.udp(q, host, port=port, timeout=5, source="127.0.0.1")
+        assert refused.rcode() == dns.rcode.REFUSED
+        refused_tcp = dns.query.tcp(q, host, port=port, timeout=5, source="127.0.0.1")
+        assert refused_tcp.rcode() == dns.rcode.REFUSED
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            relayed = pool.submit(answer_once)
+            got = dns.query.udp(q, host, port=port, timeout=5, source="127.0.0.5")
+            relayed.result(10)
+        assert got.rcode() == dns.rcode.NXDOMAIN  # the recursor's answer came back
+        with httpx.Client(base_url=server.url, timeout=10) as h:
+            assert h.get("/status").json()["dns"]["forward_refused"] == 2
+    finally:
+        answering.close()
+    bad = waypost_cli(
+        "server", "--http", "127.0.0.1:0", "--dns", "127.0.0.1:0",
+        "--data-dir", str(tmp_path), "--dns-forward-clients", "not-a-net",
+    )  # fmt: skip
+    assert bad.returncode != 0
+    assert "not-a-net" in bad.stderr

@@ -17,6 +17,14 @@ from collections.abc import Iterable
 from waypost.errors import InvalidInput
 
 DEFAULT_CUSTOM_ZONES = "local,internal,home.arpa"
+# (This module also holds the DNS defaults the settings read without the DNS server.)
+
+# Clients whose out-of-zone queries are forwarded to the recursors by default: loopback
+# and private networks (an open resolver on a public address serves floods).
+DEFAULT_FORWARD_CLIENTS = (
+    "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,100.64.0.0/10,"
+    "169.254.0.0/16,fc00::/7,fe80::/10"
+)
 
 
 def _labels(name: str) -> tuple[str, ...]:

@@ -15,8 +15,10 @@ and a cap; a query over TCP is never truncated.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
+import ipaddress
 import logging
 import random
 import socket
@@ -41,8 +43,9 @@ import dns.rrset
 from waypost.acl import AclState
 from waypost.catalog import Catalog
 from waypost.dns import wire
-from waypost.dns.custom import DEFAULT_CUSTOM_ZONES, CustomZones
+from waypost.dns.custom import DEFAULT_CUSTOM_ZONES, DEFAULT_FORWARD_CLIENTS, CustomZones
 from waypost.dns.zone import SHUFFLES, Reply, Zone, stratified_orders
+from waypost.errors import InvalidInput
 from waypost.model import AclPolicy, AclToken, DnsStatus, Event, Instance, Node, ServiceConfig
 from waypost.telemetry import SAMPLE_EVERY, Histogram
 
@@ -50,12 +53,19 @@ log = logging.getLogger("waypost.dns")
 
 MAX_CACHED = 50_000
 MAX_MEMO = 20_000
-# The UDP payload we advertise and the size classes answers are built for.
+# The UDP payload we advertise and the size classes answers are built for. A UDP answer
+# is never larger than 1,232 bytes (DNS Flag Day 2020) whatever the query's EDNS says:
+# a 48-byte query with EDNS 4096 once drew 3,248 bytes, a 68x amplifier for spoofed
+# sources; now at most 26x, and a larger answer is truncated (TC) for TCP.
 OUR_PAYLOAD = 1232
-SIZE_CLASSES = (512, 1232, 4096)
+SIZE_CLASSES = (512, OUR_PAYLOAD)
 TCP_MAX = 65535
 TCP_IDLE_S = 10.0
 TCP_MAX_CONNECTIONS = 512
+# TCP connections one client address may hold; with every place taken, the connection
+# idle the longest is closed for a new one (512 idle connections once locked every TCP
+# client out for good).
+TCP_PER_CLIENT = 32
 RECURSOR_TIMEOUT_S = 2.0
 # Forwarded queries in flight at once (each holds a socket to a recursor until it answers
 # or times out): past this, a query to forward is dropped, as a full resolver drops, and
@@ -125,6 +135,8 @@ class _Cached:
 
 @dataclass(slots=True)
 class DnsStats:
+    tcp_idle_closed: int = 0
+    forward_refused: int = 0
     queries: int = 0
     cache_hits: int = 0
     answers_built: int = 0
@@ -206,9 +218,11 @@ class DnsServer:
         join: bool = False,
         tcp_idle_s: float = TCP_IDLE_S,
         acl: AclState | None = None,
+        forward_clients: str = DEFAULT_FORWARD_CLIENTS,
     ) -> None:
         self.registry = registry
         self.tcp_idle_s = tcp_idle_s
+        self.forward_clients = ClientNetworks(forward_clients, field="dns_forward_clients")
         # reuse_port: bind with SO_REUSEPORT, so that workers can share the ports; join:
         # this process is such a worker (the server bound the ports first).
         self.reuse_port = reuse_port or join
@@ -239,6 +253,11 @@ class DnsServer:
         self._servers: list[asyncio.Server] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._tcp_open = 0
+        self._tcp_by_client: dict[str, int] = {}
+        # Connections waiting for their next query, the longest idle first.
+        self._tcp_idle: collections.OrderedDict[object, asyncio.StreamWriter] = (
+            collections.OrderedDict()
+        )
         self.bound: list[tuple[str, int]] = []
         self._rng = random.Random()
 
@@ -574,9 +593,16 @@ class DnsServer:
             )
         return False
 
-    async def forward(self, data: bytes, tcp: bool) -> bytes | None:
+    async def forward(self, data: bytes, tcp: bool, client: str) -> bytes | None:
         """Relay a query to the recursors in order; the first answer, or SERVFAIL. None
-        (no answer: the client retries) while ``MAX_FORWARDS`` are in flight."""
+        (no answer: the client retries) while ``MAX_FORWARDS`` are in flight. A client
+        outside ``forward_clients`` is answered REFUSED, as for a name outside our zones
+        with no recursors."""
+        if not self.forward_clients.contains(client):
+            self.stats.forward_refused += 1
+            self.stats.refused += 1
+            q = wire.parse(data)
+            return _header_only(data, dns.rcode.REFUSED, qd=data[12 : q.end] if q else b"")
         if not self._forward_slot():
             return None
         try:
@@ -606,21 +632,40 @@ class DnsServer:
 
     # --- TCP -----------------------------------------------------------------------------
 
+    def _make_room(self) -> bool:
+        """With every TCP place taken: close the connection idle the longest (RFC 7766
+        lets a server close idle connections when it must); False if none is idle."""
+        if not self._tcp_idle:
+            return False
+        _, oldest = self._tcp_idle.popitem(last=False)
+        self.stats.tcp_idle_closed += 1
+        oldest.transport.abort()
+        return True
+
     async def _tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._tcp_open >= TCP_MAX_CONNECTIONS:
+        peer = writer.get_extra_info("peername")
+        client = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        held = self._tcp_by_client.get(client, 0)
+        if held >= TCP_PER_CLIENT or (
+            self._tcp_open >= TCP_MAX_CONNECTIONS and not self._make_room()
+        ):
             self.stats.tcp_rejected += 1
             writer.close()
             return
         self._tcp_open += 1
+        self._tcp_by_client[client] = held + 1
         self.stats.tcp_connections += 1
+        me = object()
         try:
             while True:
+                self._tcp_idle[me] = writer  # waiting for a query: may make room
                 async with asyncio.timeout(self.tcp_idle_s):
                     head = await reader.readexactly(2)
+                    self._tcp_idle.pop(me, None)
                     data = await reader.readexactly(struct.unpack(">H", head)[0])
                 result = self.safe_answer(data, TCP_MAX)
                 if isinstance(result, tuple):
-                    result = await self.forward(result[1], tcp=True)
+                    result = await self.forward(result[1], tcp=True, client=client)
                 if result is None:
                     break
                 writer.write(struct.pack(">H", len(result)) + result)
@@ -628,10 +673,47 @@ class DnsServer:
         except (TimeoutError, asyncio.IncompleteReadError, ConnectionError, OSError):
             pass
         finally:
+            self._tcp_idle.pop(me, None)
             self._tcp_open -= 1
+            left = self._tcp_by_client.get(client, 1) - 1
+            if left > 0:
+                self._tcp_by_client[client] = left
+            else:
+                self._tcp_by_client.pop(client, None)
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+
+
+class ClientNetworks:
+    """Client addresses as CIDR networks (comma list; ``*``: any; empty: none)."""
+
+    def __init__(self, text: str, *, field: str) -> None:
+        self.any = False
+        nets = []
+        for part in (p.strip() for p in text.split(",")):
+            if not part:
+                continue
+            if part == "*":
+                self.any = True
+                continue
+            try:
+                nets.append(ipaddress.ip_network(part, strict=False))
+            except ValueError:
+                raise InvalidInput(f"{field}: {part!r} is not a network such as "
+                                   "10.0.0.0/8", field=field) from None  # fmt: skip
+        self.networks = tuple(nets)
+
+    def contains(self, address: str) -> bool:
+        if self.any:
+            return True
+        try:
+            ip = ipaddress.ip_address(address.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in net for net in self.networks)
 
 
 class _UdpThread(threading.Thread):
@@ -732,7 +814,7 @@ class _UdpThread(threading.Thread):
         self._send(result, addr)
 
     async def _relay(self, data: bytes, addr: Any) -> None:
-        answer = await self.server.forward(data, tcp=False)
+        answer = await self.server.forward(data, tcp=False, client=str(addr[0]))
         if answer is not None:
             self._send(answer, addr)
 
