@@ -763,6 +763,13 @@ def proxy(
         str | None,
         typer.Option(help="CA of upstreams dialed over TLS (their meta scheme: https)."),
     ] = None,
+    no_host_routing: Annotated[
+        bool,
+        typer.Option(
+            "--no-host-routing",
+            help="Serve only the registry's routes (a Host naming a service gets 404).",
+        ),
+    ] = False,
 ) -> None:
     """Reverse-proxy HTTP to services by Host or route, with their traffic policies."""
 
@@ -797,6 +804,7 @@ def proxy(
         tls_ca=tls_ca or "",
         tls_verify_clients=tls_verify_clients,
         upstream_tls_ca=upstream_tls_ca or "",
+        host_routing=not no_host_routing,
     )
     _run_loop(run_proxy(settings), log_level)
 

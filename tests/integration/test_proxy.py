@@ -469,3 +469,51 @@ def test_a_header_that_is_not_latin_1_gets_a_400_and_leaves_nothing_counted(
                 assert (await get(http, proxy, "/", "solo"))[0] == 200
 
     run(go)
+
+
+def test_a_client_cannot_strip_host_or_forge_its_address_upstream(server: ServerProcess) -> None:
+    """Finding 18 of the security review: ``Connection: Host, Authorization`` made the
+    proxy send requests on without a Host; X-Real-IP and Forwarded went through as the
+    client wrote them."""
+
+    async def go() -> None:
+        async with setup(server, {"a": {"service": "shop"}}) as (_b, _, proxy, _http):
+            raw = await asyncio.to_thread(
+                raw_request,
+                proxy.port,
+                b"GET /who HTTP/1.1\r\nHost: shop\r\nConnection: Host, Authorization, Cookie\r\n"
+                b"Authorization: Bearer t\r\nCookie: c=1\r\nX-Real-IP: 6.6.6.6\r\n"
+                b"Forwarded: for=6.6.6.6\r\n\r\n",
+            )
+            sent = json.loads(raw.partition(b"\r\n\r\n")[2])["headers"]
+            assert sent["Host"] == "shop"
+            assert sent["Authorization"] == "Bearer t"
+            assert sent["Cookie"] == "c=1"
+            assert sent["X-Real-IP"] == "127.0.0.1"
+            assert sent["Forwarded"] == 'for=6.6.6.6, for=127.0.0.1;proto=http;host="shop"'
+
+    run(go)
+
+
+def test_no_host_routing_serves_only_routes(server: ServerProcess) -> None:
+    """Finding 18: the proxy had no switch to turn off ``Host: <service>`` routing, so
+    any service was reachable through it by naming it."""
+
+    async def go() -> None:
+        shop = {"service": "shop"}
+        async with setup(server, {"a": shop}, "--no-host-routing") as (_b, client, proxy, http):
+            status, body = await get(http, proxy, "/", "shop")
+            assert status == 404
+            assert body["reason"] == "no_route"
+            await client.set_route(
+                {"name": "shop", "service": "shop", "match": {"hosts": ["shop.example"]}}
+            )
+            await until(
+                lambda: _status(http, proxy, "shop.example"), "the route served", timeout_s=10
+            )
+
+    run(go)
+
+
+async def _status(http: aiohttp.ClientSession, proxy: ProxyProcess, host: str) -> bool:
+    return (await get(http, proxy, "/", host))[0] == 200

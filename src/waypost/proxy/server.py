@@ -65,9 +65,15 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
-# Request headers the proxy sets itself.
+# Request headers the proxy sets itself (X-Real-IP: the peer, whatever the client said).
 _SET_BY_US = frozenset(
-    {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "content-length", "expect"}
+    {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-real-ip", "content-length",
+     "expect", "forwarded"}
+)  # fmt: skip
+# Headers meant for every recipient: a client's Connection header cannot make the proxy
+# drop them (``Connection: Host, Authorization`` once sent requests on without a Host).
+END_TO_END = frozenset(
+    {"host", "authorization", "cookie", "content-type", "content-encoding", "traceparent"}
 )
 _TRACEPARENT = re.compile(
     r"\A[0-9a-f]{2}-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}\Z"
@@ -95,6 +101,8 @@ class ProxySettings(msgspec.Struct, kw_only=True, frozen=True):
     tls_ca: str = ""
     tls_verify_clients: bool = False
     upstream_tls_ca: str = ""
+    # A Host that names a service reaches it without a route (off: routes only).
+    host_routing: bool = True
 
 
 def _problem(status: int, reason: str, message: str) -> web.Response:
@@ -112,7 +120,12 @@ def _dropped(headers: Any) -> frozenset[str]:
     if not named:
         return HOP_BY_HOP
     extra = {t.strip().lower() for v in named for t in v.split(",") if t.strip()}
-    return HOP_BY_HOP | extra
+    return HOP_BY_HOP | (extra - END_TO_END)
+
+
+def _forwarded_node(value: str) -> str:
+    """An address as a ``Forwarded`` node (RFC 7239: IPv6 quoted in brackets)."""
+    return f'"[{value}]"' if ":" in value else value
 
 
 def traceparent(value: str | None) -> str:
@@ -134,8 +147,11 @@ class Proxy:
         zone: str = "",
         snapshot: str | None = None,
         upstream_timeout_s: float = DEFAULT_UPSTREAM_TIMEOUT_S,
+        host_routing: bool = True,
     ) -> None:
         self.client = client
+        # Whether a Host naming a service reaches it with no route (off: routes only).
+        self.host_routing = host_routing
         self.cache = AsyncServiceCache(client, snapshot=snapshot or None)
         self.zone = zone
         self.upstream_timeout_s = upstream_timeout_s
@@ -254,7 +270,7 @@ class Proxy:
         if route is not None:
             service = route.service
             path = rewrite(route, path)
-        elif is_label(host) and not self._unknown_host(host):
+        elif self.host_routing and is_label(host) and not self._unknown_host(host):
             service = host
         else:
             return self._failed(404, "no_route", f"no route for {method} {host or '-'}{path}")
@@ -358,6 +374,15 @@ class Proxy:
         before = src.get("X-Forwarded-For")
         out.append(("X-Forwarded-For", f"{before}, {peer}" if before else peer))
         out.append(("X-Forwarded-Proto", request.scheme))
+        # X-Real-IP is the peer the proxy saw, never what the client claimed; Forwarded
+        # keeps the client's elements and adds ours last (as X-Forwarded-For), so the
+        # last element is the one an upstream can trust.
+        out.append(("X-Real-IP", peer))
+        ours = f"for={_forwarded_node(peer) if peer else 'unknown'};proto={request.scheme}"
+        if "Host" in src and not set(src["Host"]) & {'"', "\\"}:
+            ours += f';host="{src["Host"]}"'
+        earlier = ", ".join(src.getall("Forwarded", ()))
+        out.append(("Forwarded", f"{earlier}, {ours}" if earlier else ours))
         if "Host" in src:
             out.append(("X-Forwarded-Host", src["Host"]))
         if "traceparent" in src:
@@ -463,6 +488,7 @@ async def run_proxy(settings: ProxySettings) -> int:
         zone=settings.zone,
         snapshot=settings.snapshot or None,
         upstream_timeout_s=parse_duration(settings.upstream_timeout),
+        host_routing=settings.host_routing,
     )
     admin = ""
     try:
