@@ -236,6 +236,20 @@ def server(
         str | None,
         typer.Option(help="Key prefix on etcd (default /waypost/): servers on one share it."),
     ] = None,
+    etcd_ca: Annotated[
+        str | None, typer.Option(help="etcd over TLS: the CA of its members' certificates.")
+    ] = None,
+    etcd_cert: Annotated[
+        str | None, typer.Option(help="Client certificate (PEM) for etcd's --client-cert-auth.")
+    ] = None,
+    etcd_key: Annotated[str | None, typer.Option(help="Its private key (PEM).")] = None,
+    etcd_user: Annotated[
+        str | None, typer.Option(help="etcd auth: the user (password: WAYPOST_ETCD_PASSWORD).")
+    ] = None,
+    etcd_password: Annotated[
+        str | None,
+        typer.Option(help="etcd auth: the password (prefer env WAYPOST_ETCD_PASSWORD)."),
+    ] = None,
     http_workers: Annotated[
         int | None,
         typer.Option(
@@ -335,6 +349,11 @@ def server(
         "dns_forward_clients": dns_forward_clients,
         "dns_workers": dns_workers,
         "etcd_prefix": etcd_prefix,
+        "etcd_ca": etcd_ca,
+        "etcd_cert": etcd_cert,
+        "etcd_key": etcd_key,
+        "etcd_user": etcd_user,
+        "etcd_password": etcd_password,
         "http_workers": http_workers,
         "plain_reads": False if no_plain_reads else None,
         "advertise_mdns": True if advertise_mdns else None,

@@ -35,7 +35,7 @@ from waypost.model import DnsStatus
 from waypost.processes import Workers
 from waypost.registry import Registry
 from waypost.settings import Settings
-from waypost.store import Store, open_store
+from waypost.store import EtcdSecurity, Store, open_store
 
 if TYPE_CHECKING:
     from waypost.peers.mdns import MdnsAdvertiser
@@ -64,6 +64,13 @@ class WaypostServer:
             data_dir=Path(settings.data_dir),
             event_window_s=settings.event_window_s(),
             etcd_prefix=settings.etcd_prefix,
+            etcd_security=EtcdSecurity(
+                ca_file=settings.etcd_ca,
+                cert_file=settings.etcd_cert,
+                key_file=settings.etcd_key,
+                user=settings.etcd_user,
+                password=settings.etcd_password,
+            ),
         )
         self.catalog = Catalog()
         # The servers sharing the store (on etcd): each runs its share of the checks.

@@ -35,6 +35,15 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     store: str = "sqlite://"
     # The etcd key prefix (cluster mode); a path in the etcd:// URL says the same.
     etcd_prefix: str = "/waypost/"
+    # etcd over TLS (also etcds:// in the store URL): the CA of its members' certificates
+    # (empty: the system's), a client certificate and key (etcd --client-cert-auth), and
+    # etcd's auth: a user and its password (WAYPOST_ETCD_PASSWORD keeps it off the
+    # command line).
+    etcd_ca: str = ""
+    etcd_cert: str = ""
+    etcd_key: str = ""
+    etcd_user: str = ""
+    etcd_password: str = ""
     data_dir: str = ".waypost"
     token: str = ""
     node: str = msgspec.field(default_factory=default_node_name)
@@ -136,8 +145,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     def redacted(self) -> dict[str, str]:
         """The settings for display (``waypost status``): the token is never shown."""
         out = {k: str(v) for k, v in msgspec.structs.asdict(self).items()}
-        if out["token"]:
-            out["token"] = "********"
+        for secret in ("token", "etcd_password"):
+            if out[secret]:
+                out[secret] = "********"
         return out
 
 

@@ -12,13 +12,14 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 from waypost.server import WaypostServer
 from waypost.settings import Settings
@@ -309,6 +310,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _ssl_context(ca: str, client_cert: tuple[str, ...] | None) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=ca)
+    if client_cert:
+        ctx.load_cert_chain(client_cert[0], client_cert[1])
+    return ctx
+
+
 class EtcdCluster:
     """A real etcd cluster of ``size`` members on loopback ports, data in ``data_dir``
     (a temporary directory by default): ``start()``, ``kill(i)``, ``restart(i)``,
@@ -321,7 +329,14 @@ class EtcdCluster:
         data_dir: str | Path | None = None,
         *,
         hosts: Sequence[str] | None = None,
+        tls: tuple[str | Path, str | Path, str | Path] | None = None,
+        client_cert: tuple[str | Path, str | Path] | None = None,
     ) -> None:
+        """``tls``: (certificate, key, CA) the members serve clients with over TLS; with
+        ``client_cert`` (certificate, key) too, members require a client certificate the
+        CA signed (``--client-cert-auth``), and the cluster's own calls present it."""
+        self.tls = tuple(str(p) for p in tls) if tls is not None else None
+        self.client_cert = tuple(str(p) for p in client_cert) if client_cert else None
         exe = shutil.which("etcd") or "/usr/bin/etcd"
         # Member i listens on hosts[i] (all 127.0.0.1 by default; distinct loopback
         # addresses let a fault test cut one member off by address).
@@ -344,11 +359,28 @@ class EtcdCluster:
         return [f"{h}:{p}" for h, p in zip(self.hosts, self.client_ports, strict=True)]
 
     def url(self, prefix: str = "/waypost/") -> str:
-        return "etcd://" + ",".join(self.endpoints) + prefix
+        scheme = "etcds" if self.tls else "etcd"
+        return f"{scheme}://" + ",".join(self.endpoints) + prefix
+
+    @property
+    def _scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+    def _http_kw(self) -> dict[str, Any]:
+        """httpx arguments for the members' client URLs."""
+        if not self.tls:
+            return {}
+        return {"verify": _ssl_context(self.tls[2], self.client_cert)}
 
     def _args(self, i: int) -> list[str]:
         peers = ",".join(f"m{n}=http://{self.hosts[n]}:{p}" for n, p in enumerate(self.peer_ports))
-        client = f"http://{self.hosts[i]}:{self.client_ports[i]}"
+        client = f"{self._scheme}://{self.hosts[i]}:{self.client_ports[i]}"
+        secure: list[str] = []
+        if self.tls:
+            secure = ["--cert-file", self.tls[0], "--key-file", self.tls[1],
+                      "--trusted-ca-file", self.tls[2]]  # fmt: skip
+            if self.client_cert:
+                secure.append("--client-cert-auth")
         peer = f"http://{self.hosts[i]}:{self.peer_ports[i]}"
         return [
             self.exe,
@@ -367,6 +399,7 @@ class EtcdCluster:
             "--max-txn-ops", "10000",
             "--logger", "zap",
             "--log-outputs", str(self.data_dir / f"m{i}.log"),
+            *secure,
         ]  # fmt: skip
 
     def start(self, timeout_s: float = 30.0) -> EtcdCluster:
@@ -388,7 +421,13 @@ class EtcdCluster:
         import httpx
 
         try:
-            r = httpx.get(f"http://{self.hosts[i]}:{self.client_ports[i]}/health", timeout=1)
+            r = httpx.get(
+                f"{self._scheme}://{self.hosts[i]}:{self.client_ports[i]}/health",
+                timeout=1,
+                **self._http_kw(),
+            )
+            if r.status_code == 401:  # auth is on: /health answers only its users
+                return self._status(i) is not None
             return bool(r.status_code == 200 and r.json().get("health") == "true")
         except (httpx.HTTPError, ValueError):
             return False
@@ -412,24 +451,71 @@ class EtcdCluster:
 
     def leader(self) -> int:
         """The index of the member that leads now."""
-        import httpx
 
         ids: dict[int, int] = {}
         leader = 0
-        for i, port in enumerate(self.client_ports):
+        for i in range(self.size):
             if self.procs[i] is None or self.procs[i].poll() is not None:  # type: ignore[union-attr]
                 continue
-            try:
-                body = httpx.post(
-                    f"http://{self.hosts[i]}:{port}/v3/maintenance/status", json={}, timeout=2
-                ).json()
-            except (httpx.HTTPError, ValueError):
+            body = self._status(i)
+            if body is None:
                 continue
             ids[int(body["header"]["member_id"])] = i
             leader = int(body.get("leader", 0))
         if leader not in ids:
             raise RuntimeError("no etcd member knows a leader")
         return ids[leader]
+
+    def _status(self, i: int) -> dict[str, Any] | None:
+        """Member ``i``'s maintenance status (with a leader), or None."""
+        import httpx
+
+        url = f"{self._scheme}://{self.hosts[i]}:{self.client_ports[i]}/v3/maintenance/status"
+        try:
+            body = httpx.post(url, json={}, timeout=2, **self._http_kw()).json()
+        except (httpx.HTTPError, ValueError):
+            return None
+        if not isinstance(body, dict) or "header" not in body or not body.get("leader"):
+            return None
+        return body
+
+    def enable_auth(self, user: str, password: str, prefix: str = "/waypost/") -> None:
+        """Turn etcd's auth on (``etcdctl auth enable``): a ``root`` user (password
+        ``password``) and ``user`` with read-write on ``prefix`` only."""
+        import grpc
+        from aetcd import rpc
+
+        creds = None
+        if self.tls:
+            pem = self.client_cert or (None, None)
+            creds = grpc.ssl_channel_credentials(
+                Path(self.tls[2]).read_bytes(),
+                Path(pem[1]).read_bytes() if pem[1] else None,
+                Path(pem[0]).read_bytes() if pem[0] else None,
+            )
+        start = prefix.encode()
+        end = start[:-1] + bytes([start[-1] + 1])
+
+        async def go() -> None:
+            target = self.endpoints[0]
+            if creds is not None:
+                channel = grpc.aio.secure_channel(target, creds)
+            else:
+                channel = grpc.aio.insecure_channel(target)
+            async with channel:
+                auth = rpc.AuthStub(channel)
+                await auth.UserAdd(rpc.AuthUserAddRequest(name="root", password=password))
+                await auth.UserGrantRole(rpc.AuthUserGrantRoleRequest(user="root", role="root"))
+                await auth.RoleAdd(rpc.AuthRoleAddRequest(name=user))
+                perm = rpc.Permission(permType=rpc.Permission.READWRITE, key=start, range_end=end)
+                await auth.RoleGrantPermission(
+                    rpc.AuthRoleGrantPermissionRequest(name=user, perm=perm)
+                )
+                await auth.UserAdd(rpc.AuthUserAddRequest(name=user, password=password))
+                await auth.UserGrantRole(rpc.AuthUserGrantRoleRequest(user=user, role=user))
+                await auth.AuthEnable(rpc.AuthEnableRequest())
+
+        asyncio.run(go())
 
     def kill(self, i: int) -> None:
         """SIGKILL member ``i``, as a crash would."""

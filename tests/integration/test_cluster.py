@@ -555,3 +555,73 @@ def test_http_workers_need_the_etcd_store(tmp_path: Path) -> None:
     assert "http_workers" in r.stderr, r.stderr
     assert "etcd" in r.stderr, r.stderr
     assert not (tmp_path / "waypost.db").exists()
+
+
+@pytest.fixture(scope="module")
+def etcd_pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CA, a certificate for the etcd members and a client certificate for Waypost."""
+    from tests.conftest import waypost_cli
+
+    d = tmp_path_factory.mktemp("etcd-tls")
+    for args in (
+        ["tls", "ca", "create", "--dir", str(d)],
+        ["tls", "cert", "create", "--dir", str(d), "--server", "--name", "etcd"],
+        ["tls", "cert", "create", "--dir", str(d), "--client", "--name", "waypost"],
+    ):
+        done = waypost_cli(*args)
+        assert done.returncode == 0, done.stderr
+    return d
+
+
+def test_servers_work_end_to_end_on_an_etcd_with_client_tls_and_auth(
+    start_server: StartServer, etcd_pki: Path, tmp_path: Path
+) -> None:
+    """Security review finding 19: the etcd store connected only without TLS and
+    without etcd's auth, so a production etcd could not be used safely. Three members
+    serving clients over TLS with --client-cert-auth and auth enabled; Waypost's user
+    may read and write only its prefix."""
+    pki = etcd_pki
+    tls = (pki / "etcd.pem", pki / "etcd-key.pem", pki / "ca.pem")
+    client = (pki / "waypost.pem", pki / "waypost-key.pem")
+    with EtcdCluster(3, tmp_path / "etcd", tls=tls, client_cert=client) as cluster:
+        cluster.enable_auth("waypost", "s3cret", prefix="/waypost/")
+        url = cluster.url("/waypost/")
+        assert url.startswith("etcds://")
+        flags = ("--store", url, "--no-dns", "--etcd-ca", str(pki / "ca.pem"),
+                 "--etcd-cert", str(client[0]), "--etcd-key", str(client[1]),
+                 "--etcd-user", "waypost")  # fmt: skip
+        env = {"WAYPOST_ETCD_PASSWORD": "s3cret"}
+        a = start_server(*flags, env=env, name="a", node="a")
+        b = start_server(*flags, env=env, name="b", node="b")
+        with (
+            httpx.Client(base_url=a.url, timeout=10) as ha,
+            httpx.Client(base_url=b.url, timeout=10) as hb,
+        ):
+            index = int(hb.get("/api/v1/services/web").headers["X-Waypost-Index"])
+            assert ha.put("/api/v1/instances/w1", json=instance("w1")).status_code == 200
+            woke = hb.get("/api/v1/services/web", params={"index": index, "wait": "10s"})
+            assert [i["id"] for i in woke.json()] == ["w1"]
+            assert hb.get("/health").status_code == 200
+            settings = hb.get("/status").json()["config"]
+            assert settings["etcd_password"] == "********"
+        # Without the password, or without a client certificate: a clear refusal.
+        for bad_flags, bad_env, says in (
+            (flags, {"WAYPOST_ETCD_PASSWORD": "wrong"}, "etcd refused user 'waypost'"),
+            (flags[:5] + flags[9:], env, "etcd did not answer"),
+        ):
+            done = subprocess.run(
+                [sys.executable, "-m", "waypost", "server", "--http", "127.0.0.1:0",
+                 "--data-dir", str(tmp_path / "bad"), *bad_flags],
+                capture_output=True, text=True, timeout=60, env={**os.environ, **bad_env},
+            )  # fmt: skip
+            assert done.returncode != 0
+            assert says in done.stderr, done.stderr[-2000:]
+        # The user may touch only its prefix.
+        other = cluster.url("/elsewhere/")
+        done = subprocess.run(
+            [sys.executable, "-m", "waypost", "server", "--http", "127.0.0.1:0",
+             "--data-dir", str(tmp_path / "other"), "--store", other, *flags[2:]],
+            capture_output=True, text=True, timeout=60, env={**os.environ, **env},
+        )  # fmt: skip
+        assert done.returncode != 0
+        assert "permission denied" in done.stderr, done.stderr[-2000:]

@@ -27,7 +27,7 @@ import logging
 import math
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 import grpc
@@ -114,6 +114,88 @@ def parse_endpoints(spec: str) -> list[str]:
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class EtcdSecurity:
+    """How the store reaches a production etcd: TLS (``tls``, or any of the files), a CA
+    that signs the members' certificates (empty: the system's), a client certificate
+    and key for etcd's ``--client-cert-auth``, and a user and password for etcd's auth
+    (``etcdctl auth enable``)."""
+
+    tls: bool = False
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    user: str = ""
+    password: str = ""
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.tls or bool(self.ca_file or self.cert_file)
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        """The channel credentials (reads the files: call it off the event loop)."""
+        if bool(self.cert_file) != bool(self.key_file):
+            raise InvalidInput("etcd: a client certificate needs its key (and the key its "
+                               "certificate)", field="etcd_cert")  # fmt: skip
+        pem: dict[str, bytes | None] = {}
+        for name, path in (("ca", self.ca_file), ("cert", self.cert_file), ("key", self.key_file)):
+            if not path:
+                pem[name] = None
+                continue
+            try:
+                with open(path, "rb") as f:
+                    pem[name] = f.read(1 << 20)
+            except OSError as exc:
+                raise InvalidInput(f"etcd_{name}: cannot read {path} ({exc.strerror})",
+                                   field=f"etcd_{name}") from None  # fmt: skip
+        return grpc.ssl_channel_credentials(
+            root_certificates=pem["ca"], private_key=pem["key"], certificate_chain=pem["cert"]
+        )
+
+
+class _Token:
+    """A member's etcd auth token (etcd's simple tokens are each member's own)."""
+
+    def __init__(self) -> None:
+        self.value = ""
+        self.lock = asyncio.Lock()
+
+
+class _TokenInterceptor(
+    grpc.aio.UnaryUnaryClientInterceptor,
+    grpc.aio.UnaryStreamClientInterceptor,
+    grpc.aio.StreamStreamClientInterceptor,
+):
+    """Adds the member's auth token to every call (etcd reads it from ``token``)."""
+
+    def __init__(self, token: _Token) -> None:
+        self.token = token
+
+    def _details(self, details: Any) -> Any:
+        if not self.token.value:
+            return details
+        metadata = grpc.aio.Metadata(*(details.metadata or ()))
+        metadata.add("token", self.token.value)
+        return details._replace(metadata=metadata)
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self._details(details), request)
+
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self._details(details), request)
+
+    async def intercept_stream_stream(
+        self, continuation: Any, details: Any, request_iterator: Any
+    ) -> Any:
+        return await continuation(self._details(details), request_iterator)
+
+
+def _auth_expired(exc: grpc.aio.AioRpcError) -> bool:
+    """etcd refused the token (expired, or issued by a member that restarted)."""
+    details = exc.details() or ""
+    return exc.code() == grpc.StatusCode.UNAUTHENTICATED or "invalid auth token" in details
+
+
 @dataclass(slots=True)
 class _Member:
     endpoint: str
@@ -122,6 +204,8 @@ class _Member:
     watch: Any
     lease: Any
     maintenance: Any
+    auth: Any = None
+    token: _Token = field(default_factory=_Token)
 
 
 class EtcdStore(StoreOps):
@@ -136,7 +220,9 @@ class EtcdStore(StoreOps):
         prefix: str = DEFAULT_PREFIX,
         retry_s: float = RETRY_S,
         call_timeout_s: float = CALL_TIMEOUT_S,
+        security: EtcdSecurity | None = None,
     ) -> None:
+        self.security = security or EtcdSecurity()
         if not prefix.startswith("/") or not prefix.endswith("/"):
             raise InvalidInput("store: the etcd prefix starts and ends with '/'", field="store")
         self.endpoints = list(endpoints)
@@ -186,9 +272,20 @@ class EtcdStore(StoreOps):
             ("grpc.initial_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 1000),
         ]
+        sec = self.security
+        creds = await asyncio.to_thread(sec.credentials) if sec.uses_tls else None
         self._members = []
         for endpoint in self.endpoints:
-            channel = grpc.aio.insecure_channel(endpoint, options=options)
+            token = _Token()
+            interceptors = [_TokenInterceptor(token)] if sec.user else None
+            if creds is not None:
+                channel = grpc.aio.secure_channel(
+                    endpoint, creds, options=options, interceptors=interceptors
+                )
+            else:
+                channel = grpc.aio.insecure_channel(
+                    endpoint, options=options, interceptors=interceptors
+                )
             self._members.append(
                 _Member(
                     endpoint,
@@ -197,6 +294,8 @@ class EtcdStore(StoreOps):
                     rpc.WatchStub(channel),
                     rpc.LeaseStub(channel),
                     rpc.MaintenanceStub(channel),
+                    rpc.AuthStub(channel),
+                    token,
                 )
             )
         self._current = random.randrange(len(self._members))
@@ -301,8 +400,15 @@ class EtcdStore(StoreOps):
         while True:
             member = self._member()
             try:
+                await self._authenticate(member)
                 return await fn(member)
             except grpc.aio.AioRpcError as exc:
+                if self.security.user and _auth_expired(exc) and member.token.value:
+                    member.token.value = ""  # sign in again, then retry
+                    if loop.time() + pause > deadline:
+                        raise StoreError(f"etcd: {exc.details() or exc.code().name}") from None
+                    await asyncio.sleep(pause)
+                    continue
                 mapped = _mapped(exc)
                 if mapped is not None:
                     raise mapped from None
@@ -316,6 +422,25 @@ class EtcdStore(StoreOps):
                     ) from None
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 1.0)
+
+    async def _authenticate(self, member: _Member) -> None:
+        """Sign in to ``member`` with the store's user when it has no token yet (a wrong
+        user or password is final: StoreError, not retried)."""
+        sec = self.security
+        if not sec.user or member.token.value:
+            return
+        async with member.token.lock:
+            if member.token.value:
+                return
+            req = rpc.AuthenticateRequest(name=sec.user, password=sec.password)
+            try:
+                resp = await member.auth.Authenticate(req, timeout=self.call_timeout_s)
+            except grpc.aio.AioRpcError as exc:
+                details = exc.details() or exc.code().name
+                if "authentication failed" in details or "not enabled" in details:
+                    raise StoreError(f"etcd refused user {sec.user!r}: {details}") from None
+                raise
+            member.token.value = str(resp.token)
 
     def _remember(self, key: bytes, value: bytes, entry: Entry) -> None:
         if len(self._own) >= OWN_WRITES_KEPT:
@@ -462,6 +587,8 @@ class EtcdStore(StoreOps):
                         last = batch.revision
                         yield batch
             except grpc.aio.AioRpcError as exc:
+                if _auth_expired(exc):
+                    member.token.value = ""  # sign in again before the next watch
                 self._skip(member, exc.details() or exc.code().name)
                 log.warning("etcd watch broke (%s); resuming from %d", exc.details(), last)
             finally:
@@ -798,6 +925,7 @@ class _WatchStream:
             prev_kv=True,
         )
         self._requests.put_nowait(rpc.WatchRequest(create_request=create))
+        await store._authenticate(self.member)
         self._call = self.member.watch.Watch(self._iter_requests())
         self._reader = asyncio.ensure_future(self._read())
         store._streams.add(self)
