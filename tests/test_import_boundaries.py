@@ -19,6 +19,7 @@ LAYERS = {
     "versions": 1,
     "sse": 1,
     "members": 1,
+    "zones": 2,
     "model": 2,
     "query": 2,
     "compact": 2,

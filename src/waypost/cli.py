@@ -22,10 +22,10 @@ from rich.table import Table
 
 from waypost._version import __version__
 from waypost.client import Client
-from waypost.dns.custom import DEFAULT_CUSTOM_ZONES, DEFAULT_FORWARD_CLIENTS
 from waypost.durations import parse_duration
 from waypost.errors import Conflict, InvalidInput, NotFound, Unavailable, WaypostError
 from waypost.model import AclPolicy, AclTokenView, Instance, convert_instance
+from waypost.zones import DEFAULT_CUSTOM_ZONES, DEFAULT_FORWARD_CLIENTS
 
 app = typer.Typer(
     name="waypost",

@@ -32,7 +32,6 @@ import msgspec
 
 from waypost.aio import cancel_all
 from waypost.catalog import Catalog
-from waypost.dns.custom import CustomZones
 from waypost.durations import parse_duration
 from waypost.errors import Conflict, Forbidden, Gone, NotFound, WaypostError
 from waypost.health.files import CheckFiles
@@ -69,6 +68,7 @@ from waypost.store.base import (
     missing,
 )
 from waypost.telemetry import TELEMETRY
+from waypost.zones import CustomZones
 
 log = logging.getLogger("waypost.registry")
 
@@ -208,7 +208,7 @@ class Registry:
         # Whether the checks this server runs may target other hosts than the
         # instance's own address (health/targets.py).
         self.check_any_target = check_any_target
-        # Where an instance's custom DNS domain may be (dns/custom.py).
+        # Where an instance's custom DNS domain may be (zones.py).
         self.custom_zones = custom_zones or CustomZones()
         self._clock = clock
         # Deadlines: a monotonic clock (a test's ManualClock serves as both).

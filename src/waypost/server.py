@@ -25,7 +25,6 @@ from waypost.api.conns import IDLE_TIMEOUT_S, ConnectionLimits
 from waypost.api.hot import FastSite, HotPath, PlainReads
 from waypost.catalog import Catalog
 from waypost.checking import CheckHost
-from waypost.dns.custom import CustomZones
 from waypost.dns.server import DnsServer
 from waypost.dns.workers import DnsWorkers, worker_command
 from waypost.errors import WaypostError
@@ -36,6 +35,7 @@ from waypost.processes import Workers
 from waypost.registry import Registry
 from waypost.settings import Settings
 from waypost.store import EtcdSecurity, Store, open_store
+from waypost.zones import CustomZones
 
 if TYPE_CHECKING:
     from waypost.peers.mdns import MdnsAdvertiser

@@ -15,10 +15,10 @@ from pathlib import Path
 import msgspec
 import yaml
 
-from waypost.dns.custom import DEFAULT_CUSTOM_ZONES, DEFAULT_FORWARD_CLIENTS
 from waypost.durations import parse_duration
 from waypost.errors import InvalidInput
 from waypost.model import LABEL_RE, is_label
+from waypost.zones import DEFAULT_CUSTOM_ZONES, DEFAULT_FORWARD_CLIENTS
 
 
 def default_node_name() -> str:

@@ -29,7 +29,7 @@ import pytest
 from tests.conftest import ServerProcess, instance, wait_until
 from tests.conftest import waypost_cli as waypost
 from waypost import Client
-from waypost.testing import EtcdCluster
+from waypost.testing import EtcdCluster, ProxyProcess
 
 HERE = Path(__file__).resolve().parents[1] / "consul_clients"
 
@@ -587,6 +587,13 @@ def test_an_actor_entry_needs_write_on_the_service_name_it_is_served_under(
         assert sorted(admin.cache.get("db").instances) == ["db-1"]
     rcode, ips = dns_rcode_and_ips(deny_server, "db.service.waypost.")
     assert "127.0.0.9" not in ips, (rcode, ips)
+    # The proxy (reading with the admin's token) knows db-1 alone as db's endpoint.
+    proxy = ProxyProcess(deny_server.url, "--token", admin_secret, "--admin", "127.0.0.1:0")
+    with proxy:
+        httpx.get(proxy.url, headers={"Host": "db"}, timeout=10)  # db's view is loaded
+        status = httpx.get(f"{proxy.admin}/status", timeout=10).json()
+        endpoints = status["services"]["db"]["endpoints"]
+        assert [e["id"] for e in endpoints] == ["db-1"], endpoints
 
 
 def test_a_dns_name_is_claimed_only_with_a_rule_that_grants_it(deny_server: ServerProcess) -> None:

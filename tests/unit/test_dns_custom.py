@@ -1,11 +1,11 @@
-"""Where an instance's custom domain may be (``dns/custom.py``)."""
+"""Where an instance's custom domain may be (``zones.py``)."""
 
 from __future__ import annotations
 
 import pytest
 
-from waypost.dns.custom import CustomZones
 from waypost.errors import InvalidInput
+from waypost.zones import CustomZones
 
 
 def test_the_default_zones_are_private_use_suffixes_only() -> None:

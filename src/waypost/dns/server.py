@@ -43,11 +43,11 @@ import dns.rrset
 from waypost.acl import AclState
 from waypost.catalog import Catalog
 from waypost.dns import wire
-from waypost.dns.custom import DEFAULT_CUSTOM_ZONES, DEFAULT_FORWARD_CLIENTS, CustomZones
 from waypost.dns.zone import SHUFFLES, Reply, Zone, stratified_orders
 from waypost.errors import InvalidInput
 from waypost.model import AclPolicy, AclToken, DnsStatus, Event, Instance, Node, ServiceConfig
 from waypost.telemetry import SAMPLE_EVERY, Histogram
+from waypost.zones import DEFAULT_CUSTOM_ZONES, DEFAULT_FORWARD_CLIENTS, CustomZones
 
 log = logging.getLogger("waypost.dns")
 

@@ -44,9 +44,9 @@ import dns.rrset
 
 from waypost.acl import READ, AclState, Authorizer
 from waypost.catalog import Catalog, domain_key
-from waypost.dns.custom import CustomZones
 from waypost.durations import parse_duration
 from waypost.model import Instance, ServiceConfig, Status
+from waypost.zones import CustomZones
 
 IN = dns.rdataclass.IN
 A, AAAA, SRV, TXT, PTR, CNAME, SOA, NS, ANY = (
