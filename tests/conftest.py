@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -251,6 +251,20 @@ def http(server: ServerProcess) -> Iterator[httpx.Client]:
 def instance(iid: str, service: str = "web", **fields: Any) -> dict[str, Any]:
     """A valid instance body."""
     return {"id": iid, "service": service, "address": "10.0.0.1", "port": 8080, **fields}
+
+
+def make_pki(folder: Path, *, servers: Sequence[str] = (), clients: Sequence[str] = ()) -> Path:
+    """A CA in ``folder`` (``waypost tls ca create``) with server and client
+    certificates of these names (``NAME.pem``, ``NAME-key.pem``)."""
+    runs = [["tls", "ca", "create", "--dir", str(folder)]]
+    runs += [["tls", "cert", "create", "--dir", str(folder), "--server", "--name", n]
+             for n in servers]  # fmt: skip
+    runs += [["tls", "cert", "create", "--dir", str(folder), "--client", "--name", n]
+             for n in clients]  # fmt: skip
+    for args in runs:
+        done = waypost_cli(*args)
+        assert done.returncode == 0, done.stderr
+    return folder
 
 
 def waypost_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -26,7 +26,7 @@ import dns.rcode
 import httpx
 import pytest
 
-from tests.conftest import ServerProcess, instance, wait_until
+from tests.conftest import ServerProcess, instance, make_pki, wait_until
 from tests.conftest import waypost_cli as waypost
 from waypost import Client
 from waypost.testing import EtcdCluster, ProxyProcess
@@ -354,14 +354,7 @@ def test_an_agents_client_certificate_stands_for_its_token(
 ) -> None:
     from tests.integration.agents import AgentProcess
 
-    pki = tmp_path / "pki"
-    for args in (
-        ["tls", "ca", "create", "--dir", str(pki)],
-        ["tls", "cert", "create", "--dir", str(pki), "--server", "--name", "server1"],
-        ["tls", "cert", "create", "--dir", str(pki), "--client", "--name", "agent1"],
-    ):
-        done = waypost(*args)
-        assert done.returncode == 0, done.stderr
+    pki = make_pki(tmp_path / "pki", servers=["server1"], clients=["agent1"])
     server = start_server(
         "--acl-default-policy", "deny", "--tls-cert", str(pki / "server1.pem"),
         "--tls-key", str(pki / "server1-key.pem"), "--tls-ca", str(pki / "ca.pem"),

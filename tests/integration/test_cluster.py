@@ -560,17 +560,9 @@ def test_http_workers_need_the_etcd_store(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def etcd_pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A CA, a certificate for the etcd members and a client certificate for Waypost."""
-    from tests.conftest import waypost_cli
+    from tests.conftest import make_pki
 
-    d = tmp_path_factory.mktemp("etcd-tls")
-    for args in (
-        ["tls", "ca", "create", "--dir", str(d)],
-        ["tls", "cert", "create", "--dir", str(d), "--server", "--name", "etcd"],
-        ["tls", "cert", "create", "--dir", str(d), "--client", "--name", "waypost"],
-    ):
-        done = waypost_cli(*args)
-        assert done.returncode == 0, done.stderr
-    return d
+    return make_pki(tmp_path_factory.mktemp("etcd-tls"), servers=["etcd"], clients=["waypost"])
 
 
 def test_servers_work_end_to_end_on_an_etcd_with_client_tls_and_auth(

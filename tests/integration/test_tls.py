@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ServerProcess
+from tests.conftest import ServerProcess, make_pki
 from tests.conftest import waypost_cli as waypost
 
 
@@ -24,16 +24,8 @@ from tests.conftest import waypost_cli as waypost
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A CA with a server certificate (server1) and a client certificate (agent1), and a
     second CA (other/) with a client certificate of its own (made once for the module)."""
-    d = tmp_path_factory.mktemp("tls")
-    for args in (
-        ["tls", "ca", "create", "--dir", str(d)],
-        ["tls", "cert", "create", "--dir", str(d), "--server", "--name", "server1"],
-        ["tls", "cert", "create", "--dir", str(d), "--client", "--name", "agent1"],
-        ["tls", "ca", "create", "--dir", str(d / "other")],
-        ["tls", "cert", "create", "--dir", str(d / "other"), "--client", "--name", "intruder"],
-    ):
-        done = waypost(*args)
-        assert done.returncode == 0, done.stderr
+    d = make_pki(tmp_path_factory.mktemp("tls"), servers=["server1"], clients=["agent1"])
+    make_pki(d / "other", clients=["intruder"])
     return d
 
 

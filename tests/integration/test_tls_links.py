@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ServerProcess, instance, wait_until
+from tests.conftest import ServerProcess, instance, make_pki, wait_until
 from tests.conftest import waypost_cli as waypost
 from tests.integration.test_actors import Sink
 from waypost import Client
@@ -24,18 +24,9 @@ from waypost.testing import ProxyProcess
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("pki")
-    for args in (
-        ["tls", "ca", "create", "--dir", str(d)],
-        ["tls", "cert", "create", "--dir", str(d), "--server", "--name", "upstream"],
-        ["tls", "cert", "create", "--dir", str(d), "--client", "--name", "agent1"],
-        ["tls", "cert", "create", "--dir", str(d), "--client", "--name", "net-a"],
-        ["tls", "cert", "create", "--dir", str(d), "--client", "--name", "net-b"],
-        ["tls", "ca", "create", "--dir", str(d / "other")],
-        ["tls", "cert", "create", "--dir", str(d / "other"), "--client", "--name", "stranger"],
-    ):
-        done = waypost(*args)
-        assert done.returncode == 0, done.stderr
+    d = make_pki(tmp_path_factory.mktemp("pki"), servers=["upstream"],
+                 clients=["agent1", "net-a", "net-b"])  # fmt: skip
+    make_pki(d / "other", clients=["stranger"])
     return d
 
 
