@@ -13,13 +13,19 @@ from typing import TYPE_CHECKING, Any
 from waypost._version import __version__
 from waypost.errors import (
     Conflict,
+    Forbidden,
     Gone,
     InvalidInput,
     NotFound,
     PayloadTooLarge,
     StoreError,
+    StoreFull,
+    TooManyRequests,
     Unauthorized,
     Unavailable,
+    UnsupportedMediaType,
+    UpstreamFailed,
+    UpstreamTimeout,
     WaypostError,
 )
 from waypost.model import (
@@ -44,6 +50,14 @@ from waypost.model import (
 from waypost.query import matches, parse_query
 
 if TYPE_CHECKING:
+    from waypost.actors.errors import (
+        ActorNotFound,
+        AuthenticationFailed,
+        ConnectionTimeout,
+        MessageTooLarge,
+        NameConflict,
+        NetworkNotFound,
+    )
     from waypost.client import (
         AsyncClient,
         AsyncKeepAlive,
@@ -66,6 +80,18 @@ _LAZY = {
         "QueryResult",
     )
 }
+# The actor networks' errors (importing waypost.actors starts its WebSocket stack).
+_LAZY |= {
+    name: "waypost.actors.errors"
+    for name in (
+        "ActorNotFound",
+        "AuthenticationFailed",
+        "ConnectionTimeout",
+        "MessageTooLarge",
+        "NameConflict",
+        "NetworkNotFound",
+    )
+}
 
 
 def __getattr__(name: str) -> Any:
@@ -78,16 +104,20 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "ActorNotFound",
     "AsyncClient",
     "AsyncKeepAlive",
     "AsyncKeptLease",
+    "AuthenticationFailed",
     "Check",
     "CheckRow",
     "CheckState",
     "Client",
     "Conflict",
+    "ConnectionTimeout",
     "Event",
     "FlapPolicy",
+    "Forbidden",
     "Gone",
     "Instance",
     "InvalidInput",
@@ -95,6 +125,9 @@ __all__ = [
     "KeptLease",
     "Kind",
     "Lease",
+    "MessageTooLarge",
+    "NameConflict",
+    "NetworkNotFound",
     "Node",
     "NodeStatus",
     "NotFound",
@@ -108,8 +141,13 @@ __all__ = [
     "ServiceSummary",
     "Status",
     "StoreError",
+    "StoreFull",
+    "TooManyRequests",
     "Unauthorized",
     "Unavailable",
+    "UnsupportedMediaType",
+    "UpstreamFailed",
+    "UpstreamTimeout",
     "WaypostError",
     "__version__",
     "matches",

@@ -1,9 +1,13 @@
 """One error hierarchy for Waypost.
 
 Every error carries a message a person can act on. Each class maps once to an HTTP
-status (the API), a CLI exit code (the command line) and, later, a DNS rcode. Lower-level
-errors (sqlite3, OSError, aiohttp, httpx) are translated into these at one boundary each,
-as httpx's ``map_exceptions`` does.
+status (the API, the proxy) and a CLI exit code (the command line). (DNS answers carry
+rcodes of their own, decided where the query is read: FORMERR, REFUSED, SERVFAIL; no
+error of this tree reaches a DNS client.) Lower-level errors (sqlite3, OSError, aiohttp,
+httpx) are translated into these at one boundary each, as httpx's ``map_exceptions``
+does; the errors of discovery sources, registry entries, event streams, actor frames and
+proxy upstreams are classes of this tree too, so ``except WaypostError`` catches every
+error Waypost raises on purpose.
 """
 
 from __future__ import annotations
@@ -123,6 +127,20 @@ class StoreError(Unavailable):
     code = "store_error"
 
 
+class UpstreamFailed(Unavailable):
+    """The proxy's upstream refused, reset or broke the answer (after the retries)."""
+
+    code = "upstream_failed"
+    http_status = 502
+
+
+class UpstreamTimeout(UpstreamFailed):
+    """The proxy's upstream did not answer within the per-try timeout or the deadline."""
+
+    code = "upstream_timeout"
+    http_status = 504
+
+
 class StoreFull(StoreError):
     """The store's disk (or its quota) is full: writes wait for space; reads go on."""
 
@@ -144,6 +162,8 @@ BY_CODE: dict[str, type[WaypostError]] = {
         UnsupportedMediaType,
         TooManyRequests,
         Unavailable,
+        UpstreamFailed,
+        UpstreamTimeout,
         StoreError,
         StoreFull,
     )

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from waypost.errors import InvalidInput
+
 
 @dataclass(frozen=True, slots=True)
 class SseMessage:
@@ -50,8 +52,10 @@ MAX_LINE_BYTES = 4 * 1024 * 1024
 MAX_EVENT_BYTES = 4 * 1024 * 1024
 
 
-class SseTooLarge(ValueError):
+class SseTooLarge(InvalidInput, ValueError):
     """A line or an event is over the limit: the stream is not one this parser reads."""
+
+    code = "event_too_large"
 
 
 class SseParser:

@@ -20,7 +20,8 @@ import aiohttp
 from aiohttp import web
 
 from tests.conftest import ServerProcess, until
-from waypost import AsyncClient
+from waypost import AsyncClient, UpstreamFailed
+from waypost.errors import from_dict
 from waypost.testing import ProxyProcess
 
 TRACEPARENT = re.compile(r"\A00-[0-9a-f]{32}-[0-9a-f]{16}-01\Z")
@@ -269,7 +270,10 @@ def test_failures_answer_json_with_a_reason(server: ServerProcess) -> None:
             status, body = await get(http, proxy, "/", "gone")
             assert status == 502, body
             assert body["reason"] == "upstream_failed"
-            assert "gone" in body["error"]
+            # The API's error shape (the SDK reads it back as its class) plus the reason.
+            assert "gone" in body["message"]
+            assert body["error"] == "upstream_failed"
+            assert isinstance(from_dict(body, http_status=status), UpstreamFailed)
             # An endpoint that does not answer within the service's timeout.
             await client.set_service_config("slow", {"timeout": "300ms"})
             b.mode["slow"] = "hang"

@@ -32,6 +32,8 @@ from typing import Any, Literal
 
 import msgspec
 
+from waypost.errors import InvalidInput
+
 COMPRESS_ABOVE = 16 * 1024
 MAX_MESSAGE_BYTES = 1 << 20
 
@@ -92,8 +94,10 @@ _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(list[Frame])
 
 
-class ProtocolError(ValueError):
+class ProtocolError(InvalidInput, ValueError):
     """A WebSocket message that is not a batch of frames."""
+
+    code = "bad_frame"
 
 
 def encode(frames: list[Frame], *, compress_above: int = COMPRESS_ABOVE) -> bytes:

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import httpx
 
+from waypost.errors import UpstreamFailed
 from waypost.model import Route, ServiceConfig
 from waypost.traffic import Endpoint
 from waypost.traffic.exchange import Attempt, Exchange, Policies, endpoint_stats, prune
@@ -68,7 +69,9 @@ class HttpResponse:
         return self.status < 400
 
 
-class _Failure(Exception):
+class _Failure(UpstreamFailed):
+    """One attempt failed (``kind`` in the retry policy's words); caught per attempt."""
+
     def __init__(self, kind: str, detail: str) -> None:
         super().__init__(detail)
         self.kind = kind

@@ -21,12 +21,16 @@ from typing import Any, Protocol
 
 import aiohttp
 
+from waypost.errors import Unavailable
+
 PROVISIONAL = "_provisional"  # marks an entry made up from an address (no node answered)
 _HOST_PORT = re.compile(r"\A(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):\d{1,5}\Z")
 
 
-class SourceError(Exception):
+class SourceError(Unavailable):
     """A source that could not be read this time, and why."""
+
+    code = "discovery_source_failed"
 
 
 @dataclass

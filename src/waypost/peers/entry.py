@@ -23,13 +23,17 @@ from typing import Any
 
 import msgspec
 
+from waypost.errors import InvalidInput
+
 REGISTRY_FILE = "node-registry.json"
 PEERS_FILE = "discovery-peers.json"
 _HOST_PORT = re.compile(r"\A(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):\d{1,5}\Z")
 
 
-class EntryError(ValueError):
+class EntryError(InvalidInput, ValueError):
     """A registry entry that cannot be used, and why."""
+
+    code = "bad_registry_entry"
 
 
 class NodeEntry(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):

@@ -25,13 +25,15 @@ from typing import cast
 
 import httptools
 
+from waypost.errors import UpstreamFailed
+
 MAX_IDLE_PER_ENDPOINT = 256
 IDLE_TIMEOUT_S = 30.0
 STREAM_HIGH_WATER = 256 * 1024  # buffered answer bytes above which reading pauses
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 
 
-class UpstreamError(Exception):
+class UpstreamError(UpstreamFailed):
     """The endpoint could not be reached or broke the exchange; ``kind`` is
     ``connect-failure``, ``reset`` or ``timeout`` (the retry policy's words)."""
 
