@@ -361,3 +361,27 @@ def test_on_etcd_two_servers_answer_alike_and_the_index_never_goes_back(
     assert int(again) >= int(new_index)
     kv_index, _ = client(b).kv.get("cfg/x")
     assert int(kv_index) >= 1
+
+
+def test_kept_service_answers_follow_every_change_they_read(server: ServerProcess) -> None:
+    """Consul's service answers are encoded once and shared until what they read
+    changes (issue 29: they were rebuilt per request, 40x the native cost). Each change
+    they read shows at once: an instance's health, another instance, the node's
+    maintenance; and each parameter set has its own answer."""
+    c = client(server)
+    c.agent.service.register("api", service_id="api-1", port=9000, check=consul.Check.ttl("30s"))
+    c.agent.check.ttl_pass("service:api-1")
+    assert ids(c.health.service("api", passing=True)[1]) == ["api-1"]
+    assert ids(c.health.service("api", passing=True)[1]) == ["api-1"]  # the kept answer
+    c.agent.check.ttl_fail("service:api-1")
+    assert ids(c.health.service("api", passing=True)[1]) == []
+    assert ids(c.health.service("api")[1]) == ["api-1"]
+    c.agent.service.register("api", service_id="api-2", port=9001)
+    assert [r["ServiceID"] for r in c.catalog.service("api")[1]] == ["api-1", "api-2"]
+    assert c.catalog.service("api", tag="nope")[1] == []
+    c.agent.maintenance(True, "patching")
+    checks = [ch["CheckID"] for ch in c.health.service("api")[1][0]["Checks"]]
+    assert "_node_maintenance" in checks
+    c.agent.maintenance(False)
+    checks = [ch["CheckID"] for ch in c.health.service("api")[1][0]["Checks"]]
+    assert "_node_maintenance" not in checks

@@ -56,6 +56,11 @@ _encode = msgspec.json.Encoder().encode
 JSON = "application/json"
 DEFAULT_WAIT_S = 300.0
 MAX_WAIT_S = 600.0
+# Encoded service answers kept (per path, service, parameters and authorizer); past this
+# many the memo starts over.
+MAX_ANSWERS = 4096
+# Query parameters that do not change a service answer's body.
+_NOT_IN_BODY = frozenset({"index", "wait", "token", "dc", "stale", "consistent", "cached"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -93,6 +98,10 @@ class ConsulApi:
         self.address = address
         self.gate = gate
         self.max_wait_s = min(max_wait_s, MAX_WAIT_S)
+        # Service answers encoded once per (what they read, revision) and shared by every
+        # request and woken blocking query until the service or a node view changes:
+        # they were rebuilt for every request (40x the native answer's cost).
+        self._answers: dict[tuple[Any, ...], tuple[tuple[int, int], bytes]] = {}
 
     # --- plumbing ------------------------------------------------------------------------
 
@@ -112,6 +121,24 @@ class ConsulApi:
         return web.Response(
             body=_encode(data), headers=self._headers(self._index() if index is None else index)
         )
+
+    def _service_answer(
+        self, request: web.Request, what: str, name: str, build: Callable[[], object]
+    ) -> bytes:
+        """``build()`` encoded, kept while service ``name`` and the node views are
+        unchanged, per parameter set and authorizer (a new one after any ACL change)."""
+        params = tuple(sorted((k, v) for k, v in request.query.items() if k not in _NOT_IN_BODY))
+        key = (what, name, params, self._az(request))
+        cat = self.catalog
+        rev = (cat.service_revision(cm.local_label(name)), cat.nodes_revision())
+        got = self._answers.get(key)
+        if got is not None and got[0] == rev:
+            return got[1]
+        body = _encode(build())
+        if len(self._answers) >= MAX_ANSWERS:
+            self._answers.clear()
+        self._answers[key] = (rev, body)
+        return body
 
     def _authorize(self, request: web.Request) -> Authorizer:
         """Before a write: the token (as Consul clients give it) resolves and is within
@@ -463,11 +490,9 @@ class ConsulApi:
         self._authorize(request)
         inst = self._find(request.match_info["id"])
         self._writable(request, inst, self._unknown(request.match_info["id"]))
-        enable = request.query.get("enable", "")
-        if enable not in ("true", "false"):
-            raise cm.ConsulInputError("Missing value for enable")
+        enable = _parse_bool(request.query.get("enable", ""))
         reason = request.query.get("reason", "")
-        await self.registry.set_maintenance(inst.id, enable == "true", reason)
+        await self.registry.set_maintenance(inst.id, enable, reason)
         return web.Response(text="", content_type="text/plain")
 
     def _member(self, address: str) -> dict[str, Any]:
@@ -501,23 +526,21 @@ class ConsulApi:
         leave them out too); ending it takes out only the services it put in."""
         self._authorize(request)
         self.gate.require(request, WRITE, "node", self.node)
-        enable = request.query.get("enable", "")
-        if enable not in ("true", "false"):
-            raise cm.ConsulInputError("Missing value for enable")
+        enable = _parse_bool(request.query.get("enable", ""))
         reason = request.query.get("reason", "") or "Maintenance mode is enabled for this node"
         node = self.catalog.entry("node", self.node)
         base = node if isinstance(node, Node) else Node(id=self.node, address=self.address)
         meta = dict(base.meta)
         marker = f"{cm.NODE_MAINT_REASON}{reason}"
-        if enable == "true":
+        if enable:
             meta[cm.META_NODE_MAINT] = reason
         else:
             meta.pop(cm.META_NODE_MAINT, None)
         await self.registry.register_node(msgspec.structs.replace(base, meta=meta))
         for inst in self._local():
-            if enable == "true" and not inst.maintenance:
+            if enable and not inst.maintenance:
                 await self.registry.set_maintenance(inst.id, True, marker)
-            elif enable == "false" and inst.maintenance_reason.startswith(cm.NODE_MAINT_REASON):
+            elif not enable and inst.maintenance_reason.startswith(cm.NODE_MAINT_REASON):
                 await self.registry.set_maintenance(inst.id, False, "")
         return web.Response(text="", content_type="text/plain")
 
@@ -570,12 +593,19 @@ class ConsulApi:
     async def catalog_service(self, request: web.Request) -> web.StreamResponse:
         name, key = self._of_service(request)
         index = await self._block(request, key)
-        nodes = self._nodes(request)
-        rows = [
-            self._indexed(i, cm.catalog_row(i, self._node_json(self._node_of(i), nodes, i.address)))
-            for i in self._filtered(request, name)
-        ]
-        return self._json(self._selected(request, rows), index)
+
+        def build() -> object:
+            nodes = self._nodes(request)
+            rows = [
+                self._indexed(
+                    i, cm.catalog_row(i, self._node_json(self._node_of(i), nodes, i.address))
+                )
+                for i in self._filtered(request, name)
+            ]
+            return self._selected(request, rows)
+
+        body = self._service_answer(request, "catalog", name, build)
+        return web.Response(body=body, headers=self._headers(index))
 
     async def catalog_nodes(self, request: web.Request) -> web.StreamResponse:
         index = await self._block(request, ("nodes", None))
@@ -618,16 +648,21 @@ class ConsulApi:
         only_passing = passing is not None and passing.lower() in ("", "1", "true")
         if passing is not None and passing.lower() not in ("", "1", "true", "0", "false"):
             raise cm.ConsulInputError(f"Invalid value for ?passing: {passing!r}")
-        nodes = self._nodes(request)
-        out = []
-        for inst in self._filtered(request, name):
-            checks = self._entry_checks(inst, nodes)
-            if only_passing and any(c["Status"] != "passing" for c in checks):
-                continue
-            node = self._node_json(self._node_of(inst), nodes, inst.address)
-            service = self._indexed(inst, cm.agent_service(inst))
-            out.append({"Node": node, "Service": service, "Checks": checks})
-        return self._json(self._selected(request, out), index)
+
+        def build() -> object:
+            nodes = self._nodes(request)
+            out = []
+            for inst in self._filtered(request, name):
+                checks = self._entry_checks(inst, nodes)
+                if only_passing and any(c["Status"] != "passing" for c in checks):
+                    continue
+                node = self._node_json(self._node_of(inst), nodes, inst.address)
+                service = self._indexed(inst, cm.agent_service(inst))
+                out.append({"Node": node, "Service": service, "Checks": checks})
+            return self._selected(request, out)
+
+        body = self._service_answer(request, "health", name, build)
+        return web.Response(body=body, headers=self._headers(index))
 
     async def health_checks(self, request: web.Request) -> web.StreamResponse:
         name, key = self._of_service(request)
@@ -845,6 +880,19 @@ class ConsulApi:
             "see docs/consul-compat.md",
             content_type="text/plain",
         )
+
+
+# Go's strconv.ParseBool, which Consul reads ``enable`` with (py-consul sends "True").
+_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
+_FALSE = frozenset({"0", "f", "F", "FALSE", "false", "False"})
+
+
+def _parse_bool(value: str) -> bool:
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise cm.ConsulInputError("Missing value for enable")
 
 
 def _counter(request: web.Request, name: str, what: str) -> int | None:
