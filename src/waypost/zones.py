@@ -6,7 +6,8 @@ the server answer ``pypi.org`` itself instead of forwarding it, so a custom doma
 strictly inside one of the server's custom zones (``--dns-custom-zones``, by default the
 private-use suffixes ``local``, ``internal`` and ``home.arpa`` that never resolve on the
 public internet), and outside the server's own zone (whose names have forms of their own).
-The registry refuses a registration outside them (400), and the DNS interface answers only
+The registry refuses a registration outside them (403: a policy of this server, as for a
+command check it does not run; the body is well formed), and the DNS interface answers only
 names inside them: a record stored before the zones changed is kept, not answered.
 """
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from waypost.errors import InvalidInput
+from waypost.errors import Forbidden
 
 DEFAULT_CUSTOM_ZONES = "local,internal,home.arpa"
 # (This module also holds the DNS defaults the settings read without the DNS server.)
@@ -51,11 +52,11 @@ class CustomZones:
         return any(len(labels) > len(z) and labels[: len(z)] == z for z in self.zones)
 
     def require(self, name: str, *, iid: str = "") -> None:
-        """InvalidInput unless ``name`` may be claimed."""
+        """Forbidden unless ``name`` may be claimed."""
         if self.covers(name):
             return
         who = f"instance {iid!r}: " if iid else ""
-        raise InvalidInput(
+        raise Forbidden(
             f"{who}domain {name!r} is not inside a zone this server serves custom domains "
             f"in ({self.describe()}; set with --dns-custom-zones)",
             field="domain",

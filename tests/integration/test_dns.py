@@ -134,7 +134,7 @@ def test_a_custom_domain_is_claimed_only_inside_the_custom_zones(start_server: A
             body = {"id": "claim", "service": "site", "address": "10.1.0.9", "port": 80,
                     "domain": name}  # fmt: skip
             got = http.put("/api/v1/instances/claim", json=body)
-            assert got.status_code == 400, (name, got.text)
+            assert got.status_code == 403, (name, got.text)
             assert "--dns-custom-zones" in got.json()["message"]
         assert http.get("/api/v1/instances/claim").status_code == 404
         put(http, "site-1", "site", address="10.1.0.1", domain="web.local")
@@ -152,7 +152,7 @@ def test_a_custom_domain_is_claimed_only_inside_the_custom_zones(start_server: A
         assert addresses(ask(server, "app.corp.internal", "A")) == ["10.1.0.3"]
         body = {"id": "site-1", "service": "site", "address": "10.1.0.1", "port": 80,
                 "domain": "web.local"}  # fmt: skip
-        assert http.put("/api/v1/instances/site-1", json=body).status_code == 400
+        assert http.put("/api/v1/instances/site-1", json=body).status_code == 403
 
 
 def test_negative_answers_carry_the_soa(server: ServerProcess, web: None) -> None:

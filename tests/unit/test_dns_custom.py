@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from waypost.errors import InvalidInput
+from waypost.errors import Forbidden
 from waypost.zones import CustomZones
 
 
@@ -26,7 +26,7 @@ def test_the_servers_own_zone_is_never_a_custom_one() -> None:
 def test_no_zones_allow_no_custom_domain_and_say_how_to_set_them() -> None:
     z = CustomZones("")
     assert not z.covers("web.local")
-    with pytest.raises(InvalidInput, match="--dns-custom-zones") as got:
+    with pytest.raises(Forbidden, match="--dns-custom-zones") as got:
         z.require("web.local", iid="w1")
     assert got.value.field == "domain"
     assert "(none)" in got.value.message
