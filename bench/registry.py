@@ -41,6 +41,12 @@ from _harness import (  # noqa: E402
 
 ENC = msgspec.json.encode
 JSON = {"Content-Type": "application/json"}
+# Consul's reads of the 100-instance service, next to the native one (issue 29: 0.025x).
+CONSUL_READS = {
+    "health": "/v1/health/service/q",
+    "health_passing": "/v1/health/service/q?passing=true",
+    "catalog": "/v1/catalog/service/q",
+}
 
 
 def body(n: int, service: str = "bench") -> dict[str, object]:
@@ -524,6 +530,7 @@ def main() -> None:
     eruns: list[dict[str, float]] = []
     wputs: list[dict[str, float]] = []
     qruns: list[dict[str, float]] = []
+    cruns: list[dict[str, float]] = []
     bares: list[dict[str, float]] = []
     equeries: list[dict[str, float]] = []
     for _ in range(repeats):
@@ -549,6 +556,11 @@ def main() -> None:
             uvloop.run(seed_waypost(url, 100))
             qruns.append(wrk(f"{url}/api/v1/services/q", connections=64, seconds=secs))
             bares.append(ceiling(f"{url}/api/v1/services/q", secs))
+            # The same service through the Consul API (its answers are ~1.8x larger).
+            cruns.append({
+                name: wrk(f"{url}{path}", connections=64, seconds=secs)["rps"]
+                for name, path in CONSUL_READS.items()
+            })  # fmt: skip
         with etcd_member() as port:
             equeries.append(uvloop.run(etcd_reads(port, 100, secs)))
     w = median_by_key(wruns)
@@ -556,6 +568,7 @@ def main() -> None:
     wput = median_by_key(wputs, "rps")
     q = median_by_key(qruns, "rps")
     bare = median_by_key(bares, "rps")
+    consul = median_by_key(cruns)
     eq = median_by_key(equeries)
     with waypost_server() as url:
         wake = uvloop.run(waypost_wakeups(url, rounds))
@@ -568,6 +581,7 @@ def main() -> None:
             "put_64_wrk": wput,
             "query_100": q,
             "ceiling_query_100": bare,
+            "consul_query_100": consul,
             "wakeup_ms": {"p50": percentile(wake, 50), "p99": wp99},
         },
         "etcd": {**e, **eq, "wakeup_ms": {"p50": percentile(ewake, 50), "p99": ep99}},
@@ -579,7 +593,7 @@ def main() -> None:
             "write_repeats": repeats,
         },
         "write_runs": {"waypost": wruns, "waypost_wrk": wputs, "etcd": eruns},
-        "read_runs": {"waypost": qruns, "ceiling": bares, "etcd": equeries},
+        "read_runs": {"waypost": qruns, "ceiling": bares, "consul": cruns, "etcd": equeries},
     }
     table = [
         (
@@ -650,6 +664,15 @@ def main() -> None:
             f"{q['rps'] / bare['rps']:.2f}x",
         ),
         ("query p99 ms (wrk)", f"{q['p99_ms']:.2f}", "-", "-"),
+        *(
+            (
+                f"Consul API queries/s, {path} / native /api/v1/services/q",
+                f"{consul[name]:,.0f}",
+                f"{q['rps']:,.0f}",
+                f"{consul[name] / q['rps']:.2f}x",
+            )
+            for name, path in CONSUL_READS.items()
+        ),
         (
             "blocking wake-up p99 ms, 1 waiter (etcd: watch)",
             f"{wp99:.2f}",
