@@ -290,6 +290,14 @@ def test_py_consul_kv(server: ServerProcess) -> None:
         assert http.get("/v1/kv/other", params={"raw": ""}).content == b"x"
         too_big = http.put("/v1/kv/big", content=b"x" * (512 * 1024 + 1))
         assert too_big.status_code == 413
+        # Over the server's 1 MiB body limit: still Consul's plain text, not native JSON.
+        huge = http.put("/v1/kv/big", content=b"x" * (2 * 1024 * 1024))
+        assert huge.status_code == 413
+        assert huge.headers["Content-Type"].startswith("text/plain")
+        huge_register = http.put("/v1/agent/service/register", content=b" " * (2 << 20))
+        assert huge_register.status_code == 413
+        assert huge_register.headers["Content-Type"].startswith("text/plain")
+        assert huge_register.text.startswith("Request body too large")
         assert http.put("/v1/kv/a%01b", content=b"x").status_code == 400
         assert http.put("/v1/kv/lock", params={"acquire": "s1"}).status_code == 501
         # KV changes are registry changes: on the native event stream too.

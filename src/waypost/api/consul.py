@@ -923,6 +923,9 @@ def _plain_errors(api: ConsulApi, handler: Handler) -> Handler:
             return web.Response(
                 status=exc.http_status, text=str(exc), content_type="text/plain", headers=headers
             )
+        except web.HTTPRequestEntityTooLarge as exc:  # a body over the server's 1 MiB
+            text = f"Request body too large: {exc.text or exc.reason}"
+            return web.Response(status=413, text=text, content_type="text/plain")
 
     return wrapped
 
