@@ -786,6 +786,13 @@ class Catalog:
             return node
         return msgspec.structs.replace(node, instances=len(seen), address=address)
 
+    def nodes_as_seen(self, visible: Callable[[Instance], bool] | None) -> list[Node]:
+        """``nodes()`` as a reader who sees only the ``visible`` instances finds them
+        (``node_as_seen`` each; None: a reader who sees every instance)."""
+        if visible is None:
+            return self.nodes()
+        return [s for n in self.nodes() if (s := self.node_as_seen(n, visible)) is not None]
+
     def _facts(self, node_id: str) -> _NodeFacts | None:
         """The node's facts, recounted over its own instances if a removal made them
         stale."""

@@ -176,12 +176,14 @@ def from_dict(data: object, *, http_status: int = 500) -> WaypostError:
         code = str(data.get("error", ""))
         message = str(data.get("message", "")) or f"HTTP {http_status}"
         field = data.get("field")
-        cls = BY_CODE.get(code) or _by_status(http_status)
+        cls = BY_CODE.get(code) or for_status(http_status)
         return cls(message, field=field if isinstance(field, str) else None)
-    return _by_status(http_status)(f"HTTP {http_status}")
+    return for_status(http_status)(f"HTTP {http_status}")
 
 
-def _by_status(status: int) -> type[WaypostError]:
+def for_status(status: int) -> type[WaypostError]:
+    """The error class an HTTP status stands for (the first of ``BY_CODE`` with it; any
+    other 4xx is ``InvalidInput``, 5xx ``Unavailable``)."""
     for cls in BY_CODE.values():
         if cls.http_status == status and cls not in (StoreError,):
             return cls

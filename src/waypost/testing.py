@@ -12,7 +12,6 @@ import re
 import shutil
 import signal
 import socket
-import ssl
 import subprocess
 import sys
 import tempfile
@@ -310,13 +309,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _ssl_context(ca: str, client_cert: tuple[str, ...] | None) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cafile=ca)
-    if client_cert:
-        ctx.load_cert_chain(client_cert[0], client_cert[1])
-    return ctx
-
-
 class EtcdCluster:
     """A real etcd cluster of ``size`` members on loopback ports, data in ``data_dir``
     (a temporary directory by default): ``start()``, ``kill(i)``, ``restart(i)``,
@@ -370,7 +362,10 @@ class EtcdCluster:
         """httpx arguments for the members' client URLs."""
         if not self.tls:
             return {}
-        return {"verify": _ssl_context(self.tls[2], self.client_cert)}
+        from waypost.tls import client_context
+
+        cert, key = self.client_cert or ("", "")
+        return {"verify": client_context(self.tls[2], cert, key)}
 
     def _args(self, i: int) -> list[str]:
         peers = ",".join(f"m{n}=http://{self.hosts[n]}:{p}" for n, p in enumerate(self.peer_ports))
@@ -485,14 +480,12 @@ class EtcdCluster:
         import grpc
         from aetcd import rpc
 
+        from waypost.store import EtcdSecurity
+
         creds = None
         if self.tls:
-            pem = self.client_cert or (None, None)
-            creds = grpc.ssl_channel_credentials(
-                Path(self.tls[2]).read_bytes(),
-                Path(pem[1]).read_bytes() if pem[1] else None,
-                Path(pem[0]).read_bytes() if pem[0] else None,
-            )
+            cert, key = self.client_cert or ("", "")
+            creds = EtcdSecurity(ca_file=self.tls[2], cert_file=cert, key_file=key).credentials()
         start = prefix.encode()
         end = start[:-1] + bytes([start[-1] + 1])
 

@@ -316,17 +316,8 @@ async def put_node(request: web.Request) -> web.Response:
 def visible_nodes(cat: Catalog, authz: Authorizer) -> list[Node]:
     """The nodes ``authz`` may read, each as its readable instances show it (a hidden
     instance neither counts nor lends its address to a node)."""
-    out = []
-    for node in cat.nodes():
-        if not authz.can(READ, "node", node.id):
-            continue
-        if not authz.reads_instances():
-            seen = cat.node_as_seen(node, authz.can_read_instance)
-            if seen is None:
-                continue
-            node = seen
-        out.append(node)
-    return out
+    visible = None if authz.reads_instances() else authz.can_read_instance
+    return [n for n in cat.nodes_as_seen(visible) if authz.can(READ, "node", n.id)]
 
 
 async def get_node(request: web.Request) -> web.Response:

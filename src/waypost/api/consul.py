@@ -260,14 +260,8 @@ class ConsulApi:
         are filtered per node where listed), each counted and addressed by the instances
         the token may read, so a hidden instance lends no node its address."""
         authz = self._az(request)
-        if authz.reads_instances():
-            return {n.id: n for n in self.catalog.nodes()}
-        out = {}
-        for n in self.catalog.nodes():
-            seen = self.catalog.node_as_seen(n, authz.can_read_instance)
-            if seen is not None:
-                out[n.id] = seen
-        return out
+        visible = None if authz.reads_instances() else authz.can_read_instance
+        return {n.id: n for n in self.catalog.nodes_as_seen(visible)}
 
     def _node_json(self, name: str, nodes: dict[str, Node], fallback: str = "") -> dict[str, Any]:
         node = nodes.get(name)

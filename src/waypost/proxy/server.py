@@ -37,7 +37,7 @@ from multidict import CIMultiDict
 from waypost.client._async import AsyncClient
 from waypost.client.cache import AsyncServiceCache
 from waypost.durations import parse_duration
-from waypost.errors import BY_CODE, Unavailable, WaypostError
+from waypost.errors import Unavailable, WaypostError, for_status
 from waypost.model import is_label
 from waypost.tls import client_context, server_context
 from waypost.traffic.exchange import Attempt, Exchange, Policies, endpoint_stats, prune
@@ -106,17 +106,10 @@ class ProxySettings(msgspec.Struct, kw_only=True, frozen=True):
     host_routing: bool = True
 
 
-# The error code of each status the proxy answers, as the API's errors spell them.
-_CODES = {cls.http_status: cls.code for cls in reversed(BY_CODE.values())} | {
-    400: "invalid_input", 404: "not_found", 405: "method_not_allowed",
-    417: "expectation_failed", 503: "unavailable",
-}  # fmt: skip
-
-
 def _problem(status: int, reason: str, message: str) -> web.Response:
     """An error in the API's shape (``{"error": code, "message", "field"}``, so the SDK's
     ``errors.from_dict`` reads it), with the proxy's ``reason`` beside it."""
-    body = {"error": _CODES.get(status, "error"), "message": message, "field": None,
+    body = {"error": for_status(status).code, "message": message, "field": None,
             "reason": reason}  # fmt: skip
     return web.Response(
         status=status, body=msgspec.json.encode(body), content_type="application/json"
